@@ -1,0 +1,69 @@
+# fdrestore — build, test, bench, proto, lint, fuzz.
+#
+# `make test` is what CI runs (as root, CI=true, on a clean checkout next to
+# ../shared). It needs only Go and the Go module proxy.
+
+GO        ?= go
+PKGS      := ./...
+BIN       := bin/fdrestore
+FIXTURES  ?= $(abspath ../shared/criu-images)
+PROTOC_VERSION := 3.21.12
+FUZZTIME  ?= 1m
+# Packages whose code runs on several goroutines or threads: race-tested.
+RACE_PKGS := ./files/... ./scm/...
+
+export FDRESTORE_FIXTURES := $(FIXTURES)
+
+.PHONY: all build demo test race vet bench proto proto-check lint fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/fdrestore
+
+# Build the tool and run it on a real CRIU 4.2 dump.
+demo: build
+	./$(BIN) show -D $(FIXTURES)/pipe-tree
+	./$(BIN) show $(FIXTURES)/pipe-basic/pipes-data.img
+
+vet:
+	$(GO) vet $(PKGS)
+
+race:
+	$(GO) test -race -count=1 $(RACE_PKGS)
+
+test: vet
+	$(GO) test -count=1 -timeout 15m $(PKGS)
+	$(GO) test -race -count=1 -timeout 10m $(RACE_PKGS)
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+
+# Regenerate proto/criupb from proto/*.proto with pinned tools: protoc from
+# Debian's protobuf-compiler $(PROTOC_VERSION), protoc-gen-go from go.mod's
+# tool directive.
+proto: bin/protoc-gen-go
+	@protoc --version 2>/dev/null | grep -q ' $(PROTOC_VERSION)$$' || { \
+	  echo "protoc $(PROTOC_VERSION) needed; installing Debian's protobuf-compiler"; \
+	  apt-get update -qq && apt-get install -y -qq protobuf-compiler; }
+	protoc -I . --plugin=protoc-gen-go=bin/protoc-gen-go \
+	  --go_out=. --go_opt=module=github.com/fdrestore/fdrestore proto/*.proto
+
+bin/protoc-gen-go: go.mod
+	$(GO) build -o $@ google.golang.org/protobuf/cmd/protoc-gen-go
+
+# Fails when proto/criupb is not what `make proto` generates.
+proto-check: proto
+	git diff --exit-code -- proto/criupb
+
+lint: vet proto-check
+	@out=$$(gofmt -l $$(git ls-files '*.go')); \
+	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+# Each fuzz target runs for FUZZTIME.
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./images/
+	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./images/
+
+clean:
+	rm -rf bin

@@ -1,0 +1,167 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/fdrestore/fdrestore/images"
+	"github.com/fdrestore/fdrestore/restore"
+	"github.com/sirupsen/logrus"
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+)
+
+func (a *app) planCmd() *cobra.Command {
+	var dir string
+	var skipFileCheck bool
+	cmd := &cobra.Command{
+		Use:   "plan -D DIR",
+		Short: "Print what a restore of DIR would do, without creating a process",
+		Long: `Load and validate the image directory, then print the restore plan: the
+tasks, the steps that build the process tree, every object with the task that
+creates it and the tasks it is sent to, the stage-graph edges, warnings, and
+what cannot be restored. The exit status is non-zero when the images cannot
+be restored.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if dir == "" {
+				return usagef("plan needs -D DIR")
+			}
+			p, err := loadPlan(dir, skipFileCheck)
+			if err != nil {
+				return err
+			}
+			p.Print(cmd.OutOrStdout())
+			return p.Err()
+		},
+	}
+	cmd.Flags().StringVarP(&dir, "images-dir", "D", "", "image `DIR`ectory")
+	cmd.Flags().BoolVar(&skipFileCheck, "skip-file-check", false, "do not check the size and mode of regular files")
+	return cmd
+}
+
+func loadPlan(dir string, skipFileCheck bool) (*restore.Plan, error) {
+	set, err := images.Load(dir)
+	if err != nil {
+		return nil, err
+	}
+	return restore.NewPlan(set, restore.PlanOptions{SkipFileCheck: skipFileCheck})
+}
+
+type restoreFlags struct {
+	dir           string
+	leaveStopped  bool
+	exec          string
+	detach        bool
+	pidfile       string
+	pidMap        string
+	timeout       time.Duration
+	skipFileCheck bool
+}
+
+func (a *app) restoreCmd() *cobra.Command {
+	var f restoreFlags
+	cmd := &cobra.Command{
+		Use:   "restore -D DIR (--leave-stopped | --exec CMD) [-d]",
+		Short: "Restore the process tree and fds from an image directory",
+		Long: `Restore the process tree in DIR: every task is recreated as a process with
+its session and process group, and gets exactly the fds of its images. Once
+the whole tree is restored, every task stops itself (--leave-stopped) or runs
+a command (--exec CMD, through /bin/sh -c; {pid} is the task's pid in the
+images). Without -d, fdrestore then waits for the root task and exits with
+its status. On any failure every process it created is killed.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return a.runRestore(cmd, &f) },
+	}
+	fl := cmd.Flags()
+	fl.StringVarP(&f.dir, "images-dir", "D", "", "image `DIR`ectory")
+	fl.BoolVar(&f.leaveStopped, "leave-stopped", false, "leave every task stopped (SIGSTOP) once the tree is restored")
+	fl.StringVar(&f.exec, "exec", "", "every task runs `CMD` (via /bin/sh -c) once the tree is restored; {pid} is its image pid")
+	fl.BoolVarP(&f.detach, "restore-detached", "d", false, "return once the tree is restored instead of waiting for the root task")
+	fl.StringVar(&f.pidfile, "pidfile", "", "write the root task's new pid to `FILE`")
+	fl.StringVar(&f.pidMap, "pid-map", "", `write {"<image pid>": <new pid>, ...} as JSON to `+"`FILE`")
+	fl.DurationVar(&f.timeout, "timeout", 60*time.Second, "give up (and kill the tree) if the restore takes longer")
+	fl.BoolVar(&f.skipFileCheck, "skip-file-check", false, "do not check the size and mode of regular files")
+	return cmd
+}
+
+func (a *app) runRestore(cmd *cobra.Command, f *restoreFlags) error {
+	if f.dir == "" {
+		return usagef("restore needs -D DIR")
+	}
+	opts := restore.Options{Timeout: f.timeout, Log: logrus.StandardLogger()}
+	switch {
+	case f.leaveStopped && f.exec != "":
+		return usagef("--leave-stopped and --exec exclude each other")
+	case f.leaveStopped:
+		opts.End = restore.EndStop
+	case f.exec != "":
+		opts.End, opts.Exec = restore.EndExec, f.exec
+	default:
+		return usagef("say what the restored tasks do: --leave-stopped or --exec CMD")
+	}
+	if f.leaveStopped && !f.detach {
+		return usagef("--leave-stopped needs -d: stopped tasks never exit")
+	}
+	p, err := loadPlan(f.dir, f.skipFileCheck)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	res, err := restore.Run(ctx, p, opts)
+	if err != nil {
+		return err
+	}
+	logrus.WithFields(logrus.Fields{"root": res.RootPid, "took": res.Took}).Info("restored")
+	if f.pidfile != "" {
+		if err := os.WriteFile(f.pidfile, []byte(strconv.Itoa(res.RootPid)+"\n"), 0o644); err != nil {
+			return fmt.Errorf("pidfile: %w", err)
+		}
+	}
+	if f.pidMap != "" {
+		m := map[string]int{}
+		for k, v := range res.PidMap {
+			m[strconv.Itoa(int(k))] = v
+		}
+		b, _ := json.Marshal(m)
+		if err := os.WriteFile(f.pidMap, append(b, '\n'), 0o644); err != nil {
+			return fmt.Errorf("pid map: %w", err)
+		}
+	}
+	if f.detach {
+		return nil
+	}
+	var ws unix.WaitStatus
+	for {
+		_, err := unix.Wait4(res.RootPid, &ws, 0, nil)
+		if err != unix.EINTR {
+			if err != nil {
+				return fmt.Errorf("wait for root task %d: %w", res.RootPid, err)
+			}
+			break
+		}
+	}
+	switch {
+	case ws.Exited() && ws.ExitStatus() == 0:
+		return nil
+	case ws.Exited():
+		return exitCodeError{code: ws.ExitStatus(), msg: fmt.Sprintf("root task exited with status %d", ws.ExitStatus())}
+	default:
+		return exitCodeError{code: 128 + int(ws.Signal()), msg: fmt.Sprintf("root task killed by %v", ws.Signal())}
+	}
+}
+
+// exitCodeError makes fdrestore exit with the root task's status.
+type exitCodeError struct {
+	code int
+	msg  string
+}
+
+func (e exitCodeError) Error() string { return e.msg }

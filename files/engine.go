@@ -1,0 +1,552 @@
+package files
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/fdrestore/fdrestore/scm"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+)
+
+// An Opener creates one object and publishes the fds of its descriptions.
+// The engine calls Open until it reports done; a call that reports not done
+// is repeated after the task next receives something. Open must create fds
+// only with calls that take the lowest free number (open, pipe2, socket,
+// ...) and must hand every fd it keeps to Context.Adopt or Context.Temp
+// before returning, so that the engine's placement never clobbers an fd.
+type Opener interface {
+	Open(c *Context) (done bool, err error)
+}
+
+// OpenerFunc adapts a function to the Opener interface.
+type OpenerFunc func(c *Context) (bool, error)
+
+// Open calls f.
+func (f OpenerFunc) Open(c *Context) (bool, error) { return f(c) }
+
+// NewOpener builds the opener of one OpenSpec from its data.
+type NewOpener func(spec *OpenSpec) (Opener, error)
+
+var (
+	registryMu sync.RWMutex
+	registry   = map[string]NewOpener{}
+)
+
+// Register makes an opener type available to helpers. Type packages call it
+// from init.
+func Register(typ string, f NewOpener) {
+	registryMu.Lock()
+	defer registryMu.Unlock()
+	if _, dup := registry[typ]; dup {
+		panic("files: opener type " + typ + " registered twice")
+	}
+	registry[typ] = f
+}
+
+func lookupOpener(typ string) NewOpener {
+	registryMu.RLock()
+	defer registryMu.RUnlock()
+	return registry[typ]
+}
+
+// desc is the engine's state of one description in this task.
+type desc struct {
+	id     uint32
+	fles   []int32 // target fds in this task, ascending
+	fd     int     // an fd referring to it, or -1 while it is absent
+	temp   bool    // fd is a temporary above the target range
+	sendTo []uint32
+	waiter []int // opens whose Needs include this description
+}
+
+// open is the engine's state of one OpenSpec.
+type open struct {
+	spec    *OpenSpec
+	opener  Opener
+	missing int // Needs not yet present
+	done    bool
+	queued  bool
+}
+
+// Engine restores one task's fd table from its TaskPlan. It is used by one
+// goroutine.
+type Engine struct {
+	plan     *TaskPlan
+	tr       *scm.Transport
+	log      logrus.FieldLogger
+	tempBase int
+	descs    map[uint32]*desc
+	opens    []*open
+	runq     []*open
+	parked   []*open // ran, reported not done: retried on news
+	placed   int     // fles placed
+	pending  int     // opens not done
+	temps    []int
+	ctx      Context
+	ctlFD    int
+}
+
+// EngineError says which object failed and why.
+type EngineError struct {
+	Task   uint32 // image pid
+	Object string // e.g. "pipe:[1302207] (file ids 6, 7)"
+	Stage  string // e.g. "open", "place fd 12", "receive"
+	Err    error
+}
+
+func (e *EngineError) Error() string {
+	s := fmt.Sprintf("task %d", e.Task)
+	if e.Object != "" {
+		s += ": " + e.Object
+	}
+	if e.Stage != "" {
+		s += ": " + e.Stage
+	}
+	return s + ": " + e.Err.Error()
+}
+
+func (e *EngineError) Unwrap() error { return e.Err }
+
+// ErrAborted is returned when the coordinator or another task gave up.
+var ErrAborted = errors.New("restore aborted")
+
+// NewEngine prepares the engine for plan. tr is the task's transport,
+// whose fds must already sit at or above TempBase(plan). ctlFD, if >= 0,
+// is polled too: any input on it (or its hang-up) aborts the engine.
+func NewEngine(plan *TaskPlan, tr *scm.Transport, ctlFD int, log logrus.FieldLogger) (*Engine, error) {
+	if err := plan.Validate(); err != nil {
+		return nil, err
+	}
+	e := &Engine{plan: plan, tr: tr, log: log, tempBase: TempBase(plan), descs: map[uint32]*desc{}, ctlFD: ctlFD}
+	e.ctx.e = e
+	get := func(id uint32) *desc {
+		d := e.descs[id]
+		if d == nil {
+			d = &desc{id: id, fd: -1}
+			e.descs[id] = d
+		}
+		return d
+	}
+	for _, f := range plan.Fles {
+		d := get(f.File)
+		d.fles = append(d.fles, f.Fd)
+	}
+	for _, id := range plan.Hold {
+		get(id)
+	}
+	for i := range plan.Opens {
+		spec := &plan.Opens[i]
+		mk := lookupOpener(spec.Type)
+		if mk == nil {
+			return nil, &EngineError{Task: plan.Pid, Object: spec.Name, Stage: "plan", Err: fmt.Errorf("no opener registered for type %q", spec.Type)}
+		}
+		op, err := mk(spec)
+		if err != nil {
+			return nil, &EngineError{Task: plan.Pid, Object: spec.Name, Stage: "plan", Err: err}
+		}
+		o := &open{spec: spec, opener: op}
+		for j, id := range spec.Files {
+			d := get(id)
+			d.sendTo = spec.SendTo[j]
+		}
+		for _, id := range spec.Needs {
+			get(id).waiter = append(get(id).waiter, len(e.opens))
+			o.missing++
+		}
+		e.opens = append(e.opens, o)
+	}
+	e.pending = len(e.opens)
+	for _, o := range e.opens {
+		if o.missing == 0 {
+			e.enqueue(o)
+		}
+	}
+	return e, nil
+}
+
+// TempBase returns the lowest fd number the helper may use for its own fds
+// and temporaries: one above the task's highest target fd.
+func TempBase(plan *TaskPlan) int { return plan.MaxFd() + 1 }
+
+func (e *Engine) enqueue(o *open) {
+	if !o.queued && !o.done {
+		o.queued = true
+		e.runq = append(e.runq, o)
+	}
+}
+
+func (e *Engine) errf(obj, stage string, err error) error {
+	return &EngineError{Task: e.plan.Pid, Object: obj, Stage: stage, Err: err}
+}
+
+// Run restores the fd table. It returns when every fd is in place and
+// every description this task serves has been sent, or with the first
+// error, or when deadline passes.
+func (e *Engine) Run(deadline time.Time) error {
+	var pfds []unix.PollFd
+	for {
+		if err := e.runOpens(); err != nil {
+			return err
+		}
+		if err := e.tr.Flush(); err != nil {
+			return e.errf("", "send", err)
+		}
+		if e.finished() {
+			return e.closeTemps()
+		}
+		pfds = e.tr.PollFDs(pfds[:0])
+		if e.ctlFD >= 0 {
+			pfds = append(pfds, unix.PollFd{Fd: int32(e.ctlFD), Events: unix.POLLIN})
+		}
+		if _, err := scm.Wait(deadline, e.waitingFor(), pfds...); err != nil {
+			return e.errf("", "wait", fmt.Errorf("%w\n%s", err, e.Stalled()))
+		}
+		if e.ctlFD >= 0 {
+			for _, p := range pfds[len(pfds)-1:] {
+				if p.Revents != 0 {
+					return e.errf("", "wait", fmt.Errorf("%w: the coordinator closed the control channel or sent an abort", ErrAborted))
+				}
+			}
+		}
+		if err := e.tr.Drain(e.receive); err != nil {
+			return err
+		}
+	}
+}
+
+func (e *Engine) finished() bool {
+	return e.pending == 0 && e.placed == len(e.plan.Fles) && e.allHeld() && !e.tr.Pending()
+}
+
+func (e *Engine) allHeld() bool {
+	for _, id := range e.plan.Hold {
+		if e.descs[id].fd < 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func (e *Engine) waitingFor() string {
+	return fmt.Sprintf("task %d: fds from other tasks (%d of %d fds placed, %d objects pending)", e.plan.Pid, e.placed, len(e.plan.Fles), e.pending)
+}
+
+// Stalled describes what the task still waits for: every description not
+// yet present and every unfinished opener.
+func (e *Engine) Stalled() string {
+	var missing []int
+	for id, d := range e.descs {
+		if d.fd < 0 {
+			missing = append(missing, int(id))
+		}
+	}
+	sort.Ints(missing)
+	s := fmt.Sprintf("task %d waits for file ids %v", e.plan.Pid, missing)
+	for _, o := range e.opens {
+		if !o.done {
+			s += fmt.Sprintf("; %s %s not finished (%d needs missing)", o.spec.Type, o.spec.Name, o.missing)
+		}
+	}
+	if e.tr.Pending() {
+		s += "; sends to other tasks still queued"
+	}
+	return s
+}
+
+func (e *Engine) runOpens() error {
+	for len(e.runq) > 0 {
+		q := e.runq
+		e.runq = nil
+		for _, o := range q {
+			o.queued = false
+			if o.done {
+				continue
+			}
+			e.ctx.cur = o
+			done, err := o.opener.Open(&e.ctx)
+			e.ctx.cur = nil
+			if err != nil {
+				return e.errf(o.spec.Type+" "+o.spec.Name, "open", err)
+			}
+			if done {
+				for _, id := range o.spec.Files {
+					if e.descs[id].fd < 0 {
+						return e.errf(o.spec.Type+" "+o.spec.Name, "open", fmt.Errorf("reported done without publishing file id %d", id))
+					}
+				}
+				o.done = true
+				e.pending--
+			} else {
+				e.parked = append(e.parked, o)
+			}
+		}
+	}
+	return nil
+}
+
+// receive handles one transport message: fds of descriptions other tasks
+// created.
+func (e *Engine) receive(m scm.Message) error {
+	switch m.Kind {
+	case scm.KindFDs:
+		ids := make([]uint32, len(m.FDs))
+		for i, k := range m.Keys {
+			ids[i] = k
+		}
+		if err := e.adopt(ids, m.FDs, true); err != nil {
+			return err
+		}
+		// Openers that reported "not yet" may try again.
+		for _, o := range e.parked {
+			e.enqueue(o)
+		}
+		e.parked = e.parked[:0]
+		return nil
+	case scm.KindAbort:
+		return e.errf("", "receive", fmt.Errorf("%w by task index %d: %s", ErrAborted, m.From, m.Data))
+	}
+	closeAll(m.FDs)
+	return e.errf("", "receive", fmt.Errorf("unexpected %s message from task index %d", m.Kind, m.From))
+}
+
+func closeAll(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
+
+// adopt takes ownership of fresh fds for descriptions ids (one fd each),
+// places them at their targets and serves them to the tasks that need them.
+// The fds may sit anywhere, including on target numbers of other
+// descriptions: first every fd that is not on a target of its own
+// description moves above the target range, then the targets are filled.
+func (e *Engine) adopt(ids []uint32, fds []int, remote bool) error {
+	ds := make([]*desc, len(ids))
+	for i, id := range ids {
+		d := e.descs[id]
+		if d == nil || d.fd >= 0 || (remote && len(d.sendTo) > 0) {
+			closeAll(fds)
+			what := "not needed by this task"
+			if d != nil && d.fd >= 0 {
+				what = "already present"
+			}
+			return e.errf(fmt.Sprintf("file id %d", id), "place", fmt.Errorf("received an fd for a description %s", what))
+		}
+		ds[i] = d
+	}
+	// Pass 1: leave an fd in place only if it sits on one of its own
+	// targets; move every other one above the target range.
+	for i, d := range ds {
+		fd := fds[i]
+		if fd < e.tempBase && d.hasTarget(int32(fd)) {
+			d.fd, d.temp = fd, false
+			continue
+		}
+		if fd < e.tempBase {
+			nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, e.tempBase)
+			if err != nil {
+				closeAll(fds[i:])
+				return e.errf(fmt.Sprintf("file id %d", d.id), "move fd "+strconv.Itoa(fd), err)
+			}
+			unix.Close(fd)
+			fd = nfd
+		}
+		d.fd, d.temp = fd, true
+	}
+	// Pass 2: fill every target; all of them are free now.
+	for _, d := range ds {
+		if err := e.place(d); err != nil {
+			return err
+		}
+		for _, dst := range d.sendTo {
+			if err := e.tr.Queue(dst, d.id, d.fd); err != nil {
+				return e.errf(fmt.Sprintf("file id %d", d.id), "serve", err)
+			}
+		}
+		for _, w := range d.waiter {
+			o := e.opens[w]
+			if o.missing--; o.missing == 0 {
+				e.enqueue(o)
+			}
+		}
+	}
+	return nil
+}
+
+func (d *desc) hasTarget(fd int32) bool {
+	for _, t := range d.fles {
+		if t == fd {
+			return true
+		}
+	}
+	return false
+}
+
+// cloexec returns the recorded FD_CLOEXEC of target fd of d.
+func (e *Engine) cloexec(fd int32) bool {
+	fles := e.plan.Fles
+	i := sort.Search(len(fles), func(i int) bool { return fles[i].Fd >= fd })
+	return i < len(fles) && fles[i].Fd == fd && fles[i].Cloexec
+}
+
+// place puts d at every one of its targets, with the recorded fd flags.
+func (e *Engine) place(d *desc) error {
+	for _, t := range d.fles {
+		ce := e.cloexec(t)
+		if int(t) == d.fd {
+			flag := 0
+			if ce {
+				flag = unix.FD_CLOEXEC
+			}
+			if _, err := unix.FcntlInt(uintptr(t), unix.F_SETFD, flag); err != nil {
+				return e.errf(fmt.Sprintf("file id %d", d.id), fmt.Sprintf("set flags of fd %d", t), err)
+			}
+		} else {
+			flag := 0
+			if ce {
+				flag = unix.O_CLOEXEC
+			}
+			if err := unix.Dup3(d.fd, int(t), flag); err != nil {
+				return e.errf(fmt.Sprintf("file id %d", d.id), fmt.Sprintf("place fd %d", t), err)
+			}
+		}
+		e.placed++
+	}
+	// Once a target holds the description, the temporary is not needed:
+	// the target is what gets sent.
+	if d.temp && len(d.fles) > 0 {
+		unix.Close(d.fd)
+		d.fd, d.temp = int(d.fles[0]), false
+	} else if d.temp {
+		e.temps = append(e.temps, d.fd)
+	}
+	return nil
+}
+
+func (e *Engine) closeTemps() error {
+	for _, fd := range e.temps {
+		unix.Close(fd)
+	}
+	e.temps = nil
+	for _, d := range e.descs {
+		if d.temp {
+			d.fd, d.temp = -1, false
+		}
+	}
+	return nil
+}
+
+// Context is what an Opener gets to work with.
+type Context struct {
+	e   *Engine
+	cur *open
+}
+
+// Spec returns the OpenSpec being opened.
+func (c *Context) Spec() *OpenSpec { return c.cur.spec }
+
+// Log returns the task's logger.
+func (c *Context) Log() logrus.FieldLogger { return c.e.log }
+
+// Plan returns the task's plan.
+func (c *Context) Plan() *TaskPlan { return c.e.plan }
+
+// Adopt publishes fresh fds, one per description: the engine places them
+// at their targets and serves them to other tasks at once. The engine owns
+// the fds from then on. Pass every fd of one creation (both ends of a
+// pipe, ...) in one call.
+func (c *Context) Adopt(ids []uint32, fds []int) error {
+	if len(ids) != len(fds) {
+		closeAll(fds)
+		return fmt.Errorf("adopt: %d ids for %d fds", len(ids), len(fds))
+	}
+	return c.e.adopt(ids, fds, false)
+}
+
+// Temp moves an fd the opener keeps across calls above the target range
+// and returns its new number; the opener still owns it.
+func (c *Context) Temp(fd int) (int, error) {
+	if fd >= c.e.tempBase {
+		return fd, nil
+	}
+	nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, c.e.tempBase)
+	unix.Close(fd)
+	return nfd, err
+}
+
+// FD returns an fd of description id present in this task (placed or
+// held), or -1.
+func (c *Context) FD(id uint32) int {
+	if d := c.e.descs[id]; d != nil {
+		return d.fd
+	}
+	return -1
+}
+
+// MapPid translates an image pid to the restored pid (0 when unknown).
+func (c *Context) MapPid(pid uint32) uint32 { return c.e.plan.PidMap[pid] }
+
+// TempBase returns the lowest number above the target range.
+func (c *Context) TempBase() int { return c.e.tempBase }
+
+// CheckTable verifies that the calling process's fd table below tempBase
+// holds exactly the plan's fds with the recorded FD_CLOEXEC, and that every
+// fd from tempBase up is close-on-exec, so that after exec the table is
+// exactly the image's. It returns a description of every difference.
+func CheckTable(plan *TaskPlan, tempBase int) error {
+	dir, err := unix.Open("/proc/self/fd", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	f := os.NewFile(uintptr(dir), "/proc/self/fd")
+	names, err := f.Readdirnames(-1)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	want := make(map[int]bool, len(plan.Fles))
+	for _, fl := range plan.Fles {
+		want[int(fl.Fd)] = fl.Cloexec
+	}
+	var problems []string
+	seen := 0
+	for _, n := range names {
+		fd, err := strconv.Atoi(n)
+		if err != nil || fd == dir {
+			continue
+		}
+		if fd >= tempBase {
+			// The helper's own fds and the Go runtime's: all must go
+			// away at exec.
+			if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil && fl&unix.FD_CLOEXEC == 0 {
+				target, _ := os.Readlink("/proc/self/fd/" + n)
+				problems = append(problems, fmt.Sprintf("helper fd %d (%s) would survive exec", fd, target))
+			}
+			continue
+		}
+		ce, ok := want[fd]
+		if !ok {
+			target, _ := os.Readlink("/proc/self/fd/" + n)
+			problems = append(problems, fmt.Sprintf("stray fd %d (%s)", fd, target))
+			continue
+		}
+		seen++
+		fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+		if err == nil && (fl&unix.FD_CLOEXEC != 0) != ce {
+			problems = append(problems, fmt.Sprintf("fd %d FD_CLOEXEC is %v, want %v", fd, !ce, ce))
+		}
+	}
+	if seen != len(plan.Fles) {
+		problems = append(problems, fmt.Sprintf("%d of %d fds present", seen, len(plan.Fles)))
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("fd table of task %d differs from the images: %v", plan.Pid, problems)
+	}
+	return nil
+}

@@ -1,0 +1,244 @@
+// Package pipe restores pipes and FIFOs with their queued data.
+//
+// One task creates each pipe: it makes the pipe, sets its buffer size,
+// writes the queued bytes, and makes every description of the pipe — the
+// two ends pipe2 returned for the descriptions that were made by pipe(2)
+// (no O_LARGEFILE), and a reopen through /proc/self/fd for any other — then
+// publishes them all. FIFO descriptions are opened by path in the task that
+// holds them, behind a temporary O_RDWR open so no open blocks; the first
+// description of a FIFO writes its data.
+package pipe
+
+import (
+	"fmt"
+	"strconv"
+
+	"github.com/fdrestore/fdrestore/files"
+	"github.com/fdrestore/fdrestore/images"
+	"golang.org/x/sys/unix"
+)
+
+// Opener type names.
+const (
+	PipeType = "pipe"
+	FifoType = "fifo"
+)
+
+// End is one description of a pipe.
+type End struct {
+	File  uint32
+	Flags uint32 // access mode and status flags
+	Fown  files.Fown
+}
+
+// PipeParams describes one pipe and the descriptions to make of it.
+type PipeParams struct {
+	PipeID uint32
+	Ends   []End
+	Data   []byte
+	Size   uint32 // buffer size, 0 when not recorded
+}
+
+// PipeSpec returns the OpenSpec that creates ends (descriptions of pipe p),
+// with sendTo[i] the other tasks that need ends[i].
+func PipeSpec(p *images.Pipe, ends []*images.File, sendTo [][]uint32) (files.OpenSpec, error) {
+	pp := PipeParams{PipeID: p.ID, Data: p.Data, Size: p.Size}
+	ids := make([]uint32, len(ends))
+	for i, f := range ends {
+		pe := f.Entry.GetPipe()
+		pp.Ends = append(pp.Ends, End{File: f.ID, Flags: pe.GetFlags(), Fown: files.FownFrom(pe.GetFown())})
+		ids[i] = f.ID
+	}
+	data, err := files.EncodeData(pp)
+	if err != nil {
+		return files.OpenSpec{}, err
+	}
+	return files.OpenSpec{Type: PipeType, Files: ids, SendTo: sendTo, Data: data, Name: fmt.Sprintf("pipe:[%d] (file ids %v)", p.ID, ids)}, nil
+}
+
+// statusMask is what F_SETFL can change.
+const statusMask = unix.O_APPEND | unix.O_ASYNC | unix.O_DIRECT | unix.O_NOATIME | unix.O_NONBLOCK
+
+// SetStatus applies the recorded status flags to fd.
+func SetStatus(fd int, flags uint32) error {
+	cur, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil {
+		return err
+	}
+	want := cur&^statusMask | int(flags)&statusMask
+	if want == cur {
+		return nil
+	}
+	_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, want)
+	return err
+}
+
+// Fill sets the buffer size of the pipe behind w (first, so data larger
+// than the default fits) and writes data into it.
+func Fill(w int, size uint32, data []byte) error {
+	if size != 0 {
+		if _, err := unix.FcntlInt(uintptr(w), unix.F_SETPIPE_SZ, int(size)); err != nil {
+			return fmt.Errorf("F_SETPIPE_SZ %d: %w", size, err)
+		}
+	}
+	for len(data) > 0 {
+		n, err := unix.Write(w, data)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("write %d queued bytes: %w", len(data), err)
+		}
+		data = data[n:]
+	}
+	return nil
+}
+
+type pipeOpener struct{ p PipeParams }
+
+func (o *pipeOpener) Open(c *files.Context) (bool, error) {
+	var pfd [2]int
+	if err := unix.Pipe2(pfd[:], unix.O_CLOEXEC); err != nil {
+		return false, fmt.Errorf("pipe2: %w", err)
+	}
+	r, w := pfd[0], pfd[1]
+	fail := func(err error, fds []int) (bool, error) {
+		unix.Close(r)
+		unix.Close(w)
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+		return false, err
+	}
+	if err := Fill(w, o.p.Size, o.p.Data); err != nil {
+		return fail(err, nil)
+	}
+	ids := make([]uint32, len(o.p.Ends))
+	fds := make([]int, 0, len(o.p.Ends))
+	usedR, usedW := false, false
+	for i, end := range o.p.Ends {
+		ids[i] = end.File
+		acc := end.Flags & unix.O_ACCMODE
+		var fd int
+		switch {
+		case acc == unix.O_RDONLY && !usedR && end.Flags&unix.O_LARGEFILE == 0:
+			fd, usedR = r, true
+		case acc == unix.O_WRONLY && !usedW && end.Flags&unix.O_LARGEFILE == 0:
+			fd, usedW = w, true
+		default:
+			src := r
+			if acc != unix.O_RDONLY {
+				src = w
+			}
+			flags := int(end.Flags)&^(unix.O_CREAT|unix.O_EXCL|unix.O_TRUNC) | unix.O_CLOEXEC
+			nfd, err := unix.Open("/proc/self/fd/"+strconv.Itoa(src), flags, 0)
+			if err != nil {
+				return fail(fmt.Errorf("reopen pipe end for file id %d with flags %#o: %w", end.File, end.Flags, err), fds)
+			}
+			fd = nfd
+		}
+		if err := SetStatus(fd, end.Flags); err != nil {
+			return fail(fmt.Errorf("file id %d: set flags %#o: %w", end.File, end.Flags, err), fds)
+		}
+		if err := end.Fown.Apply(c, fd); err != nil {
+			return fail(fmt.Errorf("file id %d: %w", end.File, err), fds)
+		}
+		fds = append(fds, fd)
+	}
+	if !usedR {
+		unix.Close(r)
+	}
+	if !usedW {
+		unix.Close(w)
+	}
+	return true, c.Adopt(ids, fds)
+}
+
+// FifoParams describes one FIFO description.
+type FifoParams struct {
+	Path      string
+	Flags     uint32
+	Fown      files.Fown
+	WriteData bool // this description restores the FIFO's queued data
+	Data      []byte
+	Size      uint32
+}
+
+// FifoSpec returns the OpenSpec that opens FIFO description f; writeData
+// says whether it also restores the FIFO's queued data.
+func FifoSpec(f *images.File, writeData bool, sendTo []uint32) (files.OpenSpec, error) {
+	reg := f.Path.Entry.GetReg()
+	fp := FifoParams{Path: reg.GetName(), Flags: reg.GetFlags(), Fown: files.FownFrom(reg.GetFown()), WriteData: writeData}
+	if writeData && f.Pipe != nil {
+		fp.Data, fp.Size = f.Pipe.Data, f.Pipe.Size
+	}
+	data, err := files.EncodeData(fp)
+	if err != nil {
+		return files.OpenSpec{}, err
+	}
+	return files.OpenSpec{Type: FifoType, Files: []uint32{f.ID}, SendTo: [][]uint32{sendTo}, Data: data,
+		Name: fmt.Sprintf("fifo %q (file id %d)", fp.Path, f.ID)}, nil
+}
+
+type fifoOpener struct {
+	id uint32
+	p  FifoParams
+}
+
+func (o *fifoOpener) Open(c *files.Context) (bool, error) {
+	// An O_RDWR open of a FIFO never blocks and provides both a reader
+	// and a writer, so the real open below cannot block or fail with
+	// ENXIO.
+	fake, err := unix.Open(o.p.Path, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+	if err != nil {
+		return false, fmt.Errorf("open fifo %s: %w", o.p.Path, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fake, &st); err != nil {
+		unix.Close(fake)
+		return false, fmt.Errorf("stat fifo %s: %w", o.p.Path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFIFO {
+		unix.Close(fake)
+		return false, fmt.Errorf("%s is not a FIFO (mode %#o)", o.p.Path, st.Mode)
+	}
+	if o.p.WriteData {
+		if err := Fill(fake, o.p.Size, o.p.Data); err != nil {
+			unix.Close(fake)
+			return false, fmt.Errorf("fifo %s: %w", o.p.Path, err)
+		}
+	}
+	flags := int(o.p.Flags)&^(unix.O_CREAT|unix.O_EXCL|unix.O_TRUNC) | unix.O_CLOEXEC | unix.O_NOCTTY
+	fd, err := unix.Open(o.p.Path, flags, 0)
+	// The real description now keeps the FIFO (and its data) alive; the
+	// temporary must go before Adopt, which may place an fd on its number.
+	unix.Close(fake)
+	if err != nil {
+		return false, fmt.Errorf("open fifo %s flags %#o: %w", o.p.Path, o.p.Flags, err)
+	}
+	if err := o.p.Fown.Apply(c, fd); err != nil {
+		unix.Close(fd)
+		return false, err
+	}
+	return true, c.Adopt([]uint32{o.id}, []int{fd})
+}
+
+func init() {
+	files.Register(PipeType, func(spec *files.OpenSpec) (files.Opener, error) {
+		o := &pipeOpener{}
+		if err := files.DecodeData(spec.Data, &o.p); err != nil {
+			return nil, fmt.Errorf("pipe parameters: %w", err)
+		}
+		if len(o.p.Ends) != len(spec.Files) {
+			return nil, fmt.Errorf("pipe parameters name %d ends for %d files", len(o.p.Ends), len(spec.Files))
+		}
+		return o, nil
+	})
+	files.Register(FifoType, func(spec *files.OpenSpec) (files.Opener, error) {
+		o := &fifoOpener{id: spec.Files[0]}
+		if err := files.DecodeData(spec.Data, &o.p); err != nil {
+			return nil, fmt.Errorf("fifo parameters: %w", err)
+		}
+		return o, nil
+	})
+}

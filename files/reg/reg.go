@@ -1,0 +1,118 @@
+// Package reg restores regular files, directories and device nodes opened
+// by path (CRIU's REG file type).
+package reg
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/fdrestore/fdrestore/files"
+	"github.com/fdrestore/fdrestore/images"
+	"github.com/fdrestore/fdrestore/proto/criupb"
+	"golang.org/x/sys/unix"
+)
+
+// Type is the opener type name of regular files.
+const Type = "reg"
+
+// ErrChanged is wrapped when a file's size or mode differs from the dump.
+var ErrChanged = errors.New("file changed since the dump")
+
+// Params describes one path-opened description.
+type Params struct {
+	Path    string
+	Flags   uint32 // open(2) flags as recorded (access mode and status)
+	Pos     uint64 // file position; ^0 means "do not seek"
+	Size    uint64
+	HasSize bool
+	Mode    uint32
+	HasMode bool
+	Fown    files.Fown
+}
+
+// ParamsOf extracts the parameters of a REG description.
+func ParamsOf(e *criupb.RegFileEntry) Params {
+	return Params{
+		Path: e.GetName(), Flags: e.GetFlags(), Pos: e.GetPos(),
+		Size: e.GetSize(), HasSize: e.Size != nil,
+		Mode: e.GetMode(), HasMode: e.Mode != nil,
+		Fown: files.FownFrom(e.GetFown()),
+	}
+}
+
+// Spec returns the OpenSpec that recreates REG description f.
+func Spec(f *images.File, sendTo []uint32) (files.OpenSpec, error) {
+	data, err := files.EncodeData(ParamsOf(f.Entry.GetReg()))
+	if err != nil {
+		return files.OpenSpec{}, err
+	}
+	return files.OpenSpec{
+		Type: Type, Files: []uint32{f.ID}, SendTo: [][]uint32{sendTo}, Data: data,
+		Name: fmt.Sprintf("%q (file id %d)", f.Entry.GetReg().GetName(), f.ID),
+	}, nil
+}
+
+// Open opens p without creating, truncating or acquiring a controlling
+// terminal, checks it against the dump unless skipCheck, and seeks to the
+// recorded position. The fd is CLOEXEC.
+func Open(p *Params, skipCheck bool) (int, error) {
+	flags := int(p.Flags)&^(unix.O_CREAT|unix.O_EXCL|unix.O_TRUNC|unix.O_TMPFILE) | unix.O_NOCTTY | unix.O_CLOEXEC
+	fd, err := unix.Open(p.Path, flags, 0)
+	if err != nil {
+		return -1, fmt.Errorf("open %s flags %#o: %w", p.Path, p.Flags, err)
+	}
+	if !skipCheck {
+		if err := check(fd, p); err != nil {
+			unix.Close(fd)
+			return -1, err
+		}
+	}
+	if p.Pos != ^uint64(0) && p.Flags&unix.O_PATH == 0 {
+		if _, err := unix.Seek(fd, int64(p.Pos), 0); err != nil && !errors.Is(err, unix.ESPIPE) {
+			unix.Close(fd)
+			return -1, fmt.Errorf("seek %s to %d: %w", p.Path, p.Pos, err)
+		}
+	}
+	return fd, nil
+}
+
+func check(fd int, p *Params) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("stat %s: %w", p.Path, err)
+	}
+	if p.HasMode && st.Mode != p.Mode {
+		return fmt.Errorf("%w: %s mode is %#o, was %#o at dump (--skip-file-check to ignore)", ErrChanged, p.Path, st.Mode, p.Mode)
+	}
+	if p.HasSize && st.Mode&unix.S_IFMT == unix.S_IFREG && uint64(st.Size) != p.Size {
+		return fmt.Errorf("%w: %s size is %d, was %d at dump (--skip-file-check to ignore)", ErrChanged, p.Path, st.Size, p.Size)
+	}
+	return nil
+}
+
+type opener struct {
+	id uint32
+	p  Params
+}
+
+func (o *opener) Open(c *files.Context) (bool, error) {
+	fd, err := Open(&o.p, c.Plan().SkipFileCheck)
+	if err != nil {
+		return false, err
+	}
+	if err := o.p.Fown.Apply(c, fd); err != nil {
+		unix.Close(fd)
+		return false, err
+	}
+	return true, c.Adopt([]uint32{o.id}, []int{fd})
+}
+
+func init() {
+	files.Register(Type, func(spec *files.OpenSpec) (files.Opener, error) {
+		o := &opener{id: spec.Files[0]}
+		if err := files.DecodeData(spec.Data, &o.p); err != nil {
+			return nil, fmt.Errorf("reg parameters: %w", err)
+		}
+		return o, nil
+	})
+}

@@ -1,0 +1,343 @@
+// Package restore rebuilds a process tree's fd state from CRIU images:
+// load → plan → run. Plan finds every problem the images can reveal before
+// any process exists; Run builds the tree from helper processes, runs the
+// files engine in each, and leaves the tree in the requested end state.
+package restore
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	"github.com/fdrestore/fdrestore/files"
+	"github.com/fdrestore/fdrestore/files/pipe"
+	"github.com/fdrestore/fdrestore/files/reg"
+	"github.com/fdrestore/fdrestore/images"
+	"github.com/fdrestore/fdrestore/proto/criupb"
+)
+
+// ErrUnsupported is wrapped by the error of a plan that holds objects
+// fdrestore cannot restore yet.
+var ErrUnsupported = errors.New("unsupported objects in the images")
+
+// PlanOptions tune planning.
+type PlanOptions struct {
+	// SkipFileCheck restores regular files even when their size or mode
+	// changed since the dump.
+	SkipFileCheck bool
+}
+
+// Plan is what a restore will do: the processes and the steps that build
+// the tree, and for each task the fds to place and the objects it creates.
+type Plan struct {
+	Set       *images.Set
+	Procs     []*Proc
+	TreeOps   []TreeOp
+	TaskPlans []*files.TaskPlan // by task index (Set.Tasks order)
+	Graph     *files.Graph
+
+	// Objects lists every object to create, for printing.
+	Objects []PlannedObject
+	// Unsupported lists what cannot be restored; Run refuses such a plan.
+	Unsupported []string
+	// Warnings lists what will be restored differently from the dump.
+	Warnings []string
+}
+
+// PlannedObject is one object and the task that creates it.
+type PlannedObject struct {
+	Spec    *files.OpenSpec
+	Creator int // task index
+}
+
+// Err returns nil when the plan can be run, and otherwise an error listing
+// everything that stands in the way.
+func (p *Plan) Err() error {
+	if len(p.Unsupported) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w:\n  %s", ErrUnsupported, strings.Join(p.Unsupported, "\n  "))
+}
+
+// NewPlan plans the restore of set. An error means the images cannot be
+// restored as they are (an impossible tree, a dependency cycle); objects
+// of unsupported types do not fail NewPlan but are listed in
+// Plan.Unsupported.
+func NewPlan(set *images.Set, opts PlanOptions) (*Plan, error) {
+	p := &Plan{Set: set, Graph: files.NewGraph()}
+	procs, ops, err := buildTree(set)
+	if err != nil {
+		return nil, err
+	}
+	p.Procs, p.TreeOps = procs, ops
+	taskIx := make(map[*images.Task]int, len(set.Tasks))
+	for i, t := range set.Tasks {
+		taskIx[t] = i
+		tp := &files.TaskPlan{Task: uint32(i), Pid: t.Pid, SkipFileCheck: opts.SkipFileCheck}
+		for _, fd := range t.Fds.Fds {
+			tp.Fles = append(tp.Fles, files.Fle{Fd: int32(fd.Num), File: fd.File.ID, Cloexec: fd.Cloexec()})
+		}
+		p.TaskPlans = append(p.TaskPlans, tp)
+		if len(t.Fds.Tasks) > 1 && t.Fds.Tasks[0] == t {
+			p.Warnings = append(p.Warnings, fmt.Sprintf("tasks %s share one fd table (files_id %d); each gets its own copy of it", pids(t.Fds.Tasks), t.Fds.ID))
+		}
+		if len(t.Threads) > 1 {
+			p.Warnings = append(p.Warnings, fmt.Sprintf("task %d had %d threads; only the fd table is restored", t.Pid, len(t.Threads)))
+		}
+		if st := t.Core.GetTc().GetTaskState(); st != 0 && st != 1 {
+			p.Unsupported = append(p.Unsupported, fmt.Sprintf("task %d: task state %d (only live tasks are restored)", t.Pid, st))
+		}
+	}
+
+	// holders[file] = the tasks holding it, in Set.Tasks order.
+	holders := map[*images.File][]int{}
+	for i, t := range set.Tasks {
+		for _, fd := range t.Fds.Fds {
+			h := holders[fd.File]
+			if len(h) == 0 || h[len(h)-1] != i {
+				holders[fd.File] = append(h, i)
+			}
+		}
+	}
+	// creator: the holder with the lowest image pid, as CRIU chooses.
+	creator := func(hs []int) int {
+		best := hs[0]
+		for _, h := range hs[1:] {
+			if set.Tasks[h].Pid < set.Tasks[best].Pid {
+				best = h
+			}
+		}
+		return best
+	}
+	others := func(hs []int, c int) []uint32 {
+		var out []uint32
+		for _, h := range hs {
+			if h != c {
+				out = append(out, uint32(h))
+			}
+		}
+		return out
+	}
+	add := func(c int, spec files.OpenSpec, err error) error {
+		if err != nil {
+			return fmt.Errorf("plan %s: %w", spec.Name, err)
+		}
+		tp := p.TaskPlans[c]
+		tp.Opens = append(tp.Opens, spec)
+		return nil
+	}
+	donePipes := map[*images.Pipe]bool{}
+	fifoData := map[*images.Pipe]bool{}
+	for _, f := range set.FileOrder {
+		hs := holders[f]
+		switch f.Type {
+		case criupb.FdTypes_REG:
+			if len(hs) == 0 {
+				continue // a path entry of a FIFO or tty, or cwd/root
+			}
+			c := creator(hs)
+			spec, err := reg.Spec(f, others(hs, c))
+			if err := add(c, spec, err); err != nil {
+				return nil, err
+			}
+		case criupb.FdTypes_PIPE:
+			pp := f.Pipe
+			if donePipes[pp] {
+				continue
+			}
+			donePipes[pp] = true
+			var ends []*images.File
+			var all []int
+			for _, e := range pp.Ends {
+				if len(holders[e]) > 0 {
+					ends = append(ends, e)
+					all = append(all, holders[e]...)
+				}
+			}
+			if len(ends) == 0 {
+				p.Unsupported = append(p.Unsupported, fmt.Sprintf("pipe:[%d] (file ids %v) exists only in flight (in a unix socket queue)", pp.ID, fileIDs(pp.Ends)))
+				continue
+			}
+			c := creator(all)
+			routes := make([][]uint32, len(ends))
+			for i, e := range ends {
+				routes[i] = others(holders[e], c)
+			}
+			if len(pp.Data) > 0 && !hasReadEnd(ends) {
+				p.Warnings = append(p.Warnings, fmt.Sprintf("pipe:[%d] holds %d queued bytes but no task holds its read end", pp.ID, len(pp.Data)))
+			}
+			spec, err := pipe.PipeSpec(pp, ends, routes)
+			if err := add(c, spec, err); err != nil {
+				return nil, err
+			}
+		case criupb.FdTypes_FIFO:
+			if len(hs) == 0 {
+				p.Unsupported = append(p.Unsupported, fmt.Sprintf("FIFO file id %d exists only in flight (in a unix socket queue)", f.ID))
+				continue
+			}
+			c := creator(hs)
+			writeData := f.Pipe != nil && !fifoData[f.Pipe] && f.Pipe.HasData
+			if writeData {
+				fifoData[f.Pipe] = true
+			}
+			spec, err := pipe.FifoSpec(f, writeData, others(hs, c))
+			if err := add(c, spec, err); err != nil {
+				return nil, err
+			}
+		default:
+			for _, fd := range f.Fds {
+				p.Unsupported = append(p.Unsupported, fmt.Sprintf("task %s fd %d: %s: type %s is not supported yet", pids(fd.Table.Tasks), fd.Num, f.Name(), f.Type))
+			}
+		}
+	}
+	for i, tp := range p.TaskPlans {
+		sortOpens(tp)
+		for j := range tp.Opens {
+			p.Objects = append(p.Objects, PlannedObject{Spec: &tp.Opens[j], Creator: i})
+		}
+		if err := tp.Validate(); err != nil {
+			return nil, err
+		}
+	}
+	if err := p.buildGraph(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func hasReadEnd(ends []*images.File) bool {
+	for _, e := range ends {
+		if acc := e.Entry.GetPipe().GetFlags() & 3; acc == 0 || acc == 2 {
+			return true
+		}
+	}
+	return false
+}
+
+func fileIDs(fs []*images.File) []uint32 {
+	out := make([]uint32, len(fs))
+	for i, f := range fs {
+		out[i] = f.ID
+	}
+	return out
+}
+
+func pids(ts []*images.Task) string {
+	s := make([]string, len(ts))
+	for i, t := range ts {
+		s[i] = fmt.Sprint(t.Pid)
+	}
+	return strings.Join(s, ",")
+}
+
+// sortOpens orders a task's opens by the lowest fd they fill, so that fresh
+// fds tend to land right on their targets.
+func sortOpens(tp *files.TaskPlan) {
+	low := map[uint32]int32{}
+	for _, fl := range tp.Fles {
+		if _, ok := low[fl.File]; !ok {
+			low[fl.File] = fl.Fd
+		}
+	}
+	key := func(o *files.OpenSpec) int64 {
+		best := int64(1) << 40
+		for _, f := range o.Files {
+			if fd, ok := low[f]; ok && int64(fd) < best {
+				best = int64(fd)
+			}
+		}
+		return best
+	}
+	sort.SliceStable(tp.Opens, func(i, j int) bool { return key(&tp.Opens[i]) < key(&tp.Opens[j]) })
+}
+
+// buildGraph records the cross-task dependencies as stage-graph edges and
+// checks them for cycles: every description a task receives is Served
+// there only after its creator made it.
+func (p *Plan) buildGraph() error {
+	g := p.Graph
+	for _, o := range p.Objects {
+		creator := p.Set.Tasks[o.Creator]
+		for i, id := range o.Spec.Files {
+			obj := files.Object{ID: files.ObjectID{Kind: "file", ID: uint64(id)}, Name: o.Spec.Name, Owner: int(creator.Pid)}
+			created := g.Node(obj, files.StageCreated)
+			for _, dst := range o.Spec.SendTo[i] {
+				t := p.Set.Tasks[dst]
+				fobj := files.Object{ID: files.ObjectID{Kind: "fds of file", ID: uint64(t.Pid)<<32 | uint64(id)}, Name: fmt.Sprintf("file id %d in task %d", id, t.Pid), Owner: int(t.Pid)}
+				g.Need(g.Node(fobj, files.StageServed), created, "received over SCM_RIGHTS")
+			}
+		}
+	}
+	return g.Check()
+}
+
+// Print writes the plan for people: tasks, tree steps, objects with their
+// creators and receivers, graph edges, and what is unsupported.
+func (p *Plan) Print(w io.Writer) {
+	fmt.Fprintf(w, "Tasks (%d):\n", len(p.Set.Tasks))
+	for _, t := range p.Set.Tasks {
+		role := ""
+		if t.SessionLeader() {
+			role = ", session leader"
+		} else if t.GroupLeader() {
+			role = ", group leader"
+		}
+		fmt.Fprintf(w, "  task %d: ppid %d pgid %d sid %d%s, %d fds\n", t.Pid, t.PPid, t.Pgid, t.Sid, role, len(t.Fds.Fds))
+	}
+	fmt.Fprintf(w, "Tree (%d processes, %d steps):\n", len(p.Procs), len(p.TreeOps))
+	for i, op := range p.TreeOps {
+		fmt.Fprintf(w, "  %d. %s\n", i+1, op.Describe(p.Procs))
+	}
+	fmt.Fprintf(w, "Objects (%d):\n", len(p.Objects))
+	for _, o := range p.Objects {
+		fmt.Fprintf(w, "  %s %s: created by task %d", o.Spec.Type, o.Spec.Name, p.Set.Tasks[o.Creator].Pid)
+		var dst []string
+		for i, id := range o.Spec.Files {
+			for _, t := range o.Spec.SendTo[i] {
+				dst = append(dst, fmt.Sprintf("file id %d to task %d", id, p.Set.Tasks[t].Pid))
+			}
+		}
+		if len(dst) > 0 {
+			fmt.Fprintf(w, "; sends %s", strings.Join(dst, ", "))
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintf(w, "Stage graph: %d nodes, %d edges, no cycle\n", p.Graph.Len(), p.Graph.Edges())
+	p.printEdges(w)
+	if len(p.Warnings) > 0 {
+		fmt.Fprintf(w, "Warnings (%d):\n", len(p.Warnings))
+		for _, s := range p.Warnings {
+			fmt.Fprintf(w, "  %s\n", s)
+		}
+	}
+	if len(p.Unsupported) > 0 {
+		fmt.Fprintf(w, "Unsupported (%d):\n", len(p.Unsupported))
+		for _, s := range p.Unsupported {
+			fmt.Fprintf(w, "  %s\n", s)
+		}
+	} else {
+		fmt.Fprintln(w, "Restorable: yes")
+	}
+}
+
+func (p *Plan) printEdges(w io.Writer) {
+	g := p.Graph
+	for n := 0; n < g.Len(); n++ {
+		for _, e := range g.Deps(files.NodeID(n)) {
+			fmt.Fprintf(w, "  %s needs %s (%s)\n", g.Info(files.NodeID(n)), g.Info(e.Node), e.Why)
+		}
+	}
+}
+
+// Cwd returns the working directory recorded for t (fs-PID.img), or "".
+func (p *Plan) Cwd(t *images.Task) string {
+	if t == nil || t.FS == nil {
+		return ""
+	}
+	if f := p.Set.Files[t.FS.GetCwdId()]; f != nil {
+		return f.Entry.GetReg().GetName()
+	}
+	return ""
+}

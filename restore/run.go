@@ -1,0 +1,558 @@
+package restore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/fdrestore/fdrestore/files"
+	"github.com/fdrestore/fdrestore/scm"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+)
+
+// EndMode says what each restored task does once the whole tree is
+// restored.
+type EndMode int
+
+const (
+	// EndStop: every task stops itself with SIGSTOP, its fd table exactly
+	// the image's. (A task that is continued exits.)
+	EndStop EndMode = iota + 1
+	// EndExec: every task execs Options.Exec through /bin/sh -c.
+	EndExec
+)
+
+// Options control a restore run.
+type Options struct {
+	End EndMode
+	// Exec is the command line for EndExec; "{pid}" expands to the
+	// task's pid in the images.
+	Exec string
+	// Timeout bounds the whole restore (default 60s).
+	Timeout time.Duration
+	// Log receives the coordinator's and the helpers' log entries
+	// (default: logrus's standard logger).
+	Log *logrus.Logger
+}
+
+// Result describes a restored tree.
+type Result struct {
+	RootPid int
+	// PidMap maps image pids to the pids of the restored tasks.
+	PidMap map[uint32]int
+	// Took is the wall time of the restore.
+	Took time.Duration
+}
+
+// TaskError is returned when a restore fails in or because of one process
+// of the tree. errors.Is(err, ErrTaskDied) tells whether the process died.
+type TaskError struct {
+	Proc string // "task 2", or a stand-in's description
+	Op   string // what the coordinator was doing: "spawn", "plan", "end", ...
+	Err  error
+}
+
+func (e *TaskError) Error() string { return fmt.Sprintf("%s: %s: %v", e.Proc, e.Op, e.Err) }
+func (e *TaskError) Unwrap() error { return e.Err }
+
+// ErrTaskDied is wrapped when a helper process exited or was killed
+// during the restore.
+var ErrTaskDied = errors.New("helper process died")
+
+type procState struct {
+	p   *Proc
+	ctl int // coordinator's end of the control channel; -1 once closed
+	pid int
+}
+
+type coordinator struct {
+	plan     *Plan
+	opts     Options
+	log      *logrus.Logger
+	runID    string
+	deadline time.Time
+	ps       []*procState
+	oldSub   int
+	started  time.Time
+}
+
+// Run restores the tree described by plan and brings it to the requested
+// end state. On failure every process it created is killed and reaped and
+// the error names the process, the step and the cause. Run makes the
+// calling process a child-subreaper for its duration so that it can reap
+// helpers whose parents died.
+func Run(ctx context.Context, plan *Plan, opts Options) (*Result, error) {
+	if err := plan.Err(); err != nil {
+		return nil, err
+	}
+	if opts.End != EndStop && opts.End != EndExec {
+		return nil, fmt.Errorf("restore: choose an end state (stop or exec)")
+	}
+	if opts.End == EndExec && strings.TrimSpace(opts.Exec) == "" {
+		return nil, fmt.Errorf("restore: exec end state needs a command")
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 60 * time.Second
+	}
+	if opts.Log == nil {
+		opts.Log = logrus.StandardLogger()
+	}
+	c := &coordinator{plan: plan, opts: opts, log: opts.Log, runID: scm.NewRunID(), started: time.Now()}
+	c.deadline = c.started.Add(opts.Timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(c.deadline) {
+		c.deadline = d
+	}
+	if v, err := unix.PrctlRetInt(unix.PR_GET_CHILD_SUBREAPER, 0, 0, 0, 0); err == nil {
+		c.oldSub = v
+	}
+	unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+	defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, uintptr(c.oldSub), 0, 0, 0)
+
+	res, err := c.run(ctx)
+	if err != nil {
+		c.abort()
+		return nil, err
+	}
+	return res, nil
+}
+
+func (c *coordinator) run(ctx context.Context) (*Result, error) {
+	c.ps = make([]*procState, len(c.plan.Procs))
+	for i, p := range c.plan.Procs {
+		c.ps[i] = &procState{p: p, ctl: -1}
+	}
+	for _, op := range c.plan.TreeOps {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if err := c.treeOp(op); err != nil {
+			return nil, err
+		}
+	}
+	treeDone := time.Now()
+	pidMap := map[uint32]int{}
+	for _, st := range c.ps {
+		if st.p.Task != nil {
+			pidMap[st.p.Task.Pid] = st.pid
+		}
+	}
+	// Files: every task restores its fds at once; the coordinator only
+	// waits for them to report.
+	tasks := c.taskProcs()
+	for _, st := range tasks {
+		if err := c.sendPlan(st, pidMap); err != nil {
+			return nil, err
+		}
+	}
+	if err := c.collect(tasks, "restore fds"); err != nil {
+		return nil, err
+	}
+	filesDone := time.Now()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	for _, st := range tasks {
+		if err := c.sendEnd(st); err != nil {
+			return nil, err
+		}
+	}
+	if err := c.collect(tasks, "end"); err != nil {
+		return nil, err
+	}
+	for _, st := range tasks {
+		if err := c.waitEnd(st); err != nil {
+			return nil, err
+		}
+	}
+	c.log.WithFields(logrus.Fields{"tree": treeDone.Sub(c.started), "files": filesDone.Sub(treeDone), "total": time.Since(c.started)}).Info("tree restored")
+	return &Result{RootPid: c.ps[0].pid, PidMap: pidMap, Took: time.Since(c.started)}, nil
+}
+
+func (c *coordinator) taskProcs() []*procState {
+	var out []*procState
+	for _, st := range c.ps {
+		if st.p.Task != nil {
+			out = append(out, st)
+		}
+	}
+	return out
+}
+
+func (c *coordinator) fail(st *procState, op string, err error) error {
+	if errors.Is(err, errPeerGone) {
+		err = fmt.Errorf("%w (pid %d): %v", ErrTaskDied, st.pid, err)
+	}
+	return &TaskError{Proc: st.p.Name(), Op: op, Err: err}
+}
+
+// call sends a command to a helper and waits for its answer, passing its
+// log entries on meanwhile.
+func (c *coordinator) call(st *procState, m *ctlMsg, fds ...int) (*ctlMsg, error) {
+	if err := ctlSend(st.ctl, m, fds...); err != nil {
+		return nil, c.fail(st, m.Op, err)
+	}
+	return c.await(st, m.Op)
+}
+
+func (c *coordinator) await(st *procState, op string) (*ctlMsg, error) {
+	for {
+		r, fds, err := ctlRecv(st.ctl, c.deadline)
+		closeFDs(fds)
+		if err != nil {
+			return nil, c.fail(st, op, err)
+		}
+		switch r.Op {
+		case ctlLog:
+			c.relog(st, r.Log)
+		case ctlOK:
+			return r, nil
+		case ctlErr:
+			return nil, c.fail(st, op, errors.New(r.Err))
+		default:
+			return nil, c.fail(st, op, fmt.Errorf("unexpected answer %q", r.Op))
+		}
+	}
+}
+
+// relog passes a helper's logrus JSON entry on to the coordinator's logger.
+func (c *coordinator) relog(st *procState, entry []byte) {
+	var m map[string]any
+	if json.Unmarshal(entry, &m) != nil {
+		return
+	}
+	lvl, err := logrus.ParseLevel(fmt.Sprint(m["level"]))
+	if err != nil {
+		lvl = logrus.InfoLevel
+	}
+	msg := fmt.Sprint(m["msg"])
+	delete(m, "level")
+	delete(m, "msg")
+	delete(m, "time")
+	m["proc"] = st.p.Name()
+	c.log.WithFields(m).Log(lvl, msg)
+}
+
+// treeOp carries out one tree-building step.
+func (c *coordinator) treeOp(op TreeOp) error {
+	st := c.ps[op.Proc]
+	switch op.Kind {
+	case OpSpawn:
+		return c.spawn(st)
+	case OpSetsid:
+		_, err := c.call(st, &ctlMsg{Op: ctlSetsid})
+		return err
+	case OpSetpgid:
+		_, err := c.call(st, &ctlMsg{Op: ctlSetpgid, Arg: c.ps[op.Arg].pid})
+		return err
+	case OpSubreaper:
+		_, err := c.call(st, &ctlMsg{Op: ctlSubreaper, Arg: op.Arg})
+		return err
+	case OpExit:
+		if err := ctlSend(st.ctl, &ctlMsg{Op: ctlExit}); err != nil {
+			return c.fail(st, "exit", err)
+		}
+		parent := c.ps[st.p.Parent]
+		if _, err := c.call(parent, &ctlMsg{Op: ctlReap, Arg: st.pid}); err != nil {
+			return err
+		}
+		unix.Close(st.ctl)
+		st.ctl, st.pid = -1, 0
+		return nil
+	}
+	return fmt.Errorf("unknown tree step %d", op.Kind)
+}
+
+// tempBase is the service fd floor of a proc: above its task's targets.
+func (c *coordinator) tempBase(p *Proc) int {
+	if p.Task == nil {
+		return 3
+	}
+	return files.TempBase(c.plan.TaskPlans[p.TaskIx])
+}
+
+// spawn creates the control channel (and transport endpoint) of a proc
+// and has its parent start it — or starts it directly for the root.
+func (c *coordinator) spawn(st *procState) error {
+	p := st.p
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return c.fail(st, "spawn", fmt.Errorf("control socketpair: %w", err))
+	}
+	st.ctl = pair[0]
+	fds := []int{pair[1]}
+	defer func() { closeFDs(fds) }()
+	taskIx := -1
+	if p.Task != nil {
+		taskIx = p.TaskIx
+		tr, err := scm.Open(c.runID, uint32(p.TaskIx), scm.Options{})
+		if err != nil {
+			return c.fail(st, "spawn", err)
+		}
+		fds = append(fds, tr.FD()) // the transport struct is dropped; the helper adopts the socket
+	}
+	if p.Parent < 0 {
+		argv := helperArgs(p.Index, c.runID, taskIx, c.tempBase(p), c.deadline, c.log.GetLevel())
+		files := helperFiles(c.tempBase(p), fds)
+		exe, err := executableCopy()
+		if err != nil {
+			return c.fail(st, "spawn", err)
+		}
+		// The path's fd must stay clear of the child's fd layout, or the
+		// fork child's fd shuffle would replace it before execve.
+		path, err := dupAbove(exe, len(files))
+		if err != nil {
+			return c.fail(st, "spawn", err)
+		}
+		defer unix.Close(path)
+		pid, err := syscall.ForkExec("/proc/self/fd/"+strconv.Itoa(path), argv, &syscall.ProcAttr{Env: helperEnv(), Files: files, Sys: &syscall.SysProcAttr{Setsid: p.Setsid, Setpgid: p.NewGroup}})
+		if err != nil {
+			return c.fail(st, "spawn", err)
+		}
+		st.pid = pid
+		return nil
+	}
+	parent := c.ps[p.Parent]
+	r, err := c.call(parent, &ctlMsg{Op: ctlSpawn, Proc: p.Index, Setsid: p.Setsid, NewGroup: p.NewGroup,
+		Task: p.Task != nil, TaskIx: taskIx, TempBase: c.tempBase(p)}, fds...)
+	if err != nil {
+		return err
+	}
+	st.pid = r.Pid
+	return nil
+}
+
+// sendPlan hands a task its plan in a memfd.
+func (c *coordinator) sendPlan(st *procState, pidMap map[uint32]int) error {
+	tp := c.plan.TaskPlans[st.p.TaskIx]
+	tp.RunID = c.runID
+	tp.PidMap = make(map[uint32]uint32, len(pidMap))
+	for k, v := range pidMap {
+		tp.PidMap[k] = uint32(v)
+	}
+	data, err := tp.Encode()
+	if err != nil {
+		return c.fail(st, "plan", err)
+	}
+	mfd, err := unix.MemfdCreate("fdrestore-plan", unix.MFD_CLOEXEC)
+	if err != nil {
+		return c.fail(st, "plan", fmt.Errorf("memfd_create: %w", err))
+	}
+	defer unix.Close(mfd)
+	for off := 0; off < len(data); {
+		n, err := unix.Write(mfd, data[off:])
+		if err != nil {
+			return c.fail(st, "plan", fmt.Errorf("write plan: %w", err))
+		}
+		off += n
+	}
+	if err := ctlSend(st.ctl, &ctlMsg{Op: ctlPlan}, mfd); err != nil {
+		return c.fail(st, "plan", err)
+	}
+	return nil
+}
+
+// collect waits for every proc in sts to answer the command just sent,
+// in whatever order they finish; the first failure aborts.
+func (c *coordinator) collect(sts []*procState, op string) error {
+	pending := make(map[int32]*procState, len(sts))
+	for _, st := range sts {
+		pending[int32(st.ctl)] = st
+	}
+	pfds := make([]unix.PollFd, 0, len(sts))
+	for len(pending) > 0 {
+		pfds = pfds[:0]
+		for fd := range pending {
+			pfds = append(pfds, unix.PollFd{Fd: fd, Events: unix.POLLIN})
+		}
+		if _, err := scm.Wait(c.deadline, fmt.Sprintf("%d tasks to %s", len(pending), op), pfds...); err != nil {
+			var names []string
+			for _, st := range pending {
+				names = append(names, st.p.Name())
+			}
+			return fmt.Errorf("%s: %w (still waiting for %s)", op, err, strings.Join(names, ", "))
+		}
+		for _, pfd := range pfds {
+			if pfd.Revents == 0 {
+				continue
+			}
+			st := pending[pfd.Fd]
+			if _, err := c.await(st, op); err != nil {
+				return err
+			}
+			delete(pending, pfd.Fd)
+		}
+	}
+	return nil
+}
+
+func (c *coordinator) sendEnd(st *procState) error {
+	m := &ctlMsg{Op: ctlEnd}
+	if dir := c.plan.Cwd(st.p.Task); dir != "" {
+		m.Dir = dir
+	}
+	switch c.opts.End {
+	case EndStop:
+		m.Mode = modeStop
+	case EndExec:
+		m.Mode = modeExec
+		cmd := strings.ReplaceAll(c.opts.Exec, "{pid}", strconv.Itoa(int(st.p.Task.Pid)))
+		m.Argv = []string{"/bin/sh", "-c", cmd}
+		m.Env = os.Environ()
+	}
+	if err := ctlSend(st.ctl, m); err != nil {
+		return c.fail(st, "end", err)
+	}
+	return nil
+}
+
+// waitEnd confirms a task reached its end state: its control channel
+// closes (it stopped or exec'd), and a stopping task shows state T.
+func (c *coordinator) waitEnd(st *procState) error {
+	for {
+		r, fds, err := ctlRecv(st.ctl, c.deadline)
+		closeFDs(fds)
+		if errors.Is(err, errPeerGone) {
+			break
+		}
+		if err != nil {
+			return c.fail(st, "end", err)
+		}
+		switch r.Op {
+		case ctlLog:
+			c.relog(st, r.Log)
+			continue
+		case ctlErr:
+			return c.fail(st, "end", errors.New(r.Err))
+		}
+	}
+	unix.Close(st.ctl)
+	st.ctl = -1
+	if c.opts.End != EndStop {
+		return nil
+	}
+	for {
+		state, err := procState1(st.pid)
+		if err != nil {
+			return c.fail(st, "end", fmt.Errorf("%w: %v", ErrTaskDied, err))
+		}
+		switch state {
+		case 'T', 't':
+			return nil
+		case 'Z', 'X':
+			return c.fail(st, "end", fmt.Errorf("%w before it stopped", ErrTaskDied))
+		}
+		if time.Now().After(c.deadline) {
+			return c.fail(st, "end", fmt.Errorf("%w: task did not stop (state %c)", scm.ErrTimeout, state))
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+}
+
+var (
+	exeOnce sync.Once
+	exeFD   = -1
+	exeErr  error
+)
+
+// executableCopy returns a memfd holding a copy of the running executable,
+// made once per process. Helpers run from it: their /proc/self/exe then
+// names no file on disk, so no package initialiser (protobuf's detrand, for
+// one) opens the executable and starts the Go netpoller before the helper
+// has reserved the low fd numbers; and the binary on disk may be replaced
+// while a restore runs.
+func executableCopy() (int, error) {
+	exeOnce.Do(func() {
+		src, err := unix.Open("/proc/self/exe", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			exeErr = fmt.Errorf("open own executable: %w", err)
+			return
+		}
+		defer unix.Close(src)
+		var st unix.Stat_t
+		if err := unix.Fstat(src, &st); err != nil {
+			exeErr = err
+			return
+		}
+		mfd, err := unix.MemfdCreate("fdrestore", unix.MFD_CLOEXEC)
+		if err != nil {
+			exeErr = fmt.Errorf("memfd_create: %w", err)
+			return
+		}
+		for left := st.Size; left > 0; {
+			n, err := unix.Sendfile(mfd, src, nil, int(left))
+			if err != nil || n == 0 {
+				unix.Close(mfd)
+				exeErr = fmt.Errorf("copy own executable: %v", err)
+				return
+			}
+			left -= int64(n)
+		}
+		exeFD = mfd
+	})
+	return exeFD, exeErr
+}
+
+// dupAbove returns a CLOEXEC duplicate of fd numbered at least min.
+func dupAbove(fd, min int) (int, error) {
+	return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, min)
+}
+
+// procState1 returns the state letter of /proc/PID/stat.
+func procState1(pid int) (byte, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 || i+2 >= len(b) {
+		return 0, fmt.Errorf("unexpected /proc/%d/stat", pid)
+	}
+	return b[i+2], nil
+}
+
+// abort kills every process the restore created and reaps them.
+func (c *coordinator) abort() {
+	for _, st := range c.ps {
+		if st == nil {
+			continue
+		}
+		if st.pid > 0 {
+			unix.Kill(st.pid, unix.SIGKILL)
+		}
+		if st.ctl >= 0 {
+			unix.Close(st.ctl)
+			st.ctl = -1
+		}
+	}
+	// Everything the restore started becomes our child (directly, or
+	// through the subreaper flag once its parent died): reap each one, or
+	// wait until it is gone, within a grace period.
+	grace := time.Now().Add(5 * time.Second)
+	for _, st := range c.ps {
+		if st == nil || st.pid <= 0 {
+			continue
+		}
+		for {
+			var ws unix.WaitStatus
+			wpid, _ := unix.Wait4(st.pid, &ws, unix.WNOHANG, nil)
+			if wpid == st.pid || !exists(st.pid) || time.Now().After(grace) {
+				break
+			}
+			time.Sleep(500 * time.Microsecond)
+		}
+	}
+}
+
+// exists reports whether /proc has pid (alive or a zombie).
+func exists(pid int) bool {
+	_, err := os.Stat("/proc/" + strconv.Itoa(pid))
+	return err == nil
+}

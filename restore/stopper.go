@@ -1,0 +1,182 @@
+package restore
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/fdrestore/fdrestore/files"
+	"golang.org/x/sys/unix"
+)
+
+// stopperArg is argv[1] of the stopper: what a helper execs to leave its
+// task stopped. A stopped Go helper would keep the runtime's own fds (the
+// netpoller's epoll and eventfd); the freshly exec'd stopper does nothing
+// that creates one (it runs from the coordinator's memfd copy of the
+// binary, so no package initialiser can open the executable either). Its
+// arguments: the control socket, the fds to make close-on-exec again (exec
+// would have closed them), and how many fds the task has.
+const stopperArg = "__fdrestore-stop"
+
+// execStopper replaces the helper with the stopper.
+func (h *helper) execStopper() error {
+	var cloexec []int
+	for _, fl := range h.plan.Fles {
+		if fl.Cloexec {
+			cloexec = append(cloexec, int(fl.Fd))
+			if _, err := unix.FcntlInt(uintptr(fl.Fd), unix.F_SETFD, 0); err != nil {
+				return fmt.Errorf("carry fd %d across exec: %w", fl.Fd, err)
+			}
+		}
+	}
+	if _, err := unix.FcntlInt(uintptr(h.ctl), unix.F_SETFD, 0); err != nil {
+		return fmt.Errorf("carry control socket across exec: %w", err)
+	}
+	argv := []string{"fdrestore-stop", stopperArg, strconv.Itoa(h.ctl), encodeRanges(cloexec), strconv.Itoa(len(h.plan.Fles)), fdList012(h.plan)}
+	err := unix.Exec(helperExe, argv, helperEnv())
+	return fmt.Errorf("exec stopper: %w", err)
+}
+
+// fdList012 says which of fds 0-2 the task has ("012", "0", "", ...): the
+// Go runtime opens /dev/null on the others at start and the stopper closes
+// them.
+func fdList012(p *files.TaskPlan) string {
+	var b strings.Builder
+	for _, fl := range p.Fles {
+		if fl.Fd <= 2 {
+			b.WriteByte(byte('0' + fl.Fd))
+		}
+	}
+	return "fds:" + b.String()
+}
+
+func stopperMain(args []string) int {
+	if len(args) != 4 {
+		return 125
+	}
+	ctl, err := strconv.Atoi(args[0])
+	if err != nil {
+		return 125
+	}
+	fail := func(err error) int {
+		ctlSend(ctl, &ctlMsg{Op: ctlErr, Err: "stopper: " + err.Error()})
+		return 1
+	}
+	cloexec, err := decodeRanges(args[1])
+	if err != nil {
+		return fail(err)
+	}
+	want, err := strconv.Atoi(args[2])
+	if err != nil {
+		return fail(err)
+	}
+	has := strings.TrimPrefix(args[3], "fds:")
+	for fd := 0; fd <= 2; fd++ {
+		if !strings.ContainsRune(has, rune('0'+fd)) {
+			unix.Close(fd)
+		}
+	}
+	for _, fd := range cloexec {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
+			return fail(fmt.Errorf("fd %d: set FD_CLOEXEC: %w", fd, err))
+		}
+	}
+	if _, err := unix.FcntlInt(uintptr(ctl), unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
+		return fail(err)
+	}
+	n, extra, err := countFDs(ctl)
+	if err != nil {
+		return fail(err)
+	}
+	if n != want {
+		return fail(fmt.Errorf("%d fds open, want %d (unexpected: %s)", n, want, extra))
+	}
+	if err := ctlSend(ctl, &ctlMsg{Op: ctlOK}); err != nil {
+		return 1
+	}
+	unix.Close(ctl)
+	unix.Kill(os.Getpid(), unix.SIGSTOP)
+	return 0
+}
+
+// countFDs counts the open fds other than skip, and names those that are
+// not regular task fds (for the error).
+func countFDs(skip int) (int, string, error) {
+	dir, err := unix.Open("/proc/self/fd", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, "", err
+	}
+	defer unix.Close(dir)
+	n := 0
+	var names []string
+	buf := make([]byte, 8192)
+	for {
+		got, err := unix.ReadDirent(dir, buf)
+		if err != nil {
+			return 0, "", err
+		}
+		if got == 0 {
+			break
+		}
+		var ents []string
+		_, _, ents = unix.ParseDirent(buf[:got], -1, ents)
+		for _, e := range ents {
+			fd, err := strconv.Atoi(e)
+			if err != nil || fd == dir || fd == skip {
+				continue
+			}
+			n++
+			if t, err := os.Readlink("/proc/self/fd/" + e); err == nil && strings.HasPrefix(t, "anon_inode:") {
+				names = append(names, fmt.Sprintf("%d=%s", fd, t))
+			}
+		}
+	}
+	return n, strings.Join(names, " "), nil
+}
+
+// encodeRanges writes sorted ints as "3-7,12".
+func encodeRanges(v []int) string {
+	var b strings.Builder
+	for i := 0; i < len(v); {
+		j := i
+		for j+1 < len(v) && v[j+1] == v[j]+1 {
+			j++
+		}
+		if b.Len() > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.Itoa(v[i]))
+		if j > i {
+			b.WriteByte('-')
+			b.WriteString(strconv.Itoa(v[j]))
+		}
+		i = j + 1
+	}
+	return "r:" + b.String()
+}
+
+func decodeRanges(s string) ([]int, error) {
+	s = strings.TrimPrefix(s, "r:")
+	if s == "" {
+		return nil, nil
+	}
+	var out []int
+	for _, part := range strings.Split(s, ",") {
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err := strconv.Atoi(lo)
+		if err != nil {
+			return nil, fmt.Errorf("fd list %q: %w", s, err)
+		}
+		b := a
+		if isRange {
+			if b, err = strconv.Atoi(hi); err != nil || b < a || b-a > 1<<20 {
+				return nil, fmt.Errorf("fd list %q: bad range %q", s, part)
+			}
+		}
+		for fd := a; fd <= b; fd++ {
+			out = append(out, fd)
+		}
+	}
+	return out, nil
+}
