@@ -19,7 +19,7 @@ export FDRESTORE_FIXTURES := $(FIXTURES)
 all: build
 
 build:
-	$(GO) build -o $(BIN) ./cmd/fdrestore
+	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/fdrestore
 
 # Build the tool and run it on a real CRIU 4.2 dump.
 demo: build

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -360,34 +361,50 @@ func (c *coordinator) sendPlan(st *procState, pidMap map[uint32]int) error {
 }
 
 // collect waits for every proc in sts to answer the command just sent,
-// in whatever order they finish; the first failure aborts.
+// in whatever order they finish; the first failure aborts. An epoll set
+// keeps each wake-up O(ready), however many tasks there are.
 func (c *coordinator) collect(sts []*procState, op string) error {
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("%s: epoll_create: %w", op, err)
+	}
+	defer unix.Close(ep)
 	pending := make(map[int32]*procState, len(sts))
 	for _, st := range sts {
 		pending[int32(st.ctl)] = st
-	}
-	pfds := make([]unix.PollFd, 0, len(sts))
-	for len(pending) > 0 {
-		pfds = pfds[:0]
-		for fd := range pending {
-			pfds = append(pfds, unix.PollFd{Fd: fd, Events: unix.POLLIN})
+		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(st.ctl)}
+		if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, st.ctl, &ev); err != nil {
+			return fmt.Errorf("%s: epoll_ctl: %w", op, err)
 		}
-		if _, err := scm.Wait(c.deadline, fmt.Sprintf("%d tasks to %s", len(pending), op), pfds...); err != nil {
+	}
+	events := make([]unix.EpollEvent, 256)
+	for len(pending) > 0 {
+		ms := time.Until(c.deadline).Milliseconds()
+		if ms <= 0 {
 			var names []string
 			for _, st := range pending {
 				names = append(names, st.p.Name())
 			}
-			return fmt.Errorf("%s: %w (still waiting for %s)", op, err, strings.Join(names, ", "))
+			sort.Strings(names)
+			return fmt.Errorf("%s: %w after %v (still waiting for %s)", op, scm.ErrTimeout, c.opts.Timeout, strings.Join(names, ", "))
 		}
-		for _, pfd := range pfds {
-			if pfd.Revents == 0 {
+		n, err := unix.EpollWait(ep, events, int(min(ms, 1000)))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("%s: epoll_wait: %w", op, err)
+		}
+		for _, ev := range events[:n] {
+			st := pending[ev.Fd]
+			if st == nil {
 				continue
 			}
-			st := pending[pfd.Fd]
 			if _, err := c.await(st, op); err != nil {
 				return err
 			}
-			delete(pending, pfd.Fd)
+			delete(pending, ev.Fd)
+			unix.EpollCtl(ep, unix.EPOLL_CTL_DEL, int(ev.Fd), nil)
 		}
 	}
 	return nil
