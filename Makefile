@@ -6,7 +6,7 @@
 GO        ?= go
 PKGS      := ./...
 BIN       := bin/fdrestore
-FIXTURES  ?= $(abspath ../shared/criu-images)
+FIXTURES  ?= $(or $(FDRESTORE_FIXTURES),$(abspath ../shared/criu-images))
 PROTOC_VERSION := 3.21.12
 FUZZTIME  ?= 1m
 # Packages whose code runs on several goroutines or threads: race-tested.

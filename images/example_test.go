@@ -3,6 +3,8 @@ package images_test
 import (
 	"fmt"
 	"log"
+	"os"
+	"path/filepath"
 
 	"github.com/fdrestore/fdrestore/images"
 	"github.com/fdrestore/fdrestore/proto/criupb"
@@ -12,7 +14,7 @@ import (
 // fds 3 and 12 share one pipe description (file id 6), fds 1 and 2 one
 // /dev/null description.
 func ExampleLoad() {
-	s, err := images.Load("../../shared/criu-images/pipe-basic")
+	s, err := images.Load(fixture("pipe-basic"))
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -43,7 +45,7 @@ func ExampleLoad() {
 // Decode one image file entry by entry. pipes-data.img holds one entry per
 // pipe, followed by the bytes queued in it.
 func ExampleReadFile() {
-	kind, entries, err := images.ReadFile("../../shared/criu-images/pipe-basic/pipes-data.img", images.KindNamed("PIPES_DATA"))
+	kind, entries, err := images.ReadFile(fixture("pipe-basic/pipes-data.img"), images.KindNamed("PIPES_DATA"))
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -57,4 +59,15 @@ func ExampleReadFile() {
 	// PIPES_DATA 2 entries
 	// entry 0 at offset 8: pipe_id 1302207, buffer 1048576 bytes, 13 queued: "Hello, pipe!\n"
 	// entry 1 at offset 35: pipe_id 1302208, buffer 65536 bytes, 0 queued: ""
+}
+
+// fixture returns the path of a shared CRIU fixture: under
+// $FDRESTORE_FIXTURES when set, else ../../shared/criu-images (a checkout
+// next to the shared folder).
+func fixture(name string) string {
+	dir := os.Getenv("FDRESTORE_FIXTURES")
+	if dir == "" {
+		dir = "../../shared/criu-images"
+	}
+	return filepath.Join(dir, name)
 }
