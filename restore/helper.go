@@ -254,7 +254,7 @@ func (h *helper) serve() error {
 			closeFDs(fds)
 			err = fmt.Errorf("unknown command %q", m.Op)
 		}
-		if err != nil {
+		if err != nil && m.Op != ctlPlan {
 			err = fmt.Errorf("%s: %w", m.Op, err)
 		}
 		if rerr := h.reply(err, pid); rerr != nil {

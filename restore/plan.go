@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/fdrestore/fdrestore/files"
@@ -193,6 +194,7 @@ func NewPlan(set *images.Set, opts PlanOptions) (*Plan, error) {
 		}
 	}
 	for i, tp := range p.TaskPlans {
+		nameFds(tp)
 		sortOpens(tp)
 		for j := range tp.Opens {
 			p.Objects = append(p.Objects, PlannedObject{Spec: &tp.Opens[j], Creator: i})
@@ -230,6 +232,29 @@ func pids(ts []*images.Task) string {
 		s[i] = fmt.Sprint(t.Pid)
 	}
 	return strings.Join(s, ",")
+}
+
+// nameFds adds the creating task's fd numbers to each object's name, so
+// that every engine error names the fds concerned.
+func nameFds(tp *files.TaskPlan) {
+	fds := map[uint32][]string{}
+	for _, fl := range tp.Fles {
+		fds[fl.File] = append(fds[fl.File], strconv.Itoa(int(fl.Fd)))
+	}
+	for i := range tp.Opens {
+		o := &tp.Opens[i]
+		var list []string
+		for _, id := range o.Files {
+			list = append(list, fds[id]...)
+		}
+		switch len(list) {
+		case 0:
+		case 1:
+			o.Name += " at fd " + list[0]
+		default:
+			o.Name += " at fds " + strings.Join(list, ",")
+		}
+	}
 }
 
 // sortOpens orders a task's opens by the lowest fd they fill, so that fresh

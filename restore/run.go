@@ -61,7 +61,14 @@ type TaskError struct {
 	Err  error
 }
 
-func (e *TaskError) Error() string { return fmt.Sprintf("%s: %s: %v", e.Proc, e.Op, e.Err) }
+func (e *TaskError) Error() string {
+	msg := e.Err.Error()
+	// Engine errors already start with the task they happened in.
+	if strings.HasPrefix(msg, e.Proc+": ") {
+		return fmt.Sprintf("%s: %s: %s", e.Proc, e.Op, strings.TrimPrefix(msg, e.Proc+": "))
+	}
+	return fmt.Sprintf("%s: %s: %s", e.Proc, e.Op, msg)
+}
 func (e *TaskError) Unwrap() error { return e.Err }
 
 // ErrTaskDied is wrapped when a helper process exited or was killed
