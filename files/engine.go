@@ -90,6 +90,13 @@ type Engine struct {
 	temps    []int
 	ctx      Context
 	ctlFD    int
+
+	// Idle, when set, is told when the task has had nothing to do for
+	// IdleAfter (idle true, with what it waits for) and when it next
+	// wakes up (idle false). The coordinator uses it to tell a stalled
+	// tree from a slow one at once.
+	Idle      func(idle bool, waitsFor string)
+	IdleAfter time.Duration
 }
 
 // EngineError says which object failed and why.
@@ -190,6 +197,7 @@ func (e *Engine) errf(obj, stage string, err error) error {
 // error, or when deadline passes.
 func (e *Engine) Run(deadline time.Time) error {
 	var pfds []unix.PollFd
+	idle := false
 	for {
 		if err := e.runOpens(); err != nil {
 			return err
@@ -204,20 +212,38 @@ func (e *Engine) Run(deadline time.Time) error {
 		if e.ctlFD >= 0 {
 			pfds = append(pfds, unix.PollFd{Fd: int32(e.ctlFD), Events: unix.POLLIN})
 		}
-		if _, err := scm.Wait(deadline, e.waitingFor(), pfds...); err != nil {
+		until := deadline
+		if e.Idle != nil && !idle && !e.tr.Pending() {
+			if t := time.Now().Add(e.idleAfter()); t.Before(deadline) {
+				until = t
+			}
+		}
+		if _, err := scm.Wait(until, e.waitingFor(), pfds...); err != nil {
+			if errors.Is(err, scm.ErrTimeout) && until.Before(deadline) {
+				idle = true
+				e.Idle(true, e.Stalled())
+				continue
+			}
 			return e.errf("", "wait", fmt.Errorf("%w\n%s", err, e.Stalled()))
 		}
-		if e.ctlFD >= 0 {
-			for _, p := range pfds[len(pfds)-1:] {
-				if p.Revents != 0 {
-					return e.errf("", "wait", fmt.Errorf("%w: the coordinator closed the control channel or sent an abort", ErrAborted))
-				}
-			}
+		if idle {
+			idle = false
+			e.Idle(false, "")
+		}
+		if e.ctlFD >= 0 && pfds[len(pfds)-1].Revents != 0 {
+			return e.errf("", "wait", fmt.Errorf("%w: the coordinator closed the control channel or sent an abort", ErrAborted))
 		}
 		if err := e.tr.Drain(e.receive); err != nil {
 			return err
 		}
 	}
+}
+
+func (e *Engine) idleAfter() time.Duration {
+	if e.IdleAfter > 0 {
+		return e.IdleAfter
+	}
+	return 50 * time.Millisecond
 }
 
 func (e *Engine) finished() bool {

@@ -29,6 +29,8 @@ const (
 	ctlOK        = "ok"
 	ctlErr       = "err"
 	ctlLog       = "log"
+	ctlIdle      = "idle" // helper: nothing to do for a while (Err: what it waits for)
+	ctlBusy      = "busy" // helper: working again after idle
 )
 
 // End modes.

@@ -328,6 +328,13 @@ func (h *helper) restore(fds []int) error {
 	if err != nil {
 		return err
 	}
+	e.Idle = func(idle bool, waitsFor string) {
+		if idle {
+			ctlSend(h.ctl, &ctlMsg{Op: ctlIdle, Err: waitsFor})
+		} else {
+			ctlSend(h.ctl, &ctlMsg{Op: ctlBusy})
+		}
+	}
 	start := time.Now()
 	if err := e.Run(h.deadline); err != nil {
 		return err

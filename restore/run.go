@@ -367,9 +367,18 @@ func (c *coordinator) sendPlan(st *procState, pidMap map[uint32]int) error {
 	return nil
 }
 
-// collect waits for every proc in sts to answer the command just sent,
-// in whatever order they finish; the first failure aborts. An epoll set
-// keeps each wake-up O(ready), however many tasks there are.
+// stallGrace is how long every unfinished task must have been idle at
+// once before the coordinator declares the restore stalled. A task that
+// receives something reports busy within microseconds, so a grace of a few
+// hundred milliseconds tells a stall from a message in flight.
+const stallGrace = 300 * time.Millisecond
+
+// collect waits for every proc in sts to answer the command just sent, in
+// whatever order they finish; the first failure aborts. An epoll set keeps
+// each wake-up O(ready), however many tasks there are. While waiting it
+// tracks which tasks report themselves idle: when all unfinished ones have
+// been idle together for stallGrace, nothing can progress any more and the
+// restore fails at once, naming what each task waits for.
 func (c *coordinator) collect(sts []*procState, op string) error {
 	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
@@ -377,6 +386,8 @@ func (c *coordinator) collect(sts []*procState, op string) error {
 	}
 	defer unix.Close(ep)
 	pending := make(map[int32]*procState, len(sts))
+	idle := map[*procState]string{}
+	var allIdleSince time.Time
 	for _, st := range sts {
 		pending[int32(st.ctl)] = st
 		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(st.ctl)}
@@ -386,7 +397,11 @@ func (c *coordinator) collect(sts []*procState, op string) error {
 	}
 	events := make([]unix.EpollEvent, 256)
 	for len(pending) > 0 {
-		ms := time.Until(c.deadline).Milliseconds()
+		now := time.Now()
+		if len(idle) == len(pending) && !allIdleSince.IsZero() && now.Sub(allIdleSince) >= stallGrace {
+			return c.stalled(op, pending, idle)
+		}
+		ms := c.deadline.Sub(now).Milliseconds()
 		if ms <= 0 {
 			var names []string
 			for _, st := range pending {
@@ -395,7 +410,11 @@ func (c *coordinator) collect(sts []*procState, op string) error {
 			sort.Strings(names)
 			return fmt.Errorf("%s: %w after %v (still waiting for %s)", op, scm.ErrTimeout, c.opts.Timeout, strings.Join(names, ", "))
 		}
-		n, err := unix.EpollWait(ep, events, int(min(ms, 1000)))
+		wait := min(ms, 1000)
+		if len(idle) == len(pending) && !allIdleSince.IsZero() {
+			wait = min(wait, (stallGrace-now.Sub(allIdleSince)).Milliseconds()+1)
+		}
+		n, err := unix.EpollWait(ep, events, int(wait))
 		if err == unix.EINTR {
 			continue
 		}
@@ -407,14 +426,48 @@ func (c *coordinator) collect(sts []*procState, op string) error {
 			if st == nil {
 				continue
 			}
-			if _, err := c.await(st, op); err != nil {
-				return err
+			r, fds, err := ctlRecv(st.ctl, c.deadline)
+			closeFDs(fds)
+			if err != nil {
+				return c.fail(st, op, err)
 			}
-			delete(pending, ev.Fd)
-			unix.EpollCtl(ep, unix.EPOLL_CTL_DEL, int(ev.Fd), nil)
+			switch r.Op {
+			case ctlLog:
+				c.relog(st, r.Log)
+			case ctlIdle:
+				idle[st] = r.Err
+			case ctlBusy:
+				delete(idle, st)
+			case ctlOK:
+				delete(idle, st)
+				delete(pending, ev.Fd)
+				unix.EpollCtl(ep, unix.EPOLL_CTL_DEL, int(ev.Fd), nil)
+			case ctlErr:
+				return c.fail(st, op, errors.New(r.Err))
+			default:
+				return c.fail(st, op, fmt.Errorf("unexpected answer %q", r.Op))
+			}
+		}
+		if len(idle) == len(pending) && len(pending) > 0 {
+			if allIdleSince.IsZero() {
+				allIdleSince = time.Now()
+			}
+		} else {
+			allIdleSince = time.Time{}
 		}
 	}
 	return nil
+}
+
+// stalled builds the error for a restore in which no task can progress.
+func (c *coordinator) stalled(op string, pending map[int32]*procState, idle map[*procState]string) error {
+	lines := make([]string, 0, len(pending))
+	for _, st := range pending {
+		lines = append(lines, "  "+idle[st])
+	}
+	sort.Strings(lines)
+	return fmt.Errorf("%s: stalled: no task can make progress (all %d unfinished tasks idle for %v):\n%s",
+		op, len(pending), stallGrace, strings.Join(lines, "\n"))
 }
 
 func (c *coordinator) sendEnd(st *procState) error {
