@@ -12,6 +12,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/fdrestore/fdrestore/files"
 	"github.com/fdrestore/fdrestore/scm"
@@ -82,6 +83,7 @@ type procState struct {
 }
 
 type coordinator struct {
+	ctx      context.Context
 	plan     *Plan
 	opts     Options
 	log      *logrus.Logger
@@ -113,13 +115,15 @@ func Run(ctx context.Context, plan *Plan, opts Options) (*Result, error) {
 	if opts.Log == nil {
 		opts.Log = logrus.StandardLogger()
 	}
-	c := &coordinator{plan: plan, opts: opts, log: opts.Log, runID: scm.NewRunID(), started: time.Now()}
+	c := &coordinator{ctx: ctx, plan: plan, opts: opts, log: opts.Log, runID: scm.NewRunID(), started: time.Now()}
 	c.deadline = c.started.Add(opts.Timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(c.deadline) {
 		c.deadline = d
 	}
-	if v, err := unix.PrctlRetInt(unix.PR_GET_CHILD_SUBREAPER, 0, 0, 0, 0); err == nil {
-		c.oldSub = v
+	// PR_GET_CHILD_SUBREAPER stores the flag through the pointer in arg2.
+	var sub int32
+	if err := unix.Prctl(unix.PR_GET_CHILD_SUBREAPER, uintptr(unsafe.Pointer(&sub)), 0, 0, 0); err == nil {
+		c.oldSub = int(sub)
 	}
 	unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 	defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, uintptr(c.oldSub), 0, 0, 0)
@@ -283,7 +287,8 @@ func (c *coordinator) tempBase(p *Proc) int {
 	if p.Task == nil {
 		return 3
 	}
-	return files.TempBase(c.plan.TaskPlans[p.TaskIx])
+	// Never below 3: the helper's channels must not take stdio numbers.
+	return max(3, files.TempBase(c.plan.TaskPlans[p.TaskIx]))
 }
 
 // spawn creates the control channel (and transport endpoint) of a proc
@@ -397,6 +402,9 @@ func (c *coordinator) collect(sts []*procState, op string) error {
 	}
 	events := make([]unix.EpollEvent, 256)
 	for len(pending) > 0 {
+		if err := c.ctx.Err(); err != nil {
+			return fmt.Errorf("%s: %w", op, err)
+		}
 		now := time.Now()
 		if len(idle) == len(pending) && !allIdleSince.IsZero() && now.Sub(allIdleSince) >= stallGrace {
 			return c.stalled(op, pending, idle)

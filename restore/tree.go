@@ -88,6 +88,7 @@ type treeBuilder struct {
 	born     map[uint32]uint32 // deferred session leaders -> session they are born in
 	sessProc map[uint32]int    // session id -> stand-in proc leading it
 	standin  map[[2]uint32]int // (spawning task, session) -> stand-in proc
+	grp      []int             // per proc: the proc leading its current process group
 }
 
 // buildTree plans the processes and steps that reproduce the tree's parent
@@ -155,6 +156,12 @@ func isAncestor(a, t *images.Task) bool {
 func (b *treeBuilder) addProc(p *Proc) int {
 	p.Index = len(b.procs)
 	b.procs = append(b.procs, p)
+	// A new process is in its parent's group unless it starts its own.
+	g := p.Index
+	if p.Parent >= 0 && !p.Setsid && !p.NewGroup {
+		g = b.grp[p.Parent]
+	}
+	b.grp = append(b.grp, g)
 	b.ops = append(b.ops, TreeOp{Kind: OpSpawn, Proc: p.Index})
 	return p.Index
 }
@@ -191,6 +198,7 @@ func (b *treeBuilder) spawn(t *images.Task, parent int) {
 	}
 	if deferred {
 		b.ops = append(b.ops, TreeOp{Kind: OpSetsid, Proc: ix})
+		b.grp[ix] = ix
 		for _, c := range later {
 			b.spawnChild(c, ix, t.Pid, t.Pid, false)
 		}
@@ -225,8 +233,9 @@ func (b *treeBuilder) spawnChild(c *images.Task, ix int, cur, want uint32, own b
 // leader spawned by its first member.
 func (b *treeBuilder) groups() error {
 	for _, t := range b.set.Tasks {
-		if t.Pgid == t.Pid && t.Sid != t.Pid {
-			b.ops = append(b.ops, TreeOp{Kind: OpSetpgid, Proc: b.procOf[t.Pid], Arg: b.procOf[t.Pid]})
+		if ix := b.procOf[t.Pid]; t.Pgid == t.Pid && b.grp[ix] != ix {
+			b.ops = append(b.ops, TreeOp{Kind: OpSetpgid, Proc: ix, Arg: ix})
+			b.grp[ix] = ix
 		}
 	}
 	groupSid := map[uint32]uint32{}
@@ -255,7 +264,10 @@ func (b *treeBuilder) groups() error {
 			deadLeader[t.Pgid] = leader
 			b.exits = append(b.exits, TreeOp{Kind: OpExit, Proc: leader})
 		}
-		b.ops = append(b.ops, TreeOp{Kind: OpSetpgid, Proc: me, Arg: leader})
+		if b.grp[me] != leader {
+			b.ops = append(b.ops, TreeOp{Kind: OpSetpgid, Proc: me, Arg: leader})
+			b.grp[me] = leader
+		}
 	}
 	return nil
 }
