@@ -110,8 +110,12 @@ func DecodeTaskPlan(data []byte) (*TaskPlan, error) {
 	return p, p.Validate()
 }
 
-// EncodeData gob-encodes a type's parameters for OpenSpec.Data.
+// EncodeData encodes a type's parameters for OpenSpec.Data: with the
+// type's MarshalBinary when it has one, else as gob.
 func EncodeData(v any) ([]byte, error) {
+	if b, ok, err := encodeBinary(v); ok {
+		return b, err
+	}
 	var b bytes.Buffer
 	if err := gob.NewEncoder(&b).Encode(v); err != nil {
 		return nil, err
@@ -121,5 +125,8 @@ func EncodeData(v any) ([]byte, error) {
 
 // DecodeData parses OpenSpec.Data made by EncodeData into v.
 func DecodeData(data []byte, v any) error {
+	if ok, err := decodeBinary(data, v); ok {
+		return err
+	}
 	return gob.NewDecoder(bytes.NewReader(data)).Decode(v)
 }

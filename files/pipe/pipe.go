@@ -39,6 +39,56 @@ type PipeParams struct {
 	Size   uint32 // buffer size, 0 when not recorded
 }
 
+// MarshalBinary encodes p for OpenSpec.Data.
+func (p PipeParams) MarshalBinary() ([]byte, error) {
+	var e files.Enc
+	e.Uint(uint64(p.PipeID))
+	e.Uint(uint64(p.Size))
+	e.Bytes(p.Data)
+	e.Uint(uint64(len(p.Ends)))
+	for _, end := range p.Ends {
+		e.Uint(uint64(end.File))
+		e.Uint(uint64(end.Flags))
+		e.Fown(end.Fown)
+	}
+	return e.B, nil
+}
+
+// UnmarshalBinary decodes what MarshalBinary wrote.
+func (p *PipeParams) UnmarshalBinary(b []byte) error {
+	d := files.Dec{B: b}
+	p.PipeID, p.Size, p.Data = d.Uint32(), d.Uint32(), d.Bytes()
+	n := d.Uint()
+	if n > uint64(len(d.B)) {
+		return fmt.Errorf("pipe parameters: %d ends in %d bytes", n, len(d.B))
+	}
+	p.Ends = make([]End, 0, n)
+	for i := uint64(0); i < n && d.Err == nil; i++ {
+		p.Ends = append(p.Ends, End{File: d.Uint32(), Flags: d.Uint32(), Fown: d.Fown()})
+	}
+	return d.Done()
+}
+
+// MarshalBinary encodes p for OpenSpec.Data.
+func (p FifoParams) MarshalBinary() ([]byte, error) {
+	var e files.Enc
+	e.String(p.Path)
+	e.Uint(uint64(p.Flags))
+	e.Fown(p.Fown)
+	e.Bool(p.WriteData)
+	e.Bytes(p.Data)
+	e.Uint(uint64(p.Size))
+	return e.B, nil
+}
+
+// UnmarshalBinary decodes what MarshalBinary wrote.
+func (p *FifoParams) UnmarshalBinary(b []byte) error {
+	d := files.Dec{B: b}
+	p.Path, p.Flags, p.Fown = d.String(), d.Uint32(), d.Fown()
+	p.WriteData, p.Data, p.Size = d.Bool(), d.Bytes(), d.Uint32()
+	return d.Done()
+}
+
 // PipeSpec returns the OpenSpec that creates ends (descriptions of pipe p),
 // with sendTo[i] the other tasks that need ends[i].
 func PipeSpec(p *images.Pipe, ends []*images.File, sendTo [][]uint32) (files.OpenSpec, error) {
@@ -121,9 +171,9 @@ func (o *pipeOpener) Open(c *files.Context) (bool, error) {
 		acc := end.Flags & unix.O_ACCMODE
 		var fd int
 		switch {
-		case acc == unix.O_RDONLY && !usedR && end.Flags&unix.O_LARGEFILE == 0:
+		case acc == unix.O_RDONLY && !usedR && end.Flags&files.OLargefile == 0:
 			fd, usedR = r, true
-		case acc == unix.O_WRONLY && !usedW && end.Flags&unix.O_LARGEFILE == 0:
+		case acc == unix.O_WRONLY && !usedW && end.Flags&files.OLargefile == 0:
 			fd, usedW = w, true
 		default:
 			src := r

@@ -30,6 +30,30 @@ type Params struct {
 	Fown    files.Fown
 }
 
+// MarshalBinary encodes p for OpenSpec.Data.
+func (p Params) MarshalBinary() ([]byte, error) {
+	var e files.Enc
+	e.String(p.Path)
+	e.Uint(uint64(p.Flags))
+	e.Uint(p.Pos)
+	e.Uint(p.Size)
+	e.Bool(p.HasSize)
+	e.Uint(uint64(p.Mode))
+	e.Bool(p.HasMode)
+	e.Fown(p.Fown)
+	return e.B, nil
+}
+
+// UnmarshalBinary decodes what MarshalBinary wrote.
+func (p *Params) UnmarshalBinary(b []byte) error {
+	d := files.Dec{B: b}
+	p.Path, p.Flags, p.Pos = d.String(), d.Uint32(), d.Uint()
+	p.Size, p.HasSize = d.Uint(), d.Bool()
+	p.Mode, p.HasMode = d.Uint32(), d.Bool()
+	p.Fown = d.Fown()
+	return d.Done()
+}
+
 // ParamsOf extracts the parameters of a REG description.
 func ParamsOf(e *criupb.RegFileEntry) Params {
 	return Params{
@@ -56,7 +80,7 @@ func Spec(f *images.File, sendTo []uint32) (files.OpenSpec, error) {
 // terminal, checks it against the dump unless skipCheck, and seeks to the
 // recorded position. The fd is CLOEXEC.
 func Open(p *Params, skipCheck bool) (int, error) {
-	flags := int(p.Flags)&^(unix.O_CREAT|unix.O_EXCL|unix.O_TRUNC|unix.O_TMPFILE) | unix.O_NOCTTY | unix.O_CLOEXEC
+	flags := int(p.Flags)&^(unix.O_CREAT|unix.O_EXCL|unix.O_TRUNC|files.OTmpfileOnly) | unix.O_NOCTTY | unix.O_CLOEXEC
 	fd, err := unix.Open(p.Path, flags, 0)
 	if err != nil {
 		return -1, fmt.Errorf("open %s flags %#o: %w", p.Path, p.Flags, err)

@@ -1,0 +1,5 @@
+//go:build !arm64 && !arm
+
+package files
+
+const oLargefile = 0o100000
