@@ -58,6 +58,12 @@ const (
 	MagicStats         Magic = 0x57093306
 )
 
+// MagicFdrestoreExec is the magic of fdrestore-exec.img, fdrestore's own
+// side image (after the common magic): what each task was running
+// (fdrestore_exec_entry). It is deliberately not a CRIU magic; CRIU and crit
+// do not know it, and CRIU ignores the file.
+const MagicFdrestoreExec Magic = 0x46445845 // "EXDF" in little-endian bytes
+
 // Trailer says what raw bytes follow an entry, and how many.
 type Trailer int
 
@@ -140,6 +146,7 @@ var kinds = []*Kind{
 	kind("SECCOMP", MagicSeccomp, MagicCommon, NoTrailer, func() proto.Message { return new(criupb.SeccompEntry) }),
 	kind("TIMENS", MagicTimens, MagicCommon, NoTrailer, func() proto.Message { return new(criupb.TimensEntry) }),
 	kind("STATS", MagicStats, MagicService, NoTrailer, func() proto.Message { return new(criupb.StatsEntry) }),
+	kind("FDRESTORE_EXEC", MagicFdrestoreExec, MagicCommon, NoTrailer, func() proto.Message { return new(criupb.FdrestoreExecEntry) }),
 }
 
 var (
@@ -207,6 +214,8 @@ func KindForFile(base string) *Kind {
 		return kindByName["REMAP_FPATH"]
 	case "seccomp.img":
 		return kindByName["SECCOMP"]
+	case "fdrestore-exec.img":
+		return kindByName["FDRESTORE_EXEC"]
 	case "stats-dump", "stats-restore":
 		return kindByName["STATS"]
 	case "reg-files.img":

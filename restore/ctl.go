@@ -53,6 +53,7 @@ type ctlMsg struct {
 	Err      string   `json:"err,omitempty"`
 	Mode     string   `json:"mode,omitempty"`
 	Argv     []string `json:"argv,omitempty"`
+	Path     string   `json:"path,omitempty"` // exec: the file to run (default Argv[0])
 	Env      []string `json:"env,omitempty"`
 	Dir      string   `json:"dir,omitempty"`
 	Log      []byte   `json:"log,omitempty"` // a logrus JSON entry

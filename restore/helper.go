@@ -33,17 +33,34 @@ const helperExe = "/proc/self/exe"
 // starts at tempBase: every fd below it holds a placeholder (a dup of the
 // control socket), the control socket sits at tempBase and a task's
 // transport endpoint at tempBase+1. The placeholders make whatever the Go
-// runtime and package initialisers open before main (the netpoller's
-// epoll and eventfd, for one) land above the fds to restore.
-func helperFiles(tempBase int, fds []int) []uintptr {
-	files := make([]uintptr, 0, tempBase+len(fds))
-	for i := 0; i < tempBase; i++ {
-		files = append(files, uintptr(fds[0]))
-	}
+// runtime and package initialisers open before main land above the fds to
+// restore.
+//
+// The fork child's fd shuffle (syscall.ForkExec) first copies every entry
+// whose fd is below its slot to a fresh number above the list, so with
+// sources at low numbers thousands of placeholders would need twice the fd
+// limit. helperFiles therefore duplicates the sources above the list
+// first; release closes those duplicates once the child has started.
+func helperFiles(tempBase int, fds []int) (files []uintptr, release func(), err error) {
+	n := tempBase + len(fds)
+	high := make([]int, 0, len(fds))
+	release = func() { closeFDs(high) }
 	for _, fd := range fds {
+		h, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, n)
+		if err != nil {
+			release()
+			return nil, nil, fmt.Errorf("move fd %d above %d for the new helper: %w", fd, n, err)
+		}
+		high = append(high, h)
+	}
+	files = make([]uintptr, 0, n)
+	for i := 0; i < tempBase; i++ {
+		files = append(files, uintptr(high[0]))
+	}
+	for _, fd := range high {
 		files = append(files, uintptr(fd))
 	}
-	return files
+	return files, release, nil
 }
 
 // MaybeHelper runs the helper and exits if this process was started as a
@@ -115,6 +132,11 @@ func startHelper(args []string) (*helper, error) {
 		return nil, fmt.Errorf("helper: service fd floor %d below 3", h.tempBase)
 	}
 	h.ctl = h.tempBase
+	// Start the netpoller now, while the placeholders hold every number
+	// below the service area: the runtime creates its epoll and eventfd on
+	// the first timer armed, at the lowest free numbers, and that may come
+	// deep into the restore (the scavenger sleeps on one after a GC).
+	time.AfterFunc(time.Hour, func() {}).Stop()
 	// A crash report goes to the coordinator. The runtime dups the fd at
 	// the lowest free number, so this must happen while the placeholders
 	// still hold the low numbers; the os.File wraps a throwaway dup, whose
@@ -133,7 +155,7 @@ func startHelper(args []string) (*helper, error) {
 	if h.taskIx >= 0 {
 		keep = append(keep, h.tempBase+1)
 	}
-	if err := dropInherited(keep); err != nil {
+	if err := dropInherited(h.tempBase, keep); err != nil {
 		return nil, err
 	}
 	if _, err := unix.FcntlInt(uintptr(h.ctl), unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
@@ -153,10 +175,14 @@ func startHelper(args []string) (*helper, error) {
 	return h, nil
 }
 
-// dropInherited closes every fd without FD_CLOEXEC except keep: the
-// placeholders below the service area and anything leaked by whoever
-// started the coordinator. What the Go runtime opened is CLOEXEC and stays.
-func dropInherited(keep []int) error {
+// dropInherited closes the placeholders below floor (one close_range),
+// then every other fd without FD_CLOEXEC except keep: anything leaked by
+// whoever started the coordinator. What the Go runtime opened is CLOEXEC
+// and stays.
+func dropInherited(floor int, keep []int) error {
+	if err := unix.CloseRange(0, uint(floor-1), 0); err != nil {
+		return fmt.Errorf("helper: close placeholders: %w", err)
+	}
 	dir, err := unix.Open("/proc/self/fd", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("helper: list fds: %w", err)
@@ -275,7 +301,11 @@ func (h *helper) spawn(m *ctlMsg, fds []int) (int, error) {
 	if len(fds) != want {
 		return 0, fmt.Errorf("got %d fds, want %d", len(fds), want)
 	}
-	files := helperFiles(m.TempBase, fds)
+	files, release, err := helperFiles(m.TempBase, fds)
+	if err != nil {
+		return 0, err
+	}
+	defer release()
 	taskIx := -1
 	if m.Task {
 		taskIx = m.TaskIx
@@ -385,7 +415,11 @@ func (h *helper) end(m *ctlMsg) error {
 		if err := h.reply(nil, 0); err != nil {
 			return err
 		}
-		err := syscall.Exec(m.Argv[0], m.Argv, m.Env)
+		path := m.Argv[0]
+		if m.Path != "" {
+			path = m.Path
+		}
+		err := syscall.Exec(path, m.Argv, m.Env)
 		return fmt.Errorf("exec %q: %w", m.Argv, err)
 	}
 	return fmt.Errorf("unknown end mode %q", m.Mode)

@@ -19,6 +19,12 @@ import (
 	"github.com/fdrestore/fdrestore/proto/criupb"
 )
 
+// Task states of core_entry.tc.task_state (CRIU's TASK_ALIVE, TASK_STOPPED).
+const (
+	taskAlive   = 1
+	taskStopped = 3
+)
+
 // ErrUnsupported is wrapped by the error of a plan that holds objects
 // fdrestore cannot restore yet.
 var ErrUnsupported = errors.New("unsupported objects in the images")
@@ -87,8 +93,12 @@ func NewPlan(set *images.Set, opts PlanOptions) (*Plan, error) {
 		if len(t.Threads) > 1 {
 			p.Warnings = append(p.Warnings, fmt.Sprintf("task %d had %d threads; only the fd table is restored", t.Pid, len(t.Threads)))
 		}
-		if st := t.Core.GetTc().GetTaskState(); st != 0 && st != 1 {
-			p.Unsupported = append(p.Unsupported, fmt.Sprintf("task %d: task state %d (only live tasks are restored)", t.Pid, st))
+		switch st := t.Core.GetTc().GetTaskState(); st {
+		case 0, taskAlive:
+		case taskStopped:
+			p.Warnings = append(p.Warnings, fmt.Sprintf("task %d was stopped at dump; it ends like every task (stopped or exec'd, as requested)", t.Pid))
+		default:
+			p.Unsupported = append(p.Unsupported, fmt.Sprintf("task %d: task state %d (dead or helper tasks are not restored)", t.Pid, st))
 		}
 	}
 

@@ -15,6 +15,7 @@ import (
 	"unsafe"
 
 	"github.com/fdrestore/fdrestore/files"
+	"github.com/fdrestore/fdrestore/proto/criupb"
 	"github.com/fdrestore/fdrestore/scm"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
@@ -30,6 +31,10 @@ const (
 	EndStop EndMode = iota + 1
 	// EndExec: every task execs Options.Exec through /bin/sh -c.
 	EndExec
+	// EndExecRecorded: every task execs the argv, environment (plus
+	// FDRESTORE_RESTORED=1) and cwd recorded by fdrestore dump in
+	// fdrestore-exec.img (see exec_recorded.go).
+	EndExecRecorded
 )
 
 // Options control a restore run.
@@ -92,6 +97,7 @@ type coordinator struct {
 	ps       []*procState
 	oldSub   int
 	started  time.Time
+	recorded map[uint32]*criupb.FdrestoreExecEntry // EndExecRecorded: by image pid
 }
 
 // Run restores the tree described by plan and brings it to the requested
@@ -103,7 +109,7 @@ func Run(ctx context.Context, plan *Plan, opts Options) (*Result, error) {
 	if err := plan.Err(); err != nil {
 		return nil, err
 	}
-	if opts.End != EndStop && opts.End != EndExec {
+	if opts.End != EndStop && opts.End != EndExec && opts.End != EndExecRecorded {
 		return nil, fmt.Errorf("restore: choose an end state (stop or exec)")
 	}
 	if opts.End == EndExec && strings.TrimSpace(opts.Exec) == "" {
@@ -116,6 +122,16 @@ func Run(ctx context.Context, plan *Plan, opts Options) (*Result, error) {
 		opts.Log = logrus.StandardLogger()
 	}
 	c := &coordinator{ctx: ctx, plan: plan, opts: opts, log: opts.Log, runID: scm.NewRunID(), started: time.Now()}
+	if opts.End == EndExecRecorded {
+		recs, err := LoadExecRecords(plan.Set.Dir)
+		if err == nil {
+			err = checkExecRecords(plan, recs)
+		}
+		if err != nil {
+			return nil, err
+		}
+		c.recorded = recs
+	}
 	c.deadline = c.started.Add(opts.Timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(c.deadline) {
 		c.deadline = d
@@ -313,14 +329,19 @@ func (c *coordinator) spawn(st *procState) error {
 	}
 	if p.Parent < 0 {
 		argv := helperArgs(p.Index, c.runID, taskIx, c.tempBase(p), c.deadline, c.log.GetLevel())
-		files := helperFiles(c.tempBase(p), fds)
+		files, release, err := helperFiles(c.tempBase(p), fds)
+		if err != nil {
+			return c.fail(st, "spawn", err)
+		}
+		defer release()
 		exe, err := executableCopy()
 		if err != nil {
 			return c.fail(st, "spawn", err)
 		}
-		// The path's fd must stay clear of the child's fd layout, or the
-		// fork child's fd shuffle would replace it before execve.
-		path, err := dupAbove(exe, len(files))
+		// The path's fd must stay clear of the child's fd layout and of
+		// the error pipe the fork child moves to len(files), or the
+		// shuffle would replace it before execve.
+		path, err := dupAbove(exe, len(files)+4)
 		if err != nil {
 			return c.fail(st, "spawn", err)
 		}
@@ -491,6 +512,8 @@ func (c *coordinator) sendEnd(st *procState) error {
 		cmd := strings.ReplaceAll(c.opts.Exec, "{pid}", strconv.Itoa(int(st.p.Task.Pid)))
 		m.Argv = []string{"/bin/sh", "-c", cmd}
 		m.Env = os.Environ()
+	case EndExecRecorded:
+		execRecorded(m, c.recorded[st.p.Task.Pid])
 	}
 	if err := ctlSend(st.ctl, m); err != nil {
 		return c.fail(st, "end", err)
@@ -605,35 +628,65 @@ func procState1(pid int) (byte, error) {
 
 // abort kills every process the restore created and reaps them.
 func (c *coordinator) abort() {
+	var pids []int
 	for _, st := range c.ps {
-		if st == nil {
-			continue
-		}
-		if st.pid > 0 {
+		if st != nil && st.pid > 0 {
 			unix.Kill(st.pid, unix.SIGKILL)
-		}
-		if st.ctl >= 0 {
-			unix.Close(st.ctl)
-			st.ctl = -1
+			pids = append(pids, st.pid)
 		}
 	}
 	// Everything the restore started becomes our child (directly, or
 	// through the subreaper flag once its parent died): reap each one, or
 	// wait until it is gone, within a grace period.
 	grace := time.Now().Add(5 * time.Second)
+	reapAll(pids, grace)
+	// A helper whose parent died before reporting its pid is not in c.ps;
+	// orphaned, it is our child now. It waits on its control channel, so
+	// it is still alive (and recognisable) until the channels close.
+	strays := c.strays()
+	for _, pid := range strays {
+		unix.Kill(pid, unix.SIGKILL)
+	}
+	reapAll(strays, grace)
 	for _, st := range c.ps {
-		if st == nil || st.pid <= 0 {
-			continue
+		if st != nil && st.ctl >= 0 {
+			unix.Close(st.ctl)
+			st.ctl = -1
 		}
+	}
+}
+
+func reapAll(pids []int, grace time.Time) {
+	for _, pid := range pids {
 		for {
 			var ws unix.WaitStatus
-			wpid, _ := unix.Wait4(st.pid, &ws, unix.WNOHANG, nil)
-			if wpid == st.pid || !exists(st.pid) || time.Now().After(grace) {
+			wpid, _ := unix.Wait4(pid, &ws, unix.WNOHANG, nil)
+			if wpid == pid || !exists(pid) || time.Now().After(grace) {
 				break
 			}
 			time.Sleep(500 * time.Microsecond)
 		}
 	}
+}
+
+// strays returns the children of the calling process that are helpers of
+// this run (by their command line).
+func (c *coordinator) strays() []int {
+	threads, _ := os.ReadDir("/proc/self/task")
+	var out []int
+	for _, th := range threads {
+		b, _ := os.ReadFile("/proc/self/task/" + th.Name() + "/children")
+		for _, f := range strings.Fields(string(b)) {
+			cl, _ := os.ReadFile("/proc/" + f + "/cmdline")
+			args := strings.Split(string(cl), "\x00")
+			if len(args) > 3 && args[1] == HelperArg && args[3] == c.runID {
+				if pid, err := strconv.Atoi(f); err == nil {
+					out = append(out, pid)
+				}
+			}
+		}
+	}
+	return out
 }
 
 // exists reports whether /proc has pid (alive or a zombie).

@@ -3,6 +3,7 @@ package restore
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 
@@ -96,7 +97,11 @@ func stopperMain(args []string) int {
 		return 1
 	}
 	unix.Close(ctl)
-	unix.Kill(os.Getpid(), unix.SIGSTOP)
+	// SIGSTOP sent to the process may be taken by another thread while
+	// this one returns and exits first; sent to this thread, it stops the
+	// process before the call returns.
+	runtime.LockOSThread()
+	unix.Tgkill(os.Getpid(), unix.Gettid(), unix.SIGSTOP)
 	return 0
 }
 

@@ -58,6 +58,7 @@ type restoreFlags struct {
 	dir           string
 	leaveStopped  bool
 	exec          string
+	execRecorded  bool
 	detach        bool
 	pidfile       string
 	pidMap        string
@@ -68,20 +69,23 @@ type restoreFlags struct {
 func (a *app) restoreCmd() *cobra.Command {
 	var f restoreFlags
 	cmd := &cobra.Command{
-		Use:   "restore -D DIR (--leave-stopped | --exec CMD) [-d]",
+		Use:   "restore -D DIR (--leave-stopped | --exec CMD | --exec-recorded) [-d]",
 		Short: "Restore the process tree and fds from an image directory",
 		Long: `Restore the process tree in DIR: every task is recreated as a process with
 its session and process group, and gets exactly the fds of its images. Once
 the whole tree is restored, every task stops itself (--leave-stopped) or runs
 a command (--exec CMD, through /bin/sh -c; {pid} is the task's pid in the
-images). Without -d, fdrestore then waits for the root task and exits with
-its status. On any failure every process it created is killed.`,
+images), or runs again what it ran at dump time (--exec-recorded: the argv,
+environment and cwd that fdrestore dump recorded, with FDRESTORE_RESTORED=1
+added to the environment). Without -d, fdrestore then waits for the root task
+and exits with its status. On any failure every process it created is killed.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return a.runRestore(cmd, &f) },
 	}
 	fl := cmd.Flags()
 	fl.StringVarP(&f.dir, "images-dir", "D", "", "image `DIR`ectory")
 	fl.BoolVar(&f.leaveStopped, "leave-stopped", false, "leave every task stopped (SIGSTOP) once the tree is restored")
+	fl.BoolVar(&f.execRecorded, "exec-recorded", false, "every task execs the argv, environment (plus FDRESTORE_RESTORED=1) and cwd recorded by fdrestore dump")
 	fl.StringVar(&f.exec, "exec", "", "every task runs `CMD` (via /bin/sh -c) once the tree is restored; {pid} is its image pid")
 	fl.BoolVarP(&f.detach, "restore-detached", "d", false, "return once the tree is restored instead of waiting for the root task")
 	fl.StringVar(&f.pidfile, "pidfile", "", "write the root task's new pid to `FILE`")
@@ -96,15 +100,23 @@ func (a *app) runRestore(cmd *cobra.Command, f *restoreFlags) error {
 		return usagef("restore needs -D DIR")
 	}
 	opts := restore.Options{Timeout: f.timeout, Log: logrus.StandardLogger()}
+	ends := 0
+	for _, on := range []bool{f.leaveStopped, f.exec != "", f.execRecorded} {
+		if on {
+			ends++
+		}
+	}
 	switch {
-	case f.leaveStopped && f.exec != "":
-		return usagef("--leave-stopped and --exec exclude each other")
+	case ends > 1:
+		return usagef("--leave-stopped, --exec and --exec-recorded exclude each other")
+	case f.execRecorded:
+		opts.End = restore.EndExecRecorded
 	case f.leaveStopped:
 		opts.End = restore.EndStop
 	case f.exec != "":
 		opts.End, opts.Exec = restore.EndExec, f.exec
 	default:
-		return usagef("say what the restored tasks do: --leave-stopped or --exec CMD")
+		return usagef("say what the restored tasks do: --leave-stopped, --exec CMD or --exec-recorded")
 	}
 	if f.leaveStopped && !f.detach {
 		return usagef("--leave-stopped needs -d: stopped tasks never exit")

@@ -99,7 +99,7 @@ image format.`,
 	pf := root.PersistentFlags()
 	pf.CountVarP(&a.opts.verbosity, "verbose", "v", "more log output: -v info, -vv debug, -vvv trace (default: warnings)")
 	pf.StringVarP(&a.opts.logFile, "log-file", "o", "", "write logs to `FILE` instead of stderr")
-	root.AddCommand(a.showCmd(), a.planCmd(), a.restoreCmd(), a.checkCmd(), a.versionCmd())
+	root.AddCommand(a.showCmd(), a.planCmd(), a.restoreCmd(), a.dumpCmd(), a.checkCmd(), a.versionCmd())
 	return root
 }
 

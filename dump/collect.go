@@ -1,0 +1,337 @@
+package dump
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+)
+
+// task is one process of the tree as read while frozen.
+type task struct {
+	pid     int
+	parent  *task
+	stat    *procStat
+	threads []int
+
+	personality uint32
+	sigBlk      uint64
+	umask       uint32
+	rlimits     [][2]uint64
+	ns          [len(nsKinds)]uint64
+	cwd, root   string
+	cwdSt       *unix.Stat_t
+	rootSt      *unix.Stat_t
+	argv, env   []string
+	exe         string
+	fds         []*fdEnt
+
+	// kobj ids (ids-PID.img): vm, files, fs, sighand.
+	kobj [4]uint32
+}
+
+// fdEnt is one fd of one task.
+type fdEnt struct {
+	t       *task
+	fd      int
+	cloexec bool
+	link    string
+	flags   uint32 // status flags, without O_CLOEXEC
+	pos     uint64
+	mntID   int
+	st      unix.Stat_t
+	kind    fdKind
+	fown    [5]uint32
+	desc    *fdEnt // the first fd (in dump order) of the same description
+}
+
+// pipeData is the queued content of one pipe or FIFO.
+type pipeData struct {
+	ino  uint64
+	data []byte
+	size int
+}
+
+// nsKinds are the namespaces recorded in task_kobj_ids_entry, in the
+// order CRIU numbers them.
+var nsKinds = [...]string{"pid", "net", "ipc", "uts", "time", "mnt", "user", "cgroup"}
+
+// state is everything read from the frozen tree.
+type state struct {
+	tasks  []*task
+	all    []*fdEnt
+	pipes  []*pipeData // pipes-data.img, in dump order
+	fifos  []*pipeData // fifo-data.img, in dump order
+	selfNS [len(nsKinds)]uint64
+	log    *logrus.Logger
+}
+
+// collect reads every task of the frozen tree. An unsupported fd anywhere
+// fails it with the list of such fds.
+func (d *dumper) collect(tasks []*task) (*imageSet, error) {
+	s := &state{tasks: tasks, log: d.log}
+	for i, k := range nsKinds {
+		ino, err := nsInode(0, k)
+		if err != nil {
+			return nil, err
+		}
+		s.selfNS[i] = ino
+	}
+	pk := &peeker{}
+	defer pk.close()
+	peeked := map[uint64]bool{}
+	var refused []error
+	for _, t := range tasks {
+		if err := readTask(t); err != nil {
+			return nil, fmt.Errorf("dump: pid %d: %w", t.pid, err)
+		}
+		errs, err := s.readFds(t, pk, peeked)
+		if err != nil {
+			return nil, fmt.Errorf("dump: pid %d: %w", t.pid, err)
+		}
+		refused = append(refused, errs...)
+	}
+	if err := refusal(refused); err != nil {
+		return nil, err
+	}
+	t0 := time.Now()
+	defer func() { d.log.WithField("took", time.Since(t0)).Debug("descriptions and ids matched") }()
+	if err := s.shareDescriptions(); err != nil {
+		return nil, fmt.Errorf("dump: %w", err)
+	}
+	if err := s.kobjIDs(); err != nil {
+		return nil, fmt.Errorf("dump: %w", err)
+	}
+	return s.images()
+}
+
+// readTask reads a task's attributes other than its fds.
+func readTask(t *task) error {
+	pid := t.pid
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/personality", pid))
+	if err != nil {
+		return err
+	}
+	v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 16, 32)
+	if err != nil {
+		return fmt.Errorf("personality %q: %w", b, err)
+	}
+	t.personality = uint32(v)
+	st, err := readStatus(pid, "SigBlk", "Umask")
+	if err != nil {
+		return err
+	}
+	if t.sigBlk, err = strconv.ParseUint(st["SigBlk"], 16, 64); err != nil {
+		return fmt.Errorf("status SigBlk %q: %w", st["SigBlk"], err)
+	}
+	if u, ok := st["Umask"]; ok {
+		v, err := strconv.ParseUint(u, 8, 32)
+		if err != nil {
+			return fmt.Errorf("status Umask %q: %w", u, err)
+		}
+		t.umask = uint32(v)
+	}
+	for r := 0; r < 16; r++ { // RLIM_NLIMITS
+		var rl unix.Rlimit
+		if err := unix.Prlimit(pid, r, nil, &rl); err != nil {
+			return fmt.Errorf("prlimit %d: %w", r, err)
+		}
+		t.rlimits = append(t.rlimits, [2]uint64{rl.Cur, rl.Max})
+	}
+	for i, k := range nsKinds {
+		if t.ns[i], err = nsInode(pid, k); err != nil {
+			return err
+		}
+	}
+	if t.cwd, t.cwdSt, err = readLinkStat(fmt.Sprintf("/proc/%d/cwd", pid)); err != nil {
+		return fmt.Errorf("cwd: %w", err)
+	}
+	if t.root, t.rootSt, err = readLinkStat(fmt.Sprintf("/proc/%d/root", pid)); err != nil {
+		return fmt.Errorf("root: %w", err)
+	}
+	if strings.HasSuffix(t.cwd, " (deleted)") {
+		return fmt.Errorf("cwd %q was deleted: not supported", t.cwd)
+	}
+	if b, err = os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err != nil {
+		return fmt.Errorf("cmdline: %w", err)
+	}
+	t.argv = nulSplit(b)
+	if b, err = os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid)); err != nil {
+		return fmt.Errorf("environ: %w", err)
+	}
+	t.env = nulSplit(b)
+	if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil && !strings.HasSuffix(exe, " (deleted)") {
+		t.exe = exe
+	}
+	return nil
+}
+
+// readFds reads the fd table of t: each fd is taken with pidfd_getfd to be
+// inspected, and pipe data is peeked from the first read side of each pipe.
+// Unsupported fds are returned as errors to report (the walk goes on to
+// find them all); a failing system call is an error.
+func (s *state) readFds(t *task, pk *peeker, peeked map[uint64]bool) ([]error, error) {
+	pidfd, err := unix.PidfdOpen(t.pid, 0)
+	if err != nil {
+		return nil, fmt.Errorf("pidfd_open: %w", err)
+	}
+	defer unix.Close(pidfd)
+	fds, err := listFds(t.pid)
+	if err != nil {
+		return nil, fmt.Errorf("list fds: %w", err)
+	}
+	var refused []error
+	for _, fd := range fds {
+		e, bad, err := s.readFd(t, pidfd, fd, pk, peeked)
+		if err != nil {
+			return nil, fmt.Errorf("fd %d: %w", fd, err)
+		}
+		if bad != nil {
+			refused = append(refused, bad)
+			continue
+		}
+		t.fds = append(t.fds, e)
+		s.all = append(s.all, e)
+	}
+	return refused, nil
+}
+
+func (s *state) readFd(t *task, pidfd, fd int, pk *peeker, peeked map[uint64]bool) (*fdEnt, *UnsupportedError, error) {
+	link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", t.pid, fd))
+	if err != nil {
+		return nil, nil, err
+	}
+	unsupported := func(typ string) (*fdEnt, *UnsupportedError, error) {
+		return nil, &UnsupportedError{Pid: t.pid, Fd: fd, Type: typ, Target: link}, nil
+	}
+	if typ := unsupportedByLink(link); typ != "" {
+		return unsupported(typ)
+	}
+	fi, err := readFdInfo(t.pid, fd)
+	if err != nil {
+		return nil, nil, err
+	}
+	e := &fdEnt{t: t, fd: fd, link: link, pos: fi.pos, mntID: fi.mntID,
+		cloexec: fi.flags&unix.O_CLOEXEC != 0, flags: fi.flags &^ unix.O_CLOEXEC}
+	local, err := unix.PidfdGetfd(pidfd, fd, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pidfd_getfd: %w", err)
+	}
+	defer unix.Close(local)
+	if err := unix.Fstat(local, &e.st); err != nil {
+		return nil, nil, fmt.Errorf("fstat: %w", err)
+	}
+	switch e.st.Mode & unix.S_IFMT {
+	case unix.S_IFSOCK:
+		return unsupported("socket")
+	case unix.S_IFCHR:
+		if ttyMajor(unix.Major(e.st.Rdev)) {
+			return unsupported("tty")
+		}
+		e.kind = kindReg
+	case unix.S_IFREG, unix.S_IFDIR, unix.S_IFBLK, unix.S_IFLNK:
+		if e.st.Mode&unix.S_IFMT == unix.S_IFREG && e.st.Nlink == 0 {
+			return unsupported("deleted file")
+		}
+		e.kind = kindReg
+	case unix.S_IFIFO:
+		e.kind = kindFifo
+		if strings.HasPrefix(link, "pipe:") {
+			e.kind = kindPipe
+		}
+	default:
+		return unsupported(fmt.Sprintf("file of mode %#o", e.st.Mode))
+	}
+	if e.fown, err = readFown(local); err != nil {
+		return nil, nil, err
+	}
+	acc := e.flags & unix.O_ACCMODE
+	if (e.kind == kindPipe || e.kind == kindFifo) && (acc == unix.O_RDONLY || acc == unix.O_RDWR) && !peeked[e.st.Ino] {
+		peeked[e.st.Ino] = true
+		data, size, err := pk.peek(local)
+		if err != nil {
+			return nil, nil, fmt.Errorf("peek %s: %w", link, err)
+		}
+		pd := &pipeData{ino: e.st.Ino, data: data, size: size}
+		if e.kind == kindPipe {
+			s.pipes = append(s.pipes, pd)
+		} else {
+			s.fifos = append(s.fifos, pd)
+		}
+	}
+	return e, nil, nil
+}
+
+// descKey buckets fds that may share a description: equal descriptions
+// have equal keys. kcmp decides within a bucket.
+type descKey struct {
+	dev, ino, rdev uint64
+	mnt            int
+	pos            uint64
+	flags          uint32
+}
+
+// shareDescriptions links every fd to the first fd (in dump order) of the
+// open file description it refers to.
+func (s *state) shareDescriptions() error {
+	buckets := map[descKey][]*fdEnt{}
+	var keys []descKey
+	for _, e := range s.all {
+		k := descKey{e.st.Dev, e.st.Ino, e.st.Rdev, e.mntID, e.pos, e.flags}
+		if buckets[k] == nil {
+			keys = append(keys, k)
+		}
+		buckets[k] = append(buckets[k], e)
+	}
+	for _, k := range keys {
+		b := buckets[k]
+		rep, err := groupByKcmp(len(b), func(i, j int) (int, error) {
+			r, err := kcmp(b[i].t.pid, b[j].t.pid, kcmpFile, b[i].fd, b[j].fd)
+			if err != nil {
+				return 0, fmt.Errorf("kcmp(KCMP_FILE) pid %d fd %d, pid %d fd %d: %w", b[i].t.pid, b[i].fd, b[j].t.pid, b[j].fd, err)
+			}
+			return r, nil
+		})
+		if err != nil {
+			return err
+		}
+		for i, e := range b {
+			e.desc = b[rep[i]]
+		}
+	}
+	return nil
+}
+
+// kobjIDs numbers the tasks' mm, fd table, fs and signal handlers the way
+// CRIU does: 1 is the dumper's own, then 2, 3, ... in pstree order, with
+// tasks that share one object (kcmp) sharing the id.
+func (s *state) kobjIDs() error {
+	types := [4]int{kcmpVM, kcmpFiles, kcmpFS, kcmpSighand}
+	names := [4]string{"KCMP_VM", "KCMP_FILES", "KCMP_FS", "KCMP_SIGHAND"}
+	for k, typ := range types {
+		rep, err := groupByKcmp(len(s.tasks), func(i, j int) (int, error) {
+			r, err := kcmp(s.tasks[i].pid, s.tasks[j].pid, typ, 0, 0)
+			if err != nil {
+				return 0, fmt.Errorf("kcmp(%s) pid %d, pid %d: %w", names[k], s.tasks[i].pid, s.tasks[j].pid, err)
+			}
+			return r, nil
+		})
+		if err != nil {
+			return err
+		}
+		next := uint32(2)
+		for i, t := range s.tasks {
+			if rep[i] != i {
+				t.kobj[k] = s.tasks[rep[i]].kobj[k]
+				continue
+			}
+			t.kobj[k] = next
+			next++
+		}
+	}
+	return nil
+}

@@ -1,0 +1,310 @@
+// Package dump checkpoints the fd state of a live process tree into CRIU
+// 4.2-format images, without injecting code into the tree: it freezes the
+// tree with the cgroup v2 freezer, walks /proc, takes each fd with
+// pidfd_getfd(2) to inspect it, identifies shared open file descriptions
+// exactly with kcmp(2), peeks pipe and FIFO data with tee(2) (which does not
+// consume it), writes the images, and then kills the tree or thaws it.
+//
+// Supported fd types: regular files, directories and device nodes other
+// than terminals (CRIU's REG), pipes and FIFOs. A tree that holds anything
+// else is refused before anything is changed.
+package dump
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/sirupsen/logrus"
+)
+
+// Options control a dump.
+type Options struct {
+	// LeaveRunning thaws the tree after the dump instead of killing it.
+	LeaveRunning bool
+	// Timeout bounds the whole dump, freezing included (default 30s).
+	// A tree that does not freeze in time is thawed and the dump fails.
+	Timeout time.Duration
+	// Log receives progress entries (default: logrus's standard logger).
+	Log *logrus.Logger
+}
+
+// Stats describes a finished dump.
+type Stats struct {
+	Tasks, Threads int
+	Fds            int   // fds in all tasks' fd tables
+	Files          int   // entries in files.img
+	Pipes          int   // distinct pipes and FIFOs
+	PipeBytes      int64 // queued bytes saved in pipes-data.img and fifo-data.img
+	// Freezing is how long it took to freeze the tree; Frozen is how long
+	// the first task stayed frozen (from the moment it was frozen until the
+	// tree was thawed or killed); Total is the wall time of the dump.
+	Freezing, Frozen, Total time.Duration
+}
+
+// ErrUnsupported is wrapped by the error of a dump refused because the tree
+// holds an fd of a type fdrestore cannot dump (see UnsupportedError).
+var ErrUnsupported = errors.New("unsupported file")
+
+// UnsupportedError names one fd that stops a dump: the task, the fd
+// number, its type and what /proc/PID/fd/N points to. A dump refused for
+// such an fd leaves the tree running and unchanged.
+type UnsupportedError struct {
+	Pid, Fd int
+	Type    string // "socket", "eventpoll", "tty", "deleted file", ...
+	Target  string // readlink of /proc/PID/fd/N
+}
+
+func (e *UnsupportedError) Error() string {
+	return fmt.Sprintf("pid %d fd %d: %s is not supported (%s)", e.Pid, e.Fd, e.Type, e.Target)
+}
+
+// Unwrap makes errors.Is(err, ErrUnsupported) true.
+func (e *UnsupportedError) Unwrap() error { return ErrUnsupported }
+
+// Dump checkpoints the process tree rooted at pid into the image directory
+// dir (created if missing; image files of an earlier dump there are
+// replaced). The tree is frozen while it is read; afterwards it is killed
+// with SIGKILL, or with opts.LeaveRunning thawed unchanged. On any error
+// the tree is thawed, left running and back in its own cgroups, and no
+// image is left half-written.
+func Dump(ctx context.Context, pid int, dir string, opts Options) (*Stats, error) {
+	start := time.Now()
+	if opts.Timeout <= 0 {
+		opts.Timeout = 30 * time.Second
+	}
+	if opts.Log == nil {
+		opts.Log = logrus.StandardLogger()
+	}
+	deadline := start.Add(opts.Timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	if pid <= 0 {
+		return nil, fmt.Errorf("dump: invalid pid %d", pid)
+	}
+	if pid == os.Getpid() {
+		return nil, fmt.Errorf("dump: pid %d is fdrestore itself", pid)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("dump: image directory: %w", err)
+	}
+	d := &dumper{root: pid, dir: dir, opts: opts, log: opts.Log, deadline: deadline}
+
+	// Look for unsupported fds before touching anything.
+	if err := d.prescan(); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+
+	freezeStart := time.Now()
+	fz, tasks, err := d.freeze()
+	if err != nil {
+		return nil, err
+	}
+	frozenAt := time.Now()
+	st := &Stats{Freezing: frozenAt.Sub(freezeStart)}
+	d.log.WithFields(logrus.Fields{"tasks": len(tasks), "took": st.Freezing}).Debug("tree frozen")
+
+	abort := func(err error) (*Stats, error) {
+		if terr := fz.thaw(); terr != nil {
+			d.log.WithError(terr).Error("thaw after a failed dump")
+			err = errors.Join(err, terr)
+		}
+		return nil, err
+	}
+	img, err := d.collect(tasks)
+	if err == nil {
+		err = ctx.Err()
+	}
+	d.log.WithField("took", time.Since(frozenAt)).Debug("tree read")
+	if err != nil {
+		return abort(err)
+	}
+
+	if opts.LeaveRunning {
+		err = fz.thaw()
+		st.Frozen = time.Since(frozenAt)
+		if err != nil {
+			return nil, fmt.Errorf("dump: thaw: %w", err)
+		}
+		if err := img.write(dir); err != nil {
+			return nil, err
+		}
+	} else {
+		// Kill only once the images are safely written.
+		if err := img.write(dir); err != nil {
+			return abort(err)
+		}
+		err = fz.kill(func() { st.Frozen = time.Since(frozenAt) })
+		if err != nil {
+			return nil, fmt.Errorf("dump: kill the tree: %w", err)
+		}
+	}
+	img.fillStats(st)
+	st.Total = time.Since(start)
+	if err := img.writeStats(dir, st); err != nil {
+		return nil, err
+	}
+	d.log.WithFields(logrus.Fields{
+		"tasks": st.Tasks, "fds": st.Fds, "files": st.Files,
+		"freezing": st.Freezing, "frozen": st.Frozen, "total": st.Total,
+	}).Info("dump done")
+	return st, nil
+}
+
+// dumper holds the state of one Dump.
+type dumper struct {
+	root     int
+	dir      string
+	opts     Options
+	log      *logrus.Logger
+	deadline time.Time
+}
+
+// walkTree lists the tree rooted at d.root: pids in depth-first pre-order
+// with children in creation order (CRIU's pstree order), and their
+// threads.
+func (d *dumper) walkTree() ([]*task, error) {
+	var out []*task
+	seen := map[int]bool{}
+	var walk func(pid int, parent *task) error
+	walk = func(pid int, parent *task) error {
+		if seen[pid] {
+			return nil
+		}
+		seen[pid] = true
+		t := &task{pid: pid, parent: parent}
+		st, err := readStat(pid)
+		if err != nil {
+			if parent != nil && errors.Is(err, os.ErrNotExist) {
+				return nil // the child exited meanwhile
+			}
+			return fmt.Errorf("pid %d: %w", pid, err)
+		}
+		if st.state == 'Z' || st.state == 'X' {
+			return fmt.Errorf("pid %d is a zombie: dead tasks are not supported", pid)
+		}
+		t.stat = st
+		if t.threads, err = threadsOf(pid); err != nil {
+			return fmt.Errorf("pid %d: threads: %w", pid, err)
+		}
+		out = append(out, t)
+		kids, err := childrenOf(pid, t.threads)
+		if err != nil {
+			return fmt.Errorf("pid %d: children: %w", pid, err)
+		}
+		for _, c := range kids {
+			if c == os.Getpid() {
+				return fmt.Errorf("pid %d: the tree holds fdrestore itself (pid %d)", pid, c)
+			}
+			if err := walk(c, t); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := walk(d.root, nil); err != nil {
+		return nil, err
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("pid %d does not exist", d.root)
+	}
+	return out, nil
+}
+
+// prescan walks the running tree and refuses it if any fd is of a type
+// that cannot be dumped, judging by /proc/PID/fd/N alone. It changes
+// nothing. (The frozen walk checks again, exactly.)
+func (d *dumper) prescan() error {
+	tasks, err := d.walkTree()
+	if err != nil {
+		return fmt.Errorf("dump: %w", err)
+	}
+	var errs []error
+	for _, t := range tasks {
+		fds, err := listFds(t.pid)
+		if err != nil {
+			return fmt.Errorf("dump: pid %d: list fds: %w", t.pid, err)
+		}
+		for _, fd := range fds {
+			link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", t.pid, fd))
+			if err != nil {
+				continue // closed meanwhile; the frozen walk decides
+			}
+			if typ := unsupportedByLink(link); typ != "" {
+				errs = append(errs, &UnsupportedError{Pid: t.pid, Fd: fd, Type: typ, Target: link})
+			}
+		}
+	}
+	return refusal(errs)
+}
+
+// refusal joins the UnsupportedErrors of a refused dump (the first few).
+func refusal(errs []error) error {
+	if len(errs) == 0 {
+		return nil
+	}
+	const show = 10
+	more := len(errs) - show
+	if more > 0 {
+		errs = append(errs[:show:show], fmt.Errorf("and %d more unsupported fds", more))
+	}
+	return fmt.Errorf("dump refused, the tree was left running unchanged: %w", errors.Join(errs...))
+}
+
+// freeze freezes the tree and returns its tasks once a walk of the frozen
+// tree finds no task outside the freezer: anything forked before its
+// parent was frozen is caught by the next round.
+func (d *dumper) freeze() (*freezer, []*task, error) {
+	fz, err := newFreezer(d.deadline)
+	if err != nil {
+		return nil, nil, fmt.Errorf("dump: %w", err)
+	}
+	fail := func(err error) (*freezer, []*task, error) {
+		if terr := fz.thaw(); terr != nil {
+			err = errors.Join(err, terr)
+		}
+		return nil, nil, fmt.Errorf("dump: %w", err)
+	}
+	for round := 1; ; round++ {
+		tasks, err := d.walkTree()
+		if err != nil {
+			return fail(err)
+		}
+		moved := 0
+		for _, t := range tasks {
+			if fz.has(t.pid) {
+				continue
+			}
+			ok, err := fz.add(t.pid)
+			if err != nil {
+				return fail(err)
+			}
+			if ok {
+				moved++
+			}
+		}
+		if err := fz.wait(); err != nil {
+			return fail(err)
+		}
+		if moved == 0 {
+			// Every task of this walk was frozen before it began, so
+			// the walk saw the final tree. Re-read each task's stat now
+			// that nothing runs.
+			for _, t := range tasks {
+				if t.stat, err = readStat(t.pid); err != nil {
+					return fail(fmt.Errorf("pid %d: %w", t.pid, err))
+				}
+			}
+			return fz, tasks, nil
+		}
+		if time.Now().After(d.deadline) {
+			return fail(fmt.Errorf("the tree kept changing for %d rounds; gave up at the deadline", round))
+		}
+	}
+}
