@@ -14,7 +14,7 @@ RACE_PKGS := ./files/... ./scm/...
 
 export FDRESTORE_FIXTURES := $(FIXTURES)
 
-.PHONY: all build demo test race vet bench proto proto-check lint fuzz clean
+.PHONY: all build demo test race vet bench bench-go proto proto-check lint fuzz clean
 
 all: build
 
@@ -36,7 +36,16 @@ test: vet
 	$(GO) test -count=1 -timeout 15m $(PKGS)
 	$(GO) test -race -count=1 -timeout 10m $(RACE_PKGS)
 
+# Issue 3's restore benchmark: synthetic trees (internal/synth) restored
+# and built from scratch, with a PASS/FAIL table. BENCHFLAGS e.g.
+# "-runs 5 -scenarios a,b -debug -cpuprofile /tmp/cpu".
+BENCHFLAGS ?=
+
 bench:
+	$(GO) run ./internal/bench $(BENCHFLAGS)
+
+# The packages' Go benchmarks.
+bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
 
 # Regenerate proto/criupb from proto/*.proto with pinned tools: protoc from
