@@ -14,7 +14,7 @@ RACE_PKGS := ./files/... ./scm/...
 
 export FDRESTORE_FIXTURES := $(FIXTURES)
 
-.PHONY: all build demo test race vet bench bench-go proto proto-check lint fuzz clean
+.PHONY: all build demo test race vet bench bench-go proto proto-check lint fuzz clean zdtm
 
 all: build
 
@@ -35,6 +35,13 @@ race:
 test: vet
 	$(GO) test -count=1 -timeout 15m $(PKGS)
 	$(GO) test -race -count=1 -timeout 10m $(RACE_PKGS)
+	@$(MAKE) --no-print-directory zdtm
+
+# The zdtm-style suite (test/) with its report: every scenario in the h
+# and ns flavors. T picks scenarios: `make zdtm T=pipe` runs
+# TestZdtm/.*pipe.*. Needs root.
+zdtm:
+	cd test && $(GO) test -count=1 -timeout 15m -run 'TestZdtm/.*$(T).*'
 
 # Issue 3's restore benchmark: synthetic trees (internal/synth) restored
 # and built from scratch, with a PASS/FAIL table. BENCHFLAGS e.g.

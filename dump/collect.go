@@ -3,6 +3,7 @@ package dump
 import (
 	"fmt"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -68,6 +69,9 @@ type state struct {
 	fifos  []*pipeData // fifo-data.img, in dump order
 	selfNS [len(nsKinds)]uint64
 	log    *logrus.Logger
+	// unread holds, for every pipe or FIFO seen only through fds that
+	// cannot read (write-only ends), the first such fd in dump order.
+	unread map[uint64]*fdEnt
 }
 
 // collect reads every task of the frozen tree. An unsupported fd anywhere
@@ -97,6 +101,9 @@ func (d *dumper) collect(tasks []*task) (*imageSet, error) {
 	}
 	if err := refusal(refused); err != nil {
 		return nil, err
+	}
+	if err := s.peekUnread(pk, peeked); err != nil {
+		return nil, fmt.Errorf("dump: %w", err)
 	}
 	t0 := time.Now()
 	defer func() { d.log.WithField("took", time.Since(t0)).Debug("descriptions and ids matched") }()
@@ -250,6 +257,14 @@ func (s *state) readFd(t *task, pidfd, fd int, pk *peeker, peeked map[uint64]boo
 		return nil, nil, err
 	}
 	acc := e.flags & unix.O_ACCMODE
+	if (e.kind == kindPipe || e.kind == kindFifo) && acc == unix.O_WRONLY && !peeked[e.st.Ino] {
+		if s.unread == nil {
+			s.unread = map[uint64]*fdEnt{}
+		}
+		if s.unread[e.st.Ino] == nil {
+			s.unread[e.st.Ino] = e
+		}
+	}
 	if (e.kind == kindPipe || e.kind == kindFifo) && (acc == unix.O_RDONLY || acc == unix.O_RDWR) && !peeked[e.st.Ino] {
 		peeked[e.st.Ino] = true
 		data, size, err := pk.peek(local)
@@ -264,6 +279,40 @@ func (s *state) readFd(t *task, pidfd, fd int, pk *peeker, peeked map[uint64]boo
 		}
 	}
 	return e, nil, nil
+}
+
+// peekUnread saves the data of every pipe and FIFO the tree holds only
+// write ends of: a read side is opened for the moment through
+// /proc/PID/fd/N (non-blocking, so it never waits for a writer) and the
+// data is peeked from it without being consumed.
+func (s *state) peekUnread(pk *peeker, peeked map[uint64]bool) error {
+	var todo []*fdEnt
+	for ino, e := range s.unread {
+		if !peeked[ino] {
+			todo = append(todo, e)
+		}
+	}
+	sort.Slice(todo, func(i, j int) bool { return todo[i].st.Ino < todo[j].st.Ino })
+	for _, e := range todo {
+		path := fmt.Sprintf("/proc/%d/fd/%d", e.t.pid, e.fd)
+		r, err := unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("pid %d fd %d: open a read side of %s to save its data: %w", e.t.pid, e.fd, e.link, err)
+		}
+		data, size, err := pk.peek(r)
+		unix.Close(r)
+		if err != nil {
+			return fmt.Errorf("pid %d fd %d: peek %s: %w", e.t.pid, e.fd, e.link, err)
+		}
+		peeked[e.st.Ino] = true
+		pd := &pipeData{ino: e.st.Ino, data: data, size: size}
+		if e.kind == kindPipe {
+			s.pipes = append(s.pipes, pd)
+		} else {
+			s.fifos = append(s.fifos, pd)
+		}
+	}
+	return nil
 }
 
 // descKey buckets fds that may share a description: equal descriptions

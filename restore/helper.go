@@ -183,36 +183,17 @@ func dropInherited(floor int, keep []int) error {
 	if err := unix.CloseRange(0, uint(floor-1), 0); err != nil {
 		return fmt.Errorf("helper: close placeholders: %w", err)
 	}
-	dir, err := unix.Open("/proc/self/fd", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	fds, err := files.ListFDs()
 	if err != nil {
-		return fmt.Errorf("helper: list fds: %w", err)
+		return fmt.Errorf("helper: %w", err)
 	}
-	var drop []int
-	buf := make([]byte, 8192)
-	for {
-		n, err := unix.ReadDirent(dir, buf)
-		if err != nil {
-			unix.Close(dir)
-			return fmt.Errorf("helper: list fds: %w", err)
+	for _, fd := range fds {
+		if slices.Contains(keep, fd) {
+			continue
 		}
-		if n == 0 {
-			break
+		if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil && fl&unix.FD_CLOEXEC == 0 {
+			unix.Close(fd)
 		}
-		var names []string
-		_, _, names = unix.ParseDirent(buf[:n], -1, names)
-		for _, name := range names {
-			fd, err := strconv.Atoi(name)
-			if err != nil || fd == dir || slices.Contains(keep, fd) {
-				continue
-			}
-			if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil && fl&unix.FD_CLOEXEC == 0 {
-				drop = append(drop, fd)
-			}
-		}
-	}
-	unix.Close(dir)
-	for _, fd := range drop {
-		unix.Close(fd)
 	}
 	return nil
 }

@@ -86,7 +86,7 @@ func stopperMain(args []string) int {
 	if _, err := unix.FcntlInt(uintptr(ctl), unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
 		return fail(err)
 	}
-	n, extra, err := countFDs(ctl)
+	n, extra, err := countFDs(ctl, want)
 	if err != nil {
 		return fail(err)
 	}
@@ -105,36 +105,26 @@ func stopperMain(args []string) int {
 	return 0
 }
 
-// countFDs counts the open fds other than skip, and names those that are
-// not regular task fds (for the error).
-func countFDs(skip int) (int, string, error) {
-	dir, err := unix.Open("/proc/self/fd", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+// countFDs counts the open fds other than skip; only when the count is off
+// are the unexpected ones (runtime anon inodes) named, for the error.
+func countFDs(skip, want int) (int, string, error) {
+	fds, err := files.ListFDs()
 	if err != nil {
 		return 0, "", err
 	}
-	defer unix.Close(dir)
 	n := 0
-	var names []string
-	buf := make([]byte, 8192)
-	for {
-		got, err := unix.ReadDirent(dir, buf)
-		if err != nil {
-			return 0, "", err
-		}
-		if got == 0 {
-			break
-		}
-		var ents []string
-		_, _, ents = unix.ParseDirent(buf[:got], -1, ents)
-		for _, e := range ents {
-			fd, err := strconv.Atoi(e)
-			if err != nil || fd == dir || fd == skip {
-				continue
-			}
+	for _, fd := range fds {
+		if fd != skip {
 			n++
-			if t, err := os.Readlink("/proc/self/fd/" + e); err == nil && strings.HasPrefix(t, "anon_inode:") {
-				names = append(names, fmt.Sprintf("%d=%s", fd, t))
-			}
+		}
+	}
+	if n == want {
+		return n, "", nil
+	}
+	var names []string
+	for _, fd := range fds {
+		if t, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd)); err == nil && strings.HasPrefix(t, "anon_inode:") {
+			names = append(names, fmt.Sprintf("%d=%s", fd, t))
 		}
 	}
 	return n, strings.Join(names, " "), nil

@@ -1,0 +1,191 @@
+package zdtm
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// spec is the runner's view of a scenario (the programs are in
+// test/scenario).
+type spec struct {
+	name string
+	// crfail: the dump must refuse the tree with an error matching
+	// crfailError ({pid:ROLE} = pid of the task running ROLE).
+	crfail      bool
+	crfailError string
+	// unsupported: a state fdrestore does not handle yet. When the run
+	// fails with an error matching it, the scenario is reported as
+	// skipped with that error; any other failure is a failure, and a
+	// pass is a pass (then the marker should go).
+	unsupported string
+}
+
+var scenarios = []spec{
+	{name: "pipe00"},
+	{name: "pipe01"},
+	{name: "pipe03"},
+	{name: "fifo_ro"},
+	{name: "fifo_wronly"},
+	{name: "fifo-rowo-pair"},
+	{name: "file_shared"},
+	{name: "fd01"},
+	{name: "fd"},
+	{name: "write_read10", unsupported: `^dump (\d+|--leave-running): exit status 1: fdrestore: dump refused, the tree was left running unchanged: pid \d+ fd 3: deleted file is not supported`},
+	{name: "file_fown"},
+	{name: "pipeline"},
+	{name: "pipe-wonly-data"},
+	{name: "crfail-socketpair", crfail: true,
+		crfailError: `^fdrestore: dump refused, the tree was left running unchanged: ` +
+			`pid {pid:holder} fd 3: socket is not supported \(socket:\[\d+\]\)\n` +
+			`pid {pid:holder} fd 4: socket is not supported \(socket:\[\d+\]\)$`},
+	{name: "crfail-epoll", crfail: true,
+		crfailError: `^fdrestore: dump refused, the tree was left running unchanged: ` +
+			`pid {pid:root} fd 3: eventpoll is not supported \(anon_inode:\[eventpoll\]\)$`},
+}
+
+// report collects one line per scenario and flavor.
+var report struct {
+	sync.Mutex
+	lines map[string]string // "scenario flavor" -> "pass" / "fail: ..." / "skip: ..."
+}
+
+func record(name, flavor, line string) {
+	report.Lock()
+	defer report.Unlock()
+	if report.lines == nil {
+		report.lines = map[string]string{}
+	}
+	report.lines[name+" "+flavor] = line
+}
+
+// printReport prints one line per scenario and flavor, then the totals.
+func printReport(t *testing.T) {
+	report.Lock()
+	defer report.Unlock()
+	if len(report.lines) == 0 {
+		return
+	}
+	keys := make([]string, 0, len(report.lines))
+	for k := range report.lines {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	var pass, fail, skip int
+	b.WriteString("\nzdtm report:\n")
+	for _, k := range keys {
+		l := report.lines[k]
+		switch {
+		case l == "pass":
+			pass++
+		case strings.HasPrefix(l, "skip"):
+			skip++
+		default:
+			fail++
+		}
+		fmt.Fprintf(&b, "%-28s %s\n", k, l)
+	}
+	fmt.Fprintf(&b, "%d passed, %d failed", pass, fail)
+	if skip > 0 {
+		fmt.Fprintf(&b, ", %d skipped", skip)
+	}
+	b.WriteString("\n")
+	fmt.Print(b.String())
+	if *flagReport != "" {
+		if err := os.WriteFile(*flagReport, []byte(strings.TrimPrefix(b.String(), "\n")), 0o644); err != nil {
+			t.Errorf("report: %v", err)
+		}
+	}
+}
+
+func flavors() []string {
+	var out []string
+	for _, f := range strings.Split(*flagFlavors, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// TestZdtm runs every scenario in every flavor: start, record the state
+// from outside, dump, restore stopped and compare, restore with
+// --exec-recorded, and again for -zdtm.iters, then let the tasks verify
+// themselves. Select scenarios with -run 'TestZdtm/.*pipe.*' or
+// -zdtm.run=pipe.
+func TestZdtm(t *testing.T) {
+	needRoot(t)
+	var filter *regexp.Regexp
+	if *flagRun != "" {
+		filter = regexp.MustCompile(*flagRun)
+	}
+	t.Cleanup(func() { printReport(t) })
+	for _, sc := range scenarios {
+		if filter != nil && !filter.MatchString(sc.name) {
+			continue
+		}
+		t.Run(sc.name, func(t *testing.T) {
+			t.Parallel()
+			for _, fl := range flavors() {
+				t.Run(fl, func(t *testing.T) {
+					t.Parallel()
+					res := runDriver(t, Config{Scenario: sc.name, Flavor: fl, CRFail: sc.crfail, CRFailError: sc.crfailError})
+					if res.Status == "fail" && sc.unsupported != "" && regexp.MustCompile(sc.unsupported).MatchString(res.Reason) {
+						res.Status, res.Reason = "skip", "not supported yet: "+res.Reason
+					}
+					switch res.Status {
+					case "pass":
+						record(sc.name, fl, "pass")
+					case "skip":
+						record(sc.name, fl, "skip: "+res.Reason)
+						t.Skip(res.Reason)
+					default:
+						record(sc.name, fl, "fail: "+res.Reason)
+						t.Error(res.Reason)
+					}
+				})
+			}
+		})
+	}
+}
+
+// TestScenarioList checks that the runner's table and the scenario
+// binary agree.
+func TestScenarioList(t *testing.T) {
+	out, err := exec.Command(binary(t, "test/scenario"), "--list").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := strings.Fields(string(out))
+	var want []string
+	for _, sc := range scenarios {
+		want = append(want, sc.name)
+	}
+	sort.Strings(want)
+	if !slices.Equal(have, want) {
+		t.Errorf("scenario binary has %v, the runner's table %v", have, want)
+	}
+}
+
+// TestScenarioSanity runs every scenario without a checkpoint: it must
+// pass its own verification (zdtm's --nocr), so that a failure in
+// TestZdtm is the engine's, not the scenario's.
+func TestScenarioSanity(t *testing.T) {
+	needRoot(t)
+	for _, sc := range scenarios {
+		t.Run(sc.name, func(t *testing.T) {
+			t.Parallel()
+			res := runDriver(t, Config{Scenario: sc.name, Flavor: FlavorNoCR})
+			if res.Status != "pass" {
+				t.Errorf("%s without C/R: %s", sc.name, res.Reason)
+			}
+		})
+	}
+}
