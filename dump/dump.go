@@ -14,6 +14,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/fdrestore/fdrestore/images"
+	"github.com/fdrestore/fdrestore/restore"
 	"os"
 	"time"
 
@@ -136,8 +138,13 @@ func Dump(ctx context.Context, pid int, dir string, opts Options) (*Stats, error
 			return nil, err
 		}
 	} else {
-		// Kill only once the images are safely written.
+		// Kill only once the images are safely written, and only if
+		// fdrestore can restore them: a tree restore would refuse is
+		// left running.
 		if err := img.write(dir); err != nil {
+			return abort(err)
+		}
+		if err := checkRestorable(dir); err != nil {
 			return abort(err)
 		}
 		err = fz.kill(func() { st.Frozen = time.Since(frozenAt) })
@@ -155,6 +162,27 @@ func Dump(ctx context.Context, pid int, dir string, opts Options) (*Stats, error
 		"freezing": st.Freezing, "frozen": st.Frozen, "total": st.Total,
 	}).Info("dump done")
 	return st, nil
+}
+
+// ErrNotRestorable is wrapped when a dump is refused because fdrestore
+// could not restore the images it would leave; the tree keeps running.
+var ErrNotRestorable = errors.New("fdrestore cannot restore this tree")
+
+// checkRestorable loads the images just written and plans their restore,
+// so that a tree is never killed for images its own restore refuses.
+func checkRestorable(dir string) error {
+	set, err := images.Load(dir)
+	if err != nil {
+		return fmt.Errorf("dump: %w: the images do not load: %v", ErrNotRestorable, err)
+	}
+	p, err := restore.NewPlan(set, restore.PlanOptions{})
+	if err == nil {
+		err = p.Err()
+	}
+	if err != nil {
+		return fmt.Errorf("dump: %w (the tree was left running; dump with --leave-running to keep the images anyway): %v", ErrNotRestorable, err)
+	}
+	return nil
 }
 
 // dumper holds the state of one Dump.

@@ -680,3 +680,30 @@ func TestDumpScale(t *testing.T) {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// TestDumpRefusesUnrestorableTree dumps a tree whose root is not a session
+// leader: the images would be refused by restore, so dump must refuse
+// too, name the reason, and leave the tree running.
+func TestDumpRefusesUnrestorableTree(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("dump tests need root")
+		}
+		t.Skip("dump tests need root")
+	}
+	cmd := exec.Command("/bin/sleep", "30") // same session as the test: not a session leader
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	_, err := Dump(context.Background(), cmd.Process.Pid, t.TempDir(), Options{})
+	if !errors.Is(err, ErrNotRestorable) {
+		t.Fatalf("dump of a non-session-leader root: got %v, want ErrNotRestorable", err)
+	}
+	if !strings.Contains(err.Error(), "not a session leader") {
+		t.Errorf("error %q does not say why", err)
+	}
+	if err := cmd.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Errorf("the tree was not left running: %v", err)
+	}
+}
