@@ -54,9 +54,13 @@ type ctlMsg struct {
 	Mode     string   `json:"mode,omitempty"`
 	Argv     []string `json:"argv,omitempty"`
 	Path     string   `json:"path,omitempty"` // exec: the file to run (default Argv[0])
-	Env      []string `json:"env,omitempty"`
-	Dir      string   `json:"dir,omitempty"`
-	Log      []byte   `json:"log,omitempty"` // a logrus JSON entry
+	// KeepCloexec: exec keeps the task's FD_CLOEXEC fds open (flag
+	// cleared) and lists them in CloexecEnv, for programs that adopt
+	// their fds after --exec-recorded.
+	KeepCloexec bool     `json:"keepcloexec,omitempty"`
+	Env         []string `json:"env,omitempty"`
+	Dir         string   `json:"dir,omitempty"`
+	Log         []byte   `json:"log,omitempty"` // a logrus JSON entry
 }
 
 const maxCtlMsg = 1 << 16

@@ -57,8 +57,16 @@ func checkExecRecords(plan *Plan, recs map[uint32]*criupb.FdrestoreExecEntry) er
 // execRecorded fills an end message with the task's recorded command:
 // argv, environment plus FDRESTORE_RESTORED=1, cwd, and the file to exec
 // (the recorded executable, else argv[0], searched in the recorded PATH).
+// CloexecEnv names the environment variable through which a task restarted
+// with --exec-recorded learns which of its fds had FD_CLOEXEC at dump: exec
+// would have closed them, so they are passed open and listed here, as
+// comma-separated fds and ranges ("12,20-23"). A program that adopts its
+// fds should set FD_CLOEXEC on them again.
+const CloexecEnv = "FDRESTORE_CLOEXEC_FDS"
+
 func execRecorded(m *ctlMsg, r *criupb.FdrestoreExecEntry) {
 	m.Mode = modeExec
+	m.KeepCloexec = true
 	m.Argv = r.GetArgv()
 	m.Env = append(append([]string(nil), r.GetEnv()...), RestoredEnv)
 	if r.Cwd != nil {

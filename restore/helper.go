@@ -373,6 +373,25 @@ func readAll(fd int) ([]byte, error) {
 	return buf, nil
 }
 
+// keepCloexec clears FD_CLOEXEC on the task's close-on-exec fds so they
+// survive the exec, and names them in the environment (CloexecEnv) so that
+// the program can set the flag again.
+func (h *helper) keepCloexec(env []string) ([]string, error) {
+	var fds []int
+	for _, fl := range h.plan.Fles {
+		if fl.Cloexec {
+			if _, err := unix.FcntlInt(uintptr(fl.Fd), unix.F_SETFD, 0); err != nil {
+				return nil, fmt.Errorf("keep close-on-exec fd %d across exec: %w", fl.Fd, err)
+			}
+			fds = append(fds, int(fl.Fd))
+		}
+	}
+	if len(fds) == 0 {
+		return env, nil
+	}
+	return append(env, CloexecEnv+"="+strings.TrimPrefix(encodeRanges(fds), "r:")), nil
+}
+
 // end brings the task to its end state: the fd table is checked to be
 // exactly the image's, then the task stops itself or execs.
 func (h *helper) end(m *ctlMsg) error {
@@ -400,7 +419,14 @@ func (h *helper) end(m *ctlMsg) error {
 		if m.Path != "" {
 			path = m.Path
 		}
-		err := syscall.Exec(path, m.Argv, m.Env)
+		env := m.Env
+		if m.KeepCloexec {
+			var err error
+			if env, err = h.keepCloexec(env); err != nil {
+				return err
+			}
+		}
+		err := syscall.Exec(path, m.Argv, env)
 		return fmt.Errorf("exec %q: %w", m.Argv, err)
 	}
 	return fmt.Errorf("unknown end mode %q", m.Mode)

@@ -23,8 +23,6 @@ func init() {
 			Fds:      std(3, 5),
 			Cloexec:  []int{4},
 			Children: children("child"),
-			// exec closed fd 4: make it again, a dup of 3 with FD_CLOEXEC.
-			AfterExec: func(t *T) error { return unix.Dup3(3, 4, unix.O_CLOEXEC) },
 			Setup: func(t *T) error {
 				path := t.Path("data")
 				if err := t.OpenAt(path, unix.O_RDWR|unix.O_CREAT|unix.O_TRUNC, 0o644, 3); err != nil {

@@ -191,12 +191,59 @@ func (t *T) restoredStart(r *Role) {
 			}
 		}
 	}
-	if err := t.checkTable(want, -1); err != nil {
+	// --exec-recorded keeps the close-on-exec fds open across its exec
+	// and lists them in FDRESTORE_CLOEXEC_FDS: they must be exactly the
+	// role's, and the program sets FD_CLOEXEC on them again.
+	cloexec, err := parseFdList(os.Getenv("FDRESTORE_CLOEXEC_FDS"))
+	if err != nil {
+		t.Fail("after restore: FDRESTORE_CLOEXEC_FDS: %v", err)
+	}
+	if !slices.Equal(cloexec, sortedCopy(r.cloexecFds())) {
+		t.Fail("after restore: FDRESTORE_CLOEXEC_FDS lists %v, want %v", cloexec, sortedCopy(r.cloexecFds()))
+	}
+	if err := t.checkTable(append(slices.Clone(want), cloexec...), -1); err != nil {
 		t.Fail("after restore: %v", err)
+	}
+	for _, fd := range cloexec {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
+			t.Fail("after restore: set FD_CLOEXEC on fd %d: %v", fd, err)
+		}
 	}
 	if r.AfterExec != nil {
 		t.Check(r.AfterExec(t), "after exec")
 	}
+}
+
+// parseFdList parses "12,20-23" (FDRESTORE_CLOEXEC_FDS) into sorted fds.
+func parseFdList(s string) ([]int, error) {
+	var out []int
+	if s == "" {
+		return out, nil
+	}
+	for _, part := range strings.Split(s, ",") {
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err := strconv.Atoi(lo)
+		if err != nil {
+			return nil, fmt.Errorf("%q: %w", s, err)
+		}
+		b := a
+		if isRange {
+			if b, err = strconv.Atoi(hi); err != nil || b < a {
+				return nil, fmt.Errorf("%q: bad range %q", s, part)
+			}
+		}
+		for fd := a; fd <= b; fd++ {
+			out = append(out, fd)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+func sortedCopy(v []int) []int {
+	out := append([]int{}, v...)
+	slices.Sort(out)
+	return out
 }
 
 // checkTable compares the open fds with want (plus skip).

@@ -119,14 +119,13 @@ type Role struct {
 	// Setup builds the task's state on the first start; the root also
 	// starts its children here (T.Spawn).
 	Setup func(t *T) error
-	// AfterExec runs in a restored task right after the fd table check:
-	// it puts back what exec itself destroyed (fds with FD_CLOEXEC), so
-	// that the next dump sees the state of the first one. (Whether the
-	// restore got those fds right is checked from outside, on the tree
-	// restored with --leave-stopped.)
+	// AfterExec runs in a restored task right after the fd table check,
+	// for state the exec itself changed.
 	AfterExec func(t *T) error
-	// Cloexec are the fds with FD_CLOEXEC: present after setup, closed by
-	// the exec of a restored task (AfterExec may put them back).
+	// Cloexec are the fds with FD_CLOEXEC. --exec-recorded passes them
+	// across its exec with the flag cleared and lists them in
+	// FDRESTORE_CLOEXEC_FDS; the restored task checks the list and sets
+	// the flag again.
 	Cloexec []int
 	// Verify checks the state after SIGUSR2 (T.Fail records problems).
 	Verify func(t *T)
