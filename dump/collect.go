@@ -47,7 +47,8 @@ type fdEnt struct {
 	st      unix.Stat_t
 	kind    fdKind
 	fown    [5]uint32
-	desc    *fdEnt // the first fd (in dump order) of the same description
+	desc    *fdEnt     // the first fd (in dump order) of the same description
+	ghost   *ghostFile // a regular file unlinked while open (ghost.go)
 }
 
 // pipeData is the queued content of one pipe or FIFO.
@@ -72,12 +73,17 @@ type state struct {
 	// unread holds, for every pipe or FIFO seen only through fds that
 	// cannot read (write-only ends), the first such fd in dump order.
 	unread map[uint64]*fdEnt
+	// Deleted regular files saved with their content (ghost.go), by
+	// (dev, ino) and in dump order, and the size limit for one.
+	ghosts     map[[2]uint64]*ghostFile
+	ghostList  []*ghostFile
+	ghostLimit int64
 }
 
 // collect reads every task of the frozen tree. An unsupported fd anywhere
 // fails it with the list of such fds.
 func (d *dumper) collect(tasks []*task) (*imageSet, error) {
-	s := &state{tasks: tasks, log: d.log}
+	s := &state{tasks: tasks, log: d.log, ghostLimit: d.opts.ghostLimit()}
 	for i, k := range nsKinds {
 		ino, err := nsInode(0, k)
 		if err != nil {
@@ -232,6 +238,11 @@ func (s *state) readFd(t *task, pidfd, fd int, pk *peeker, peeked map[uint64]boo
 	if err := unix.Fstat(local, &e.st); err != nil {
 		return nil, nil, fmt.Errorf("fstat: %w", err)
 	}
+	if (e.st.Mode&unix.S_IFMT == unix.S_IFREG && e.st.Nlink == 0) || isDeletedLink(link) {
+		if bad, err := s.readGhost(e, local); bad != nil || err != nil {
+			return nil, bad, err
+		}
+	}
 	switch e.st.Mode & unix.S_IFMT {
 	case unix.S_IFSOCK:
 		return unsupported("socket")
@@ -241,9 +252,6 @@ func (s *state) readFd(t *task, pidfd, fd int, pk *peeker, peeked map[uint64]boo
 		}
 		e.kind = kindReg
 	case unix.S_IFREG, unix.S_IFDIR, unix.S_IFBLK, unix.S_IFLNK:
-		if e.st.Mode&unix.S_IFMT == unix.S_IFREG && e.st.Nlink == 0 {
-			return unsupported("deleted file")
-		}
 		e.kind = kindReg
 	case unix.S_IFIFO:
 		e.kind = kindFifo

@@ -6,8 +6,10 @@
 // consume it), writes the images, and then kills the tree or thaws it.
 //
 // Supported fd types: regular files, directories and device nodes other
-// than terminals (CRIU's REG), pipes and FIFOs. A tree that holds anything
-// else is refused before anything is changed.
+// than terminals (CRIU's REG), pipes and FIFOs. A regular file unlinked
+// while open is saved with its content as a ghost (ghost.go), up to
+// Options.GhostLimit. A tree that holds anything else is refused before
+// anything is changed.
 package dump
 
 import (
@@ -31,6 +33,10 @@ type Options struct {
 	Timeout time.Duration
 	// Log receives progress entries (default: logrus's standard logger).
 	Log *logrus.Logger
+	// GhostLimit is the largest deleted regular file saved with its
+	// content (ghost-file images); a larger one refuses the dump. Zero
+	// means DefaultGhostLimit (1 MiB).
+	GhostLimit int64
 }
 
 // Stats describes a finished dump.
@@ -264,7 +270,11 @@ func (d *dumper) prescan() error {
 			if err != nil {
 				continue // closed meanwhile; the frozen walk decides
 			}
-			if typ := unsupportedByLink(link); typ != "" {
+			typ := unsupportedByLink(link)
+			if typ == "" && isDeletedLink(link) {
+				typ = deletedByStat(t.pid, fd, d.opts.ghostLimit())
+			}
+			if typ != "" {
 				errs = append(errs, &UnsupportedError{Pid: t.pid, Fd: fd, Type: typ, Target: link})
 			}
 		}

@@ -349,6 +349,11 @@ func critCheck(t *testing.T, dir string) {
 			continue
 		}
 		for i, ce := range img.Entries {
+			if strings.HasPrefix(e.Name(), "ghost-file-") && i < len(img.Entries)-1 {
+				// go-criu v8.3.0's decodeGhostFile appends &entry of one
+				// reused variable: every entry reads as the last one.
+				continue
+			}
 			// Same field values: compare the JSON of both decodings with
 			// names normalised away (different schemas, same numbers).
 			cj, _ := protojson.MarshalOptions{UseProtoNames: true}.Marshal(ce.Message)
@@ -443,11 +448,6 @@ func canon(t *testing.T, dir string) string {
 				mp(m.Sid)
 				m.Threads = nil
 			case *criupb.FileEntry:
-				// Known restore difference (files/reg): a directory
-				// opened with O_DIRECTORY comes back without it.
-				if r := m.Reg; r != nil && r.GetMode()&unix.S_IFMT == unix.S_IFDIR {
-					r.Flags = proto.Uint32(r.GetFlags() &^ unix.O_DIRECTORY)
-				}
 				if m.Pipe != nil {
 					pipe(m.Pipe.PipeId)
 				}

@@ -118,8 +118,8 @@ func unsupportedByLink(link string) string {
 		return "tty"
 	case link == "/dev/net/tun":
 		return "tun"
-	case strings.HasSuffix(link, " (deleted)"):
-		return "deleted file"
+	case isDeletedLink(link):
+		return "" // judged by what it is (ghost.go)
 	case !strings.HasPrefix(link, "/"):
 		// nsfs ("net:[...]"), pidfs, bpf objects, ...
 		if i := strings.IndexByte(link, ':'); i > 0 {

@@ -159,7 +159,7 @@ func (s *state) images() (*imageSet, error) {
 	ids := map[*fdEnt]uint32{}
 	pipes := map[uint64]bool{}
 	addFile := func(m *criupb.FileEntry) { files.entries = append(files.entries, &images.Entry{Msg: m}) }
-	var execs []proto.Message
+	var execs, remaps []proto.Message
 	doneTables := map[uint32]bool{}
 	for _, t := range s.tasks {
 		var fdinfo []proto.Message
@@ -171,8 +171,13 @@ func (s *state) images() (*imageSet, error) {
 				ids[e.desc] = id
 				switch e.kind {
 				case kindReg:
+					name := e.link
+					if e.ghost != nil {
+						name = e.ghost.path
+						remaps = append(remaps, ghostRemap(id, e.ghost))
+					}
 					addFile(&criupb.FileEntry{Type: criupb.FdTypes_REG.Enum(), Id: proto.Uint32(id),
-						Reg: regEntry(id, e.link, e.flags, e.pos, &e.st, e.fown)})
+						Reg: regEntry(id, name, e.flags, e.pos, &e.st, e.fown)})
 				case kindPipe:
 					pipes[e.st.Ino] = true
 					addFile(&criupb.FileEntry{Type: criupb.FdTypes_PIPE.Enum(), Id: proto.Uint32(id),
@@ -242,6 +247,7 @@ func (s *state) images() (*imageSet, error) {
 	}
 	data("pipes-data.img", "PIPES_DATA", s.pipes)
 	data("fifo-data.img", "FIFO_DATA", s.fifos)
+	is.addGhosts(s, remaps)
 	is.add(ExecImage, "FDRESTORE_EXEC", execs...)
 	return is, nil
 }

@@ -211,6 +211,10 @@ func scenarioMain() int {
 		signalReady(3)
 	case "fanout/child":
 		signalReady(3)
+	case "ghost/root":
+		ghostRoot(dir) // ghost_test.go
+	case "ghost/child":
+		signalReady(3)
 	default:
 		die("unknown scenario")
 	}

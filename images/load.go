@@ -51,10 +51,11 @@ func Load(dir string) (*Set, error) {
 		TTYs:       map[uint32]*TTY{},
 		TCPStreams: map[uint32]*TCPStream{},
 		Remaps:     map[uint32]*criupb.RemapFilePathEntry{},
+		Ghosts:     map[uint32]*Ghost{},
 	}}
 	steps := []func() error{
 		l.inventory, l.pstree, l.tasks, l.files, l.fdTables,
-		l.pipeData, l.ttys, l.skQueues, l.tcpStreams, l.remaps, l.checkRefs,
+		l.pipeData, l.ttys, l.skQueues, l.tcpStreams, l.remaps, l.ghosts, l.checkRefs,
 	}
 	for _, step := range steps {
 		if err := step(); err != nil {

@@ -77,6 +77,11 @@ const (
 	// TCPStreamTrailer: inq_len bytes of receive queue, then outq_len bytes
 	// of send queue.
 	TCPStreamTrailer
+	// GhostTrailer: a ghost-file image (see ghost.go). Entry 0 is a
+	// ghost_file_entry; without chunks its trailer is the rest of the file
+	// (the content), with chunks every further entry is a
+	// ghost_chunk_entry followed by len bytes of data.
+	GhostTrailer
 )
 
 // Kind describes one kind of image: its magic, how it is framed, the
@@ -127,6 +132,7 @@ var kinds = []*Kind{
 	kind("FILES", MagicFiles, MagicCommon, NoTrailer, func() proto.Message { return new(criupb.FileEntry) }),
 	kind("REG_FILES", MagicRegFiles, MagicCommon, NoTrailer, func() proto.Message { return new(criupb.RegFileEntry) }),
 	kind("REMAP_FPATH", MagicRemapFpath, MagicCommon, NoTrailer, func() proto.Message { return new(criupb.RemapFilePathEntry) }),
+	kind("GHOST_FILE", MagicGhostFile, MagicCommon, GhostTrailer, func() proto.Message { return new(criupb.GhostFileEntry) }),
 	kind("PIPES", MagicPipes, MagicCommon, NoTrailer, func() proto.Message { return new(criupb.PipeEntry) }),
 	kind("PIPES_DATA", MagicPipesData, MagicCommon, PipeDataTrailer, func() proto.Message { return new(criupb.PipeDataEntry) }),
 	kind("FIFO", MagicFifo, MagicCommon, NoTrailer, func() proto.Message { return new(criupb.FifoEntry) }),
@@ -244,6 +250,7 @@ func KindForFile(base string) *Kind {
 	for prefix, name := range map[string]string{
 		"fdinfo-": "FDINFO", "core-": "CORE", "ids-": "IDS", "mm-": "MM",
 		"fs-": "FS", "tcp-stream-": "TCP_STREAM", "timens-": "TIMENS",
+		"ghost-file-": "GHOST_FILE",
 	} {
 		if strings.HasPrefix(base, prefix) && strings.HasSuffix(base, ".img") {
 			return kindByName[name]

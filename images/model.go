@@ -43,6 +43,10 @@ type Set struct {
 
 	// Remaps by the id of the file they remap (remap-fpath.img).
 	Remaps map[uint32]*criupb.RemapFilePathEntry
+
+	// Ghosts (deleted files saved with their content) by remap id
+	// (ghost-file-<id hex>.img), for the GHOST remaps in Remaps.
+	Ghosts map[uint32]*Ghost
 }
 
 // Task is one process of the dumped tree.

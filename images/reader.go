@@ -168,6 +168,9 @@ func (r *Reader) readN(n uint64, field string, start int64, reuse bool) ([]byte,
 // Next decodes the next entry. It returns io.EOF (unwrapped) after the last
 // entry, and a *FormatError for anything malformed.
 func (r *Reader) Next() (*Entry, error) {
+	if r.kind.Trailer == GhostTrailer {
+		return r.nextGhost() // ghost.go
+	}
 	start := r.off
 	n, err := r.u32("length")
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/fdrestore/fdrestore/proto/criupb"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -22,6 +23,9 @@ type Writer struct {
 	n    int
 	buf  []byte
 	err  error
+	// rawGhost: entry 0 of a ghost image without chunks was written; its
+	// content runs to the end of the file, so nothing may follow.
+	rawGhost bool
 }
 
 // NewWriter writes the magics of kind k to w and returns a Writer for its
@@ -51,7 +55,14 @@ func (w *Writer) Write(m proto.Message, trailer []byte) error {
 	if w.err != nil {
 		return w.err
 	}
-	if want := w.kind.TrailerLen(m); want != uint64(len(trailer)) {
+	if w.kind.Trailer == GhostTrailer {
+		if err := checkGhostWrite(w.name, w.n, w.rawGhost, m, trailer); err != nil { // ghost.go
+			return err
+		}
+		if w.n == 0 {
+			w.rawGhost = !m.(*criupb.GhostFileEntry).GetChunks()
+		}
+	} else if want := w.kind.TrailerLen(m); want != uint64(len(trailer)) {
 		return fmt.Errorf("%s entry %d: entry announces a %d-byte payload, got %d bytes", w.name, w.n, want, len(trailer))
 	}
 	b, err := proto.MarshalOptions{}.MarshalAppend(w.buf[:0], m)

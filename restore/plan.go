@@ -203,6 +203,7 @@ func NewPlan(set *images.Set, opts PlanOptions) (*Plan, error) {
 			}
 		}
 	}
+	p.planRemaps() // ghost.go
 	for i, tp := range p.TaskPlans {
 		nameFds(tp)
 		sortOpens(tp)

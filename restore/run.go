@@ -98,6 +98,7 @@ type coordinator struct {
 	oldSub   int
 	started  time.Time
 	recorded map[uint32]*criupb.FdrestoreExecEntry // EndExecRecorded: by image pid
+	ghosts   []*liveGhost                          // deleted files recreated for this run (ghost.go)
 }
 
 // Run restores the tree described by plan and brings it to the requested
@@ -157,6 +158,9 @@ func (c *coordinator) run(ctx context.Context) (*Result, error) {
 	for i, p := range c.plan.Procs {
 		c.ps[i] = &procState{p: p, ctl: -1}
 	}
+	if err := c.makeGhosts(); err != nil {
+		return nil, err
+	}
 	for _, op := range c.plan.TreeOps {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -183,6 +187,7 @@ func (c *coordinator) run(ctx context.Context) (*Result, error) {
 	if err := c.collect(tasks, "restore fds"); err != nil {
 		return nil, err
 	}
+	c.dropGhosts() // every task holds its fds of them now
 	filesDone := time.Now()
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -628,6 +633,7 @@ func procState1(pid int) (byte, error) {
 
 // abort kills every process the restore created and reaps them.
 func (c *coordinator) abort() {
+	c.dropGhosts()
 	var pids []int
 	for _, st := range c.ps {
 		if st != nil && st.pid > 0 {

@@ -37,7 +37,7 @@ var scenarios = []spec{
 	{name: "file_shared"},
 	{name: "fd01"},
 	{name: "fd"},
-	{name: "write_read10", unsupported: `^dump (\d+|--leave-running): exit status 1: fdrestore: dump refused, the tree was left running unchanged: pid \d+ fd 3: deleted file is not supported`},
+	{name: "write_read10"},
 	{name: "file_fown"},
 	{name: "pipeline"},
 	{name: "pipe-wonly-data"},

@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -19,13 +21,15 @@ func (a *app) dumpCmd() *cobra.Command {
 		dir          string
 		leaveRunning bool
 		timeout      time.Duration
+		ghostLimit   string
 	)
 	cmd := &cobra.Command{
 		Use:   "dump -t PID -D DIR [--leave-running]",
 		Short: "Checkpoint the fd state of the process tree rooted at PID into DIR",
 		Long: `Freeze the process tree rooted at PID (cgroup v2 freezer), record the tree and
 every task's fds (regular files, directories, device nodes, pipes and FIFOs
-with their queued data) in CRIU 4.2-format images in DIR, plus each task's
+with their queued data; files unlinked while open are saved with their
+content, up to --ghost-limit) in CRIU 4.2-format images in DIR, plus each task's
 argv, environment and cwd in fdrestore-exec.img, then kill the tree (the
 default, like CRIU) or thaw it unchanged (--leave-running). A tree holding any
 other kind of fd (socket, tty, epoll, ...) is refused before anything is
@@ -38,9 +42,13 @@ changed. Prints how long the tree was frozen.`,
 			if dir == "" {
 				return usagef("dump needs -D DIR")
 			}
+			limit, err := parseSize(ghostLimit)
+			if err != nil || limit <= 0 {
+				return usagef("--ghost-limit %q: want a positive size in bytes (suffix K, M or G allowed)", ghostLimit)
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			st, err := dump.Dump(ctx, pid, dir, dump.Options{LeaveRunning: leaveRunning, Timeout: timeout, Log: logrus.StandardLogger()})
+			st, err := dump.Dump(ctx, pid, dir, dump.Options{LeaveRunning: leaveRunning, Timeout: timeout, Log: logrus.StandardLogger(), GhostLimit: limit})
 			if err != nil {
 				return err
 			}
@@ -59,10 +67,38 @@ changed. Prints how long the tree was frozen.`,
 	fl.StringVarP(&dir, "images-dir", "D", "", "image `DIR`ectory (created if missing)")
 	fl.BoolVar(&leaveRunning, "leave-running", false, "thaw the tree after the dump instead of killing it")
 	fl.DurationVar(&timeout, "timeout", 30*time.Second, "give up (and thaw the tree) if freezing or dumping takes longer")
+	fl.StringVar(&ghostLimit, "ghost-limit", "1M", "largest deleted file to save with its content (`SIZE` in bytes, or with suffix K, M, G); a larger one refuses the dump")
 	return cmd
 }
 
 // ms prints a duration in milliseconds with two decimals ("1.23 ms").
 func ms(d time.Duration) string {
 	return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond))
+}
+
+// parseSize parses a byte count with an optional K, M or G suffix (powers
+// of 1024), like CRIU's --ghost-limit.
+func parseSize(s string) (int64, error) {
+	mult := int64(1)
+	if n := len(s); n > 0 {
+		switch s[n-1] {
+		case 'k', 'K':
+			mult = 1 << 10
+		case 'm', 'M':
+			mult = 1 << 20
+		case 'g', 'G':
+			mult = 1 << 30
+		}
+		if mult > 1 {
+			s = s[:n-1]
+		}
+	}
+	v, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return 0, err
+	}
+	if v > math.MaxInt64/mult {
+		return 0, fmt.Errorf("%s: too large", s)
+	}
+	return v * mult, nil
 }

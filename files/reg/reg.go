@@ -28,6 +28,11 @@ type Params struct {
 	Mode    uint32
 	HasMode bool
 	Fown    files.Fown
+	// Via, when set, is the path actually opened: a /proc/PID/fd/N link
+	// to the restored copy of a file that was unlinked while open (a
+	// ghost), so that every open makes a new description of that one
+	// inode under its original name. Path stays the name for messages.
+	Via string
 }
 
 // MarshalBinary encodes p for OpenSpec.Data.
@@ -41,6 +46,7 @@ func (p Params) MarshalBinary() ([]byte, error) {
 	e.Uint(uint64(p.Mode))
 	e.Bool(p.HasMode)
 	e.Fown(p.Fown)
+	e.String(p.Via)
 	return e.B, nil
 }
 
@@ -51,6 +57,7 @@ func (p *Params) UnmarshalBinary(b []byte) error {
 	p.Size, p.HasSize = d.Uint(), d.Bool()
 	p.Mode, p.HasMode = d.Uint32(), d.Bool()
 	p.Fown = d.Fown()
+	p.Via = d.String()
 	return d.Done()
 }
 
@@ -81,8 +88,16 @@ func Spec(f *images.File, sendTo []uint32) (files.OpenSpec, error) {
 // recorded position. The fd is CLOEXEC.
 func Open(p *Params, skipCheck bool) (int, error) {
 	flags := int(p.Flags)&^(unix.O_CREAT|unix.O_EXCL|unix.O_TRUNC|files.OTmpfileOnly) | unix.O_NOCTTY | unix.O_CLOEXEC
-	fd, err := unix.Open(p.Path, flags, 0)
+	path := p.Path
+	if p.Via != "" {
+		// A magic link: following it is the point.
+		path, flags = p.Via, flags&^unix.O_NOFOLLOW
+	}
+	fd, err := unix.Open(path, flags, 0)
 	if err != nil {
+		if p.Via != "" {
+			return -1, fmt.Errorf("open deleted file %s (its restored ghost, through %s) flags %#o: %w", p.Path, p.Via, p.Flags, err)
+		}
 		return -1, fmt.Errorf("open %s flags %#o: %w", p.Path, p.Flags, err)
 	}
 	if !skipCheck {

@@ -1313,6 +1313,243 @@ func (x *TimerfdEntry) GetInsec() uint64 {
 	return 0
 }
 
+// A time as struct timeval (CRIU's time.proto).
+type Timeval struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TvSec         *uint64                `protobuf:"varint,1,req,name=tv_sec,json=tvSec" json:"tv_sec,omitempty"`
+	TvUsec        *uint64                `protobuf:"varint,2,req,name=tv_usec,json=tvUsec" json:"tv_usec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Timeval) Reset() {
+	*x = Timeval{}
+	mi := &file_proto_files_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Timeval) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Timeval) ProtoMessage() {}
+
+func (x *Timeval) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_files_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Timeval.ProtoReflect.Descriptor instead.
+func (*Timeval) Descriptor() ([]byte, []int) {
+	return file_proto_files_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *Timeval) GetTvSec() uint64 {
+	if x != nil && x.TvSec != nil {
+		return *x.TvSec
+	}
+	return 0
+}
+
+func (x *Timeval) GetTvUsec() uint64 {
+	if x != nil && x.TvUsec != nil {
+		return *x.TvUsec
+	}
+	return 0
+}
+
+// ghost-file-<remap id hex>.img: a deleted file saved with its content.
+// The entry is followed either (chunks unset or false) by the raw content
+// up to the end of the image, or (chunks true) by repeated
+// ghost_chunk_entry records, each followed by len bytes of data for offset
+// off; the ranges between chunks are holes. dev is in the kernel's
+// encoding (major << 20 | minor).
+type GhostFileEntry struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Uid    *uint32                `protobuf:"varint,1,req,name=uid" json:"uid,omitempty"`
+	Gid    *uint32                `protobuf:"varint,2,req,name=gid" json:"gid,omitempty"`
+	Mode   *uint32                `protobuf:"varint,3,req,name=mode" json:"mode,omitempty"`
+	Dev    *uint32                `protobuf:"varint,4,opt,name=dev" json:"dev,omitempty"`
+	Ino    *uint64                `protobuf:"varint,5,opt,name=ino" json:"ino,omitempty"`
+	Rdev   *uint32                `protobuf:"varint,6,opt,name=rdev" json:"rdev,omitempty"`
+	Atim   *Timeval               `protobuf:"bytes,7,opt,name=atim" json:"atim,omitempty"`
+	Mtim   *Timeval               `protobuf:"bytes,8,opt,name=mtim" json:"mtim,omitempty"`
+	Chunks *bool                  `protobuf:"varint,9,opt,name=chunks" json:"chunks,omitempty"`
+	Size   *uint64                `protobuf:"varint,10,opt,name=size" json:"size,omitempty"`
+	// Only for symbolic links (S_ISLNK(mode)).
+	SymlnkTarget  *string `protobuf:"bytes,11,opt,name=symlnk_target,json=symlnkTarget" json:"symlnk_target,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GhostFileEntry) Reset() {
+	*x = GhostFileEntry{}
+	mi := &file_proto_files_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GhostFileEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GhostFileEntry) ProtoMessage() {}
+
+func (x *GhostFileEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_files_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GhostFileEntry.ProtoReflect.Descriptor instead.
+func (*GhostFileEntry) Descriptor() ([]byte, []int) {
+	return file_proto_files_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *GhostFileEntry) GetUid() uint32 {
+	if x != nil && x.Uid != nil {
+		return *x.Uid
+	}
+	return 0
+}
+
+func (x *GhostFileEntry) GetGid() uint32 {
+	if x != nil && x.Gid != nil {
+		return *x.Gid
+	}
+	return 0
+}
+
+func (x *GhostFileEntry) GetMode() uint32 {
+	if x != nil && x.Mode != nil {
+		return *x.Mode
+	}
+	return 0
+}
+
+func (x *GhostFileEntry) GetDev() uint32 {
+	if x != nil && x.Dev != nil {
+		return *x.Dev
+	}
+	return 0
+}
+
+func (x *GhostFileEntry) GetIno() uint64 {
+	if x != nil && x.Ino != nil {
+		return *x.Ino
+	}
+	return 0
+}
+
+func (x *GhostFileEntry) GetRdev() uint32 {
+	if x != nil && x.Rdev != nil {
+		return *x.Rdev
+	}
+	return 0
+}
+
+func (x *GhostFileEntry) GetAtim() *Timeval {
+	if x != nil {
+		return x.Atim
+	}
+	return nil
+}
+
+func (x *GhostFileEntry) GetMtim() *Timeval {
+	if x != nil {
+		return x.Mtim
+	}
+	return nil
+}
+
+func (x *GhostFileEntry) GetChunks() bool {
+	if x != nil && x.Chunks != nil {
+		return *x.Chunks
+	}
+	return false
+}
+
+func (x *GhostFileEntry) GetSize() uint64 {
+	if x != nil && x.Size != nil {
+		return *x.Size
+	}
+	return 0
+}
+
+func (x *GhostFileEntry) GetSymlnkTarget() string {
+	if x != nil && x.SymlnkTarget != nil {
+		return *x.SymlnkTarget
+	}
+	return ""
+}
+
+// One run of data in a chunked ghost image.
+type GhostChunkEntry struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Len           *uint64                `protobuf:"varint,1,req,name=len" json:"len,omitempty"`
+	Off           *uint64                `protobuf:"varint,2,req,name=off" json:"off,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GhostChunkEntry) Reset() {
+	*x = GhostChunkEntry{}
+	mi := &file_proto_files_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GhostChunkEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GhostChunkEntry) ProtoMessage() {}
+
+func (x *GhostChunkEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_files_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GhostChunkEntry.ProtoReflect.Descriptor instead.
+func (*GhostChunkEntry) Descriptor() ([]byte, []int) {
+	return file_proto_files_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *GhostChunkEntry) GetLen() uint64 {
+	if x != nil && x.Len != nil {
+		return *x.Len
+	}
+	return 0
+}
+
+func (x *GhostChunkEntry) GetOff() uint64 {
+	if x != nil && x.Off != nil {
+		return *x.Off
+	}
+	return 0
+}
+
 var File_proto_files_proto protoreflect.FileDescriptor
 
 const file_proto_files_proto_rawDesc = "" +
@@ -1418,7 +1655,26 @@ const file_proto_files_proto_rawDesc = "" +
 	"\x05vnsec\x18\b \x02(\x04R\x05vnsec\x12\x12\n" +
 	"\x04isec\x18\t \x02(\x04R\x04isec\x12\x14\n" +
 	"\x05insec\x18\n" +
-	" \x02(\x04R\x05insec*\x9f\x02\n" +
+	" \x02(\x04R\x05insec\"9\n" +
+	"\atimeval\x12\x15\n" +
+	"\x06tv_sec\x18\x01 \x02(\x04R\x05tvSec\x12\x17\n" +
+	"\atv_usec\x18\x02 \x02(\x04R\x06tvUsec\"\xad\x02\n" +
+	"\x10ghost_file_entry\x12\x10\n" +
+	"\x03uid\x18\x01 \x02(\rR\x03uid\x12\x10\n" +
+	"\x03gid\x18\x02 \x02(\rR\x03gid\x12\x12\n" +
+	"\x04mode\x18\x03 \x02(\rR\x04mode\x12\x10\n" +
+	"\x03dev\x18\x04 \x01(\rR\x03dev\x12\x10\n" +
+	"\x03ino\x18\x05 \x01(\x04R\x03ino\x12\x12\n" +
+	"\x04rdev\x18\x06 \x01(\rR\x04rdev\x12+\n" +
+	"\x04atim\x18\a \x01(\v2\x17.fdrestore.criu.timevalR\x04atim\x12+\n" +
+	"\x04mtim\x18\b \x01(\v2\x17.fdrestore.criu.timevalR\x04mtim\x12\x16\n" +
+	"\x06chunks\x18\t \x01(\bR\x06chunks\x12\x12\n" +
+	"\x04size\x18\n" +
+	" \x01(\x04R\x04size\x12#\n" +
+	"\rsymlnk_target\x18\v \x01(\tR\fsymlnkTarget\"7\n" +
+	"\x11ghost_chunk_entry\x12\x10\n" +
+	"\x03len\x18\x01 \x02(\x04R\x03len\x12\x10\n" +
+	"\x03off\x18\x02 \x02(\x04R\x03off*\x9f\x02\n" +
 	"\bfd_types\x12\a\n" +
 	"\x03UND\x10\x00\x12\a\n" +
 	"\x03REG\x10\x01\x12\b\n" +
@@ -1468,7 +1724,7 @@ func file_proto_files_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_files_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_proto_files_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_proto_files_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_proto_files_proto_goTypes = []any{
 	(FdTypes)(0),               // 0: fdrestore.criu.fd_types
 	(RemapType)(0),             // 1: fdrestore.criu.remap_type
@@ -1484,37 +1740,42 @@ var file_proto_files_proto_goTypes = []any{
 	(*EventpollFileEntry)(nil), // 11: fdrestore.criu.eventpoll_file_entry
 	(*SignalfdEntry)(nil),      // 12: fdrestore.criu.signalfd_entry
 	(*TimerfdEntry)(nil),       // 13: fdrestore.criu.timerfd_entry
-	(*InetSkEntry)(nil),        // 14: fdrestore.criu.inet_sk_entry
-	(*UnixSkEntry)(nil),        // 15: fdrestore.criu.unix_sk_entry
-	(*TtyFileEntry)(nil),       // 16: fdrestore.criu.tty_file_entry
-	(*FownEntry)(nil),          // 17: fdrestore.criu.fown_entry
+	(*Timeval)(nil),            // 14: fdrestore.criu.timeval
+	(*GhostFileEntry)(nil),     // 15: fdrestore.criu.ghost_file_entry
+	(*GhostChunkEntry)(nil),    // 16: fdrestore.criu.ghost_chunk_entry
+	(*InetSkEntry)(nil),        // 17: fdrestore.criu.inet_sk_entry
+	(*UnixSkEntry)(nil),        // 18: fdrestore.criu.unix_sk_entry
+	(*TtyFileEntry)(nil),       // 19: fdrestore.criu.tty_file_entry
+	(*FownEntry)(nil),          // 20: fdrestore.criu.fown_entry
 }
 var file_proto_files_proto_depIdxs = []int32{
 	0,  // 0: fdrestore.criu.fdinfo_entry.type:type_name -> fdrestore.criu.fd_types
 	0,  // 1: fdrestore.criu.file_entry.type:type_name -> fdrestore.criu.fd_types
 	4,  // 2: fdrestore.criu.file_entry.reg:type_name -> fdrestore.criu.reg_file_entry
-	14, // 3: fdrestore.criu.file_entry.isk:type_name -> fdrestore.criu.inet_sk_entry
+	17, // 3: fdrestore.criu.file_entry.isk:type_name -> fdrestore.criu.inet_sk_entry
 	9,  // 4: fdrestore.criu.file_entry.efd:type_name -> fdrestore.criu.eventfd_file_entry
 	11, // 5: fdrestore.criu.file_entry.epfd:type_name -> fdrestore.criu.eventpoll_file_entry
 	12, // 6: fdrestore.criu.file_entry.sgfd:type_name -> fdrestore.criu.signalfd_entry
 	13, // 7: fdrestore.criu.file_entry.tfd:type_name -> fdrestore.criu.timerfd_entry
-	15, // 8: fdrestore.criu.file_entry.usk:type_name -> fdrestore.criu.unix_sk_entry
+	18, // 8: fdrestore.criu.file_entry.usk:type_name -> fdrestore.criu.unix_sk_entry
 	8,  // 9: fdrestore.criu.file_entry.fifo:type_name -> fdrestore.criu.fifo_entry
 	6,  // 10: fdrestore.criu.file_entry.pipe:type_name -> fdrestore.criu.pipe_entry
-	16, // 11: fdrestore.criu.file_entry.tty:type_name -> fdrestore.criu.tty_file_entry
-	17, // 12: fdrestore.criu.reg_file_entry.fown:type_name -> fdrestore.criu.fown_entry
+	19, // 11: fdrestore.criu.file_entry.tty:type_name -> fdrestore.criu.tty_file_entry
+	20, // 12: fdrestore.criu.reg_file_entry.fown:type_name -> fdrestore.criu.fown_entry
 	1,  // 13: fdrestore.criu.remap_file_path_entry.remap_type:type_name -> fdrestore.criu.remap_type
-	17, // 14: fdrestore.criu.pipe_entry.fown:type_name -> fdrestore.criu.fown_entry
-	17, // 15: fdrestore.criu.eventfd_file_entry.fown:type_name -> fdrestore.criu.fown_entry
-	17, // 16: fdrestore.criu.eventpoll_file_entry.fown:type_name -> fdrestore.criu.fown_entry
+	20, // 14: fdrestore.criu.pipe_entry.fown:type_name -> fdrestore.criu.fown_entry
+	20, // 15: fdrestore.criu.eventfd_file_entry.fown:type_name -> fdrestore.criu.fown_entry
+	20, // 16: fdrestore.criu.eventpoll_file_entry.fown:type_name -> fdrestore.criu.fown_entry
 	10, // 17: fdrestore.criu.eventpoll_file_entry.tfd:type_name -> fdrestore.criu.eventpoll_tfd_entry
-	17, // 18: fdrestore.criu.signalfd_entry.fown:type_name -> fdrestore.criu.fown_entry
-	17, // 19: fdrestore.criu.timerfd_entry.fown:type_name -> fdrestore.criu.fown_entry
-	20, // [20:20] is the sub-list for method output_type
-	20, // [20:20] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	20, // 18: fdrestore.criu.signalfd_entry.fown:type_name -> fdrestore.criu.fown_entry
+	20, // 19: fdrestore.criu.timerfd_entry.fown:type_name -> fdrestore.criu.fown_entry
+	14, // 20: fdrestore.criu.ghost_file_entry.atim:type_name -> fdrestore.criu.timeval
+	14, // 21: fdrestore.criu.ghost_file_entry.mtim:type_name -> fdrestore.criu.timeval
+	22, // [22:22] is the sub-list for method output_type
+	22, // [22:22] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_proto_files_proto_init() }
@@ -1531,7 +1792,7 @@ func file_proto_files_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_files_proto_rawDesc), len(file_proto_files_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   12,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
