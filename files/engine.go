@@ -62,8 +62,52 @@ type desc struct {
 	fles   []int32 // target fds in this task, ascending
 	fd     int     // an fd referring to it, or -1 while it is absent
 	temp   bool    // fd is a temporary above the target range
+	ce     int8    // FD_CLOEXEC of fd when known (0 or 1), else -1
 	sendTo []uint32
 	waiter []int // opens whose Needs include this description
+}
+
+// descTable holds the task's descriptions by file id: in a slice indexed
+// by id when the ids are dense (they are in images from CRIU and from
+// fdrestore dump), else in a map.
+type descTable struct {
+	all   []desc  // every description; never reallocated once built
+	dense []int32 // id -> index in all + 1 (0: absent)
+	m     map[uint32]int32
+}
+
+func (t *descTable) get(id uint32) *desc {
+	var i int32
+	if t.dense != nil {
+		if int(id) >= len(t.dense) {
+			return nil
+		}
+		i = t.dense[id]
+	} else {
+		i = t.m[id]
+	}
+	if i == 0 {
+		return nil
+	}
+	return &t.all[i-1]
+}
+
+// add returns the description id, adding it if new. all must have room:
+// add never grows it, so that pointers into it stay valid.
+func (t *descTable) add(id uint32) *desc {
+	if d := t.get(id); d != nil {
+		return d
+	}
+	if len(t.all) == cap(t.all) {
+		panic("files: description table full")
+	}
+	t.all = append(t.all, desc{id: id, fd: -1, ce: -1})
+	if t.dense != nil {
+		t.dense[id] = int32(len(t.all))
+	} else {
+		t.m[id] = int32(len(t.all))
+	}
+	return &t.all[len(t.all)-1]
 }
 
 // open is the engine's state of one OpenSpec.
@@ -82,7 +126,9 @@ type Engine struct {
 	tr       *scm.Transport
 	log      logrus.FieldLogger
 	tempBase int
-	descs    map[uint32]*desc
+	descs    descTable
+	cloexec  []bool // recorded FD_CLOEXEC by target fd
+	scratch  []*desc
 	opens    []*open
 	runq     []*open
 	parked   []*open // ran, reported not done: retried on news
@@ -131,23 +177,19 @@ func NewEngine(plan *TaskPlan, tr *scm.Transport, ctlFD int, log logrus.FieldLog
 	if err := plan.Validate(); err != nil {
 		return nil, err
 	}
-	e := &Engine{plan: plan, tr: tr, log: log, tempBase: TempBase(plan), descs: map[uint32]*desc{}, ctlFD: ctlFD}
+	e := &Engine{plan: plan, tr: tr, log: log, tempBase: TempBase(plan), ctlFD: ctlFD}
 	e.ctx.e = e
-	get := func(id uint32) *desc {
-		d := e.descs[id]
-		if d == nil {
-			d = &desc{id: id, fd: -1}
-			e.descs[id] = d
-		}
-		return d
-	}
+	e.initDescs()
+	get := e.descs.add
+	e.cloexec = make([]bool, e.tempBase)
 	for _, f := range plan.Fles {
-		d := get(f.File)
-		d.fles = append(d.fles, f.Fd)
+		e.cloexec[f.Fd] = f.Cloexec
 	}
 	for _, id := range plan.Hold {
 		get(id)
 	}
+	opens := make([]open, len(plan.Opens))
+	e.opens = make([]*open, 0, len(plan.Opens))
 	for i := range plan.Opens {
 		spec := &plan.Opens[i]
 		mk := lookupOpener(spec.Type)
@@ -158,7 +200,8 @@ func NewEngine(plan *TaskPlan, tr *scm.Transport, ctlFD int, log logrus.FieldLog
 		if err != nil {
 			return nil, &EngineError{Task: plan.Pid, Object: spec.Name, Stage: "plan", Err: err}
 		}
-		o := &open{spec: spec, opener: op}
+		o := &opens[i]
+		o.spec, o.opener = spec, op
 		for j, id := range spec.Files {
 			d := get(id)
 			d.sendTo = spec.SendTo[j]
@@ -176,6 +219,72 @@ func NewEngine(plan *TaskPlan, tr *scm.Transport, ctlFD int, log logrus.FieldLog
 		}
 	}
 	return e, nil
+}
+
+// initDescs builds the description table with every description the plan
+// names, and each one's target fds (carved from one array).
+func (e *Engine) initDescs() {
+	plan := e.plan
+	n, maxID := len(plan.Fles)+len(plan.Hold), uint32(0)
+	each := func(fn func(id uint32)) {
+		for _, f := range plan.Fles {
+			fn(f.File)
+		}
+		for _, id := range plan.Hold {
+			fn(id)
+		}
+		for i := range plan.Opens {
+			for _, id := range plan.Opens[i].Files {
+				fn(id)
+			}
+			for _, id := range plan.Opens[i].Needs {
+				fn(id)
+			}
+		}
+	}
+	for i := range plan.Opens {
+		n += len(plan.Opens[i].Files) + len(plan.Opens[i].Needs)
+	}
+	each(func(id uint32) { maxID = max(maxID, id) })
+	t := &e.descs
+	if uint64(maxID) < 4*uint64(n)+4096 {
+		t.dense = make([]int32, maxID+1)
+	} else {
+		t.m = make(map[uint32]int32, n)
+	}
+	// Number the descriptions first, so that all is allocated once.
+	var order []uint32
+	each(func(id uint32) {
+		if t.dense != nil {
+			if t.dense[id] == 0 {
+				order = append(order, id)
+				t.dense[id] = int32(len(order))
+			}
+		} else if t.m[id] == 0 {
+			order = append(order, id)
+			t.m[id] = int32(len(order))
+		}
+	})
+	t.all = make([]desc, len(order))
+	for i, id := range order {
+		t.all[i] = desc{id: id, fd: -1, ce: -1}
+	}
+	// Targets: count per description, then fill in fd order.
+	for _, f := range plan.Fles {
+		t.get(f.File).fd-- // fd counts down from -1 meanwhile
+	}
+	fds := make([]int32, len(plan.Fles))
+	off := 0
+	for i := range t.all {
+		d := &t.all[i]
+		k := -1 - d.fd
+		d.fles, d.fd = fds[off:off:off+k], -1
+		off += k
+	}
+	for _, f := range plan.Fles {
+		d := t.get(f.File)
+		d.fles = append(d.fles, f.Fd)
+	}
 }
 
 // TempBase returns the lowest fd number the helper may use for its own fds
@@ -253,7 +362,7 @@ func (e *Engine) finished() bool {
 
 func (e *Engine) allHeld() bool {
 	for _, id := range e.plan.Hold {
-		if e.descs[id].fd < 0 {
+		if e.descs.get(id).fd < 0 {
 			return false
 		}
 	}
@@ -268,9 +377,9 @@ func (e *Engine) waitingFor() string {
 // yet present and every unfinished opener.
 func (e *Engine) Stalled() string {
 	var missing []int
-	for id, d := range e.descs {
-		if d.fd < 0 {
-			missing = append(missing, int(id))
+	for i := range e.descs.all {
+		if d := &e.descs.all[i]; d.fd < 0 {
+			missing = append(missing, int(d.id))
 		}
 	}
 	sort.Ints(missing)
@@ -303,7 +412,7 @@ func (e *Engine) runOpens() error {
 			}
 			if done {
 				for _, id := range o.spec.Files {
-					if e.descs[id].fd < 0 {
+					if e.descs.get(id).fd < 0 {
 						return e.errf(o.spec.Type+" "+o.spec.Name, "open", fmt.Errorf("reported done without publishing file id %d", id))
 					}
 				}
@@ -326,7 +435,7 @@ func (e *Engine) receive(m scm.Message) error {
 		for i, k := range m.Keys {
 			ids[i] = k
 		}
-		if err := e.adopt(ids, m.FDs, true); err != nil {
+		if err := e.adopt(ids, m.FDs, true, 1); err != nil {
 			return err
 		}
 		// Openers that reported "not yet" may try again.
@@ -353,10 +462,12 @@ func closeAll(fds []int) {
 // The fds may sit anywhere, including on target numbers of other
 // descriptions: first every fd that is not on a target of its own
 // description moves above the target range, then the targets are filled.
-func (e *Engine) adopt(ids []uint32, fds []int, remote bool) error {
-	ds := make([]*desc, len(ids))
-	for i, id := range ids {
-		d := e.descs[id]
+// ce is the FD_CLOEXEC of the fds when known (0 or 1), else -1.
+func (e *Engine) adopt(ids []uint32, fds []int, remote bool, ce int8) error {
+	ds := e.scratch[:0]
+	defer func() { clear(ds); e.scratch = ds[:0] }()
+	for _, id := range ids {
+		d := e.descs.get(id)
 		if d == nil || d.fd >= 0 || (remote && len(d.sendTo) > 0) {
 			closeAll(fds)
 			what := "not needed by this task"
@@ -365,14 +476,14 @@ func (e *Engine) adopt(ids []uint32, fds []int, remote bool) error {
 			}
 			return e.errf(fmt.Sprintf("file id %d", id), "place", fmt.Errorf("received an fd for a description %s", what))
 		}
-		ds[i] = d
+		ds = append(ds, d)
 	}
 	// Pass 1: leave an fd in place only if it sits on one of its own
 	// targets; move every other one above the target range.
 	for i, d := range ds {
 		fd := fds[i]
 		if fd < e.tempBase && d.hasTarget(int32(fd)) {
-			d.fd, d.temp = fd, false
+			d.fd, d.temp, d.ce = fd, false, ce
 			continue
 		}
 		if fd < e.tempBase {
@@ -382,7 +493,9 @@ func (e *Engine) adopt(ids []uint32, fds []int, remote bool) error {
 				return e.errf(fmt.Sprintf("file id %d", d.id), "move fd "+strconv.Itoa(fd), err)
 			}
 			unix.Close(fd)
-			fd = nfd
+			fd, d.ce = nfd, 1
+		} else {
+			d.ce = ce
 		}
 		d.fd, d.temp = fd, true
 	}
@@ -415,25 +528,23 @@ func (d *desc) hasTarget(fd int32) bool {
 	return false
 }
 
-// cloexec returns the recorded FD_CLOEXEC of target fd of d.
-func (e *Engine) cloexec(fd int32) bool {
-	fles := e.plan.Fles
-	i := sort.Search(len(fles), func(i int) bool { return fles[i].Fd >= fd })
-	return i < len(fles) && fles[i].Fd == fd && fles[i].Cloexec
-}
-
 // place puts d at every one of its targets, with the recorded fd flags.
 func (e *Engine) place(d *desc) error {
 	for _, t := range d.fles {
-		ce := e.cloexec(t)
+		ce := e.cloexec[t]
 		if int(t) == d.fd {
-			flag := 0
+			flag, want := 0, int8(0)
 			if ce {
-				flag = unix.FD_CLOEXEC
+				flag, want = unix.FD_CLOEXEC, 1
+			}
+			if d.ce == want {
+				e.placed++
+				continue // already right
 			}
 			if _, err := unix.FcntlInt(uintptr(t), unix.F_SETFD, flag); err != nil {
 				return e.errf(fmt.Sprintf("file id %d", d.id), fmt.Sprintf("set flags of fd %d", t), err)
 			}
+			d.ce = want
 		} else {
 			flag := 0
 			if ce {
@@ -449,11 +560,18 @@ func (e *Engine) place(d *desc) error {
 	// the target is what gets sent.
 	if d.temp && len(d.fles) > 0 {
 		unix.Close(d.fd)
-		d.fd, d.temp = int(d.fles[0]), false
+		d.fd, d.temp, d.ce = int(d.fles[0]), false, boolCE(e.cloexec[d.fles[0]])
 	} else if d.temp {
 		e.temps = append(e.temps, d.fd)
 	}
 	return nil
+}
+
+func boolCE(b bool) int8 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func (e *Engine) closeTemps() error {
@@ -461,8 +579,8 @@ func (e *Engine) closeTemps() error {
 		unix.Close(fd)
 	}
 	e.temps = nil
-	for _, d := range e.descs {
-		if d.temp {
+	for i := range e.descs.all {
+		if d := &e.descs.all[i]; d.temp {
 			d.fd, d.temp = -1, false
 		}
 	}
@@ -493,7 +611,30 @@ func (c *Context) Adopt(ids []uint32, fds []int) error {
 		closeAll(fds)
 		return fmt.Errorf("adopt: %d ids for %d fds", len(ids), len(fds))
 	}
-	return c.e.adopt(ids, fds, false)
+	return c.e.adopt(ids, fds, false, -1)
+}
+
+// AdoptCloexec is Adopt for fds whose FD_CLOEXEC the caller knows (all
+// set, or all clear): the engine then skips setting it on the fds that
+// land right on their targets with the recorded flag.
+func (c *Context) AdoptCloexec(ids []uint32, fds []int, cloexec bool) error {
+	if len(ids) != len(fds) {
+		closeAll(fds)
+		return fmt.Errorf("adopt: %d ids for %d fds", len(ids), len(fds))
+	}
+	return c.e.adopt(ids, fds, false, boolCE(cloexec))
+}
+
+// Cloexec reports whether a fresh fd of description id is best created
+// close-on-exec: false only when its lowest target fd in this task is
+// recorded without FD_CLOEXEC. An fd created to match lands on its target
+// with no further call, and an fd that lands elsewhere is moved with
+// F_DUPFD_CLOEXEC anyway.
+func (c *Context) Cloexec(id uint32) bool {
+	if d := c.e.descs.get(id); d != nil && len(d.fles) > 0 {
+		return c.e.cloexec[d.fles[0]]
+	}
+	return true
 }
 
 // Temp moves an fd the opener keeps across calls above the target range
@@ -510,7 +651,7 @@ func (c *Context) Temp(fd int) (int, error) {
 // FD returns an fd of description id present in this task (placed or
 // held), or -1.
 func (c *Context) FD(id uint32) int {
-	if d := c.e.descs[id]; d != nil {
+	if d := c.e.descs.get(id); d != nil {
 		return d.fd
 	}
 	return -1
@@ -523,45 +664,164 @@ func (c *Context) MapPid(pid uint32) uint32 { return c.e.plan.PidMap[pid] }
 func (c *Context) TempBase() int { return c.e.tempBase }
 
 // CheckTable verifies that the calling process's fd table below tempBase
-// holds exactly the plan's fds and that every fd from tempBase up is
-// close-on-exec, so that after exec the table is exactly the image's. The
-// FD_CLOEXEC bits of the targets are set by placement itself, whose every
-// call is checked. It costs one directory read plus one fcntl per helper
-// fd, and returns a description of every difference.
+// holds exactly the plan's fds, each with its recorded FD_CLOEXEC, and
+// makes every fd from tempBase up close-on-exec, so that after exec the
+// table is exactly the image's. It returns a description of every
+// difference.
+//
+// When the target range is dense enough it probes each number below
+// tempBase with F_GETFD (about 0.2µs each): listing /proc/self/fd costs
+// several times more per fd, since procfs builds a dentry for each. A
+// sparse table (a few fds at huge numbers) is listed instead.
 func CheckTable(plan *TaskPlan, tempBase int) error {
-	want := make([]bool, tempBase)
-	for _, fl := range plan.Fles {
-		want[fl.Fd] = true
-	}
-	fds, err := ListFDs()
-	if err != nil {
-		return err
-	}
+	return checkTable(plan, tempBase, true)
+}
+
+// PrepareExec is the check before a helper execs into a program that
+// counts its fds itself (the restore's stopper, see restore/stopper.go):
+// every target fd is open (one poll(2) per 4096 fds reports a closed one
+// as POLLNVAL, at half the cost of F_GETFD each), no number below tempBase
+// other than a target is, and every fd from tempBase up is made
+// close-on-exec. The targets' FD_CLOEXEC, which placement sets with checked
+// calls, is then checked by the count after exec: a target wrongly
+// close-on-exec would be missing.
+func PrepareExec(plan *TaskPlan, tempBase int) error {
+	return checkTable(plan, tempBase, false)
+}
+
+func checkTable(plan *TaskPlan, tempBase int, flags bool) error {
 	var problems []string
-	seen := 0
-	for _, fd := range fds {
-		switch {
-		case fd < tempBase && want[fd]:
-			seen++
-		case fd < tempBase:
-			target, _ := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
-			problems = append(problems, fmt.Sprintf("stray fd %d (%s)", fd, target))
-		default:
-			// The helper's own fds and the Go runtime's: all must go
-			// away at exec.
-			if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil && fl&unix.FD_CLOEXEC == 0 {
-				target, _ := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
-				problems = append(problems, fmt.Sprintf("helper fd %d (%s) would survive exec", fd, target))
-			}
+	switch {
+	case !flags && tempBase <= 4*len(plan.Fles)+1024:
+		problems = pollTable(plan, tempBase)
+	case tempBase <= 4*len(plan.Fles)+1024:
+		problems = probeTable(plan, tempBase)
+	default:
+		var err error
+		if problems, err = listTable(plan, tempBase); err != nil {
+			return err
 		}
 	}
-	if seen != len(plan.Fles) {
-		problems = append(problems, fmt.Sprintf("%d of %d fds present", seen, len(plan.Fles)))
+	// The helper's own fds and the Go runtime's: all must go away at
+	// exec. One call makes sure of it, whatever opened them.
+	if err := unix.CloseRange(uint(tempBase), ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		problems = append(problems, fmt.Sprintf("make fds from %d up close-on-exec: %v", tempBase, err))
 	}
 	if len(problems) > 0 {
 		return fmt.Errorf("fd table of task %d differs from the images: %v", plan.Pid, problems)
 	}
 	return nil
+}
+
+// pollTable checks that every target is open with poll(2) and that every
+// other number below tempBase is closed with F_GETFD.
+func pollTable(plan *TaskPlan, tempBase int) []string {
+	var problems []string
+	fles := plan.Fles
+	pfds := make([]unix.PollFd, 0, min(len(fles), 4096))
+	for i := 0; i < len(fles); {
+		pfds = pfds[:0]
+		for ; i < len(fles) && len(pfds) < cap(pfds); i++ {
+			pfds = append(pfds, unix.PollFd{Fd: fles[i].Fd})
+		}
+		var err error
+		for {
+			if _, err = unix.Poll(pfds, 0); err != unix.EINTR {
+				break
+			}
+		}
+		if err != nil {
+			return probeTable(plan, tempBase) // EINVAL: more than RLIMIT_NOFILE
+		}
+		for _, p := range pfds {
+			if p.Revents&unix.POLLNVAL != 0 {
+				problems = append(problems, fmt.Sprintf("fd %d missing", p.Fd))
+			}
+		}
+	}
+	j := 0
+	for fd := 0; fd < tempBase; fd++ {
+		if j < len(fles) && int(fles[j].Fd) == fd {
+			j++
+			continue
+		}
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != unix.EBADF {
+			target, _ := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+			problems = append(problems, fmt.Sprintf("stray fd %d (%s)", fd, target))
+		}
+	}
+	return problems
+}
+
+// probeTable checks every number below tempBase with F_GETFD.
+func probeTable(plan *TaskPlan, tempBase int) []string {
+	var problems []string
+	fles := plan.Fles
+	j := 0 // next fle, by ascending fd
+	for fd := 0; fd < tempBase; fd++ {
+		fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+		isTarget := j < len(fles) && int(fles[j].Fd) == fd
+		switch {
+		case isTarget && err != nil:
+			problems = append(problems, fmt.Sprintf("fd %d (file id %d) missing: %v", fd, fles[j].File, err))
+		case isTarget && (fl&unix.FD_CLOEXEC != 0) != fles[j].Cloexec:
+			problems = append(problems, fmt.Sprintf("fd %d has FD_CLOEXEC %v, want %v", fd, !fles[j].Cloexec, fles[j].Cloexec))
+		case !isTarget && err == nil:
+			target, _ := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+			problems = append(problems, fmt.Sprintf("stray fd %d (%s)", fd, target))
+		case !isTarget && err != unix.EBADF:
+			problems = append(problems, fmt.Sprintf("fd %d: F_GETFD: %v", fd, err))
+		}
+		if isTarget {
+			j++
+		}
+	}
+	return problems
+}
+
+// listTable checks the fds below tempBase as listed by /proc/self/fd.
+func listTable(plan *TaskPlan, tempBase int) ([]string, error) {
+	want := make(map[int]bool, len(plan.Fles))
+	for _, fl := range plan.Fles {
+		want[int(fl.Fd)] = fl.Cloexec
+	}
+	fds, err := ListFDs()
+	if err != nil {
+		return nil, err
+	}
+	var problems []string
+	seen := 0
+	for _, fd := range fds {
+		if fd >= tempBase {
+			continue
+		}
+		ce, ok := want[fd]
+		if !ok {
+			target, _ := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+			problems = append(problems, fmt.Sprintf("stray fd %d (%s)", fd, target))
+			continue
+		}
+		seen++
+		if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil || (fl&unix.FD_CLOEXEC != 0) != ce {
+			problems = append(problems, fmt.Sprintf("fd %d: FD_CLOEXEC is not %v (%v)", fd, ce, err))
+		}
+	}
+	if seen != len(plan.Fles) {
+		problems = append(problems, fmt.Sprintf("%d of %d fds present", seen, len(plan.Fles)))
+	}
+	return problems, nil
+}
+
+// CountFDs returns the number of open fds of the calling process. On
+// Linux 6.2 and later, stat of /proc/self/fd reports it as the size (the
+// kernel counts its open-fd bitmap), without listing the directory;
+// ok is false on kernels that report no count.
+func CountFDs() (n int, ok bool) {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/fd", &st); err != nil || st.Size <= 0 {
+		return 0, false
+	}
+	return int(st.Size), true
 }
 
 // ListFDs returns the open fds of the calling process, read from

@@ -40,6 +40,8 @@ type Reader struct {
 	off    int64
 	index  int
 	buf    []byte
+	fast   fastDec // fastdec.go
+	ents   []Entry // room for the next entries
 }
 
 // NewReader reads the magics at the start of r and returns a Reader for the
@@ -183,11 +185,19 @@ func (r *Reader) Next() (*Entry, error) {
 	if err != nil {
 		return nil, err
 	}
-	msg := r.kind.NewEntry()
-	if err := proto.Unmarshal(body, msg); err != nil {
-		return nil, errf(r.name, r.index, start, string(msg.ProtoReflect().Descriptor().Name()), ErrBadEntry, "%v", err)
+	msg := r.fast.decode(r.kind, body)
+	if msg == nil {
+		msg = r.kind.NewEntry()
+		if err := proto.Unmarshal(body, msg); err != nil {
+			return nil, errf(r.name, r.index, start, string(msg.ProtoReflect().Descriptor().Name()), ErrBadEntry, "%v", err)
+		}
 	}
-	e := &Entry{Index: r.index, Offset: start, Msg: msg}
+	if len(r.ents) == 0 {
+		r.ents = make([]Entry, allocChunk(r.index))
+	}
+	e := &r.ents[0]
+	r.ents = r.ents[1:]
+	*e = Entry{Index: r.index, Offset: start, Msg: msg}
 	if tl := r.kind.TrailerLen(msg); tl > 0 || r.kind.Trailer != NoTrailer {
 		e.Trailer, err = r.readN(tl, "payload", r.off, false)
 		if err != nil {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -102,15 +103,26 @@ func NewPlan(set *images.Set, opts PlanOptions) (*Plan, error) {
 		}
 	}
 
-	// holders[file] = the tasks holding it, in Set.Tasks order.
-	holders := map[*images.File][]int{}
-	for i, t := range set.Tasks {
-		for _, fd := range t.Fds.Fds {
-			h := holders[fd.File]
-			if len(h) == 0 || h[len(h)-1] != i {
-				holders[fd.File] = append(h, i)
+	// holders(file) = the tasks holding it, in Set.Tasks order: those of
+	// the fd tables with an fd of it. The lists are carved from a shared
+	// arena (no map, no allocation per file: tens of thousands of files).
+	var arena []int
+	holders := func(f *images.File) []int {
+		if len(f.Fds) == 1 && len(f.Fds[0].Table.Tasks) == 1 {
+			if len(arena) == cap(arena) {
+				arena = make([]int, 0, 4096)
+			}
+			arena = append(arena, taskIx[f.Fds[0].Table.Tasks[0]])
+			return arena[len(arena)-1:]
+		}
+		var hs []int
+		for _, fd := range f.Fds {
+			for _, t := range fd.Table.Tasks {
+				hs = append(hs, taskIx[t])
 			}
 		}
+		slices.Sort(hs)
+		return slices.Compact(hs)
 	}
 	// creator: the holder with the lowest image pid, as CRIU chooses.
 	creator := func(hs []int) int {
@@ -139,10 +151,11 @@ func NewPlan(set *images.Set, opts PlanOptions) (*Plan, error) {
 		tp.Opens = append(tp.Opens, spec)
 		return nil
 	}
+	var routeArena [][]uint32 // SendTo lists of pipes, carved from one array
 	donePipes := map[*images.Pipe]bool{}
 	fifoData := map[*images.Pipe]bool{}
 	for _, f := range set.FileOrder {
-		hs := holders[f]
+		hs := holders(f)
 		switch f.Type {
 		case criupb.FdTypes_REG:
 			if len(hs) == 0 {
@@ -159,12 +172,15 @@ func NewPlan(set *images.Set, opts PlanOptions) (*Plan, error) {
 				continue
 			}
 			donePipes[pp] = true
-			var ends []*images.File
-			var all []int
+			var endsBuf [2]*images.File
+			var allBuf [4]int
+			var holdBuf [2][]int
+			ends, all, endHolders := endsBuf[:0], allBuf[:0], holdBuf[:0]
 			for _, e := range pp.Ends {
-				if len(holders[e]) > 0 {
+				if eh := holders(e); len(eh) > 0 {
 					ends = append(ends, e)
-					all = append(all, holders[e]...)
+					endHolders = append(endHolders, eh)
+					all = append(all, eh...)
 				}
 			}
 			if len(ends) == 0 {
@@ -172,9 +188,13 @@ func NewPlan(set *images.Set, opts PlanOptions) (*Plan, error) {
 				continue
 			}
 			c := creator(all)
-			routes := make([][]uint32, len(ends))
-			for i, e := range ends {
-				routes[i] = others(holders[e], c)
+			if len(routeArena) < len(ends) {
+				routeArena = make([][]uint32, max(len(ends), 4096))
+			}
+			routes := routeArena[:len(ends):len(ends)]
+			routeArena = routeArena[len(ends):]
+			for i := range ends {
+				routes[i] = others(endHolders[i], c)
 			}
 			if len(pp.Data) > 0 && !hasReadEnd(ends) {
 				p.Warnings = append(p.Warnings, fmt.Sprintf("pipe:[%d] holds %d queued bytes but no task holds its read end", pp.ID, len(pp.Data)))
@@ -205,8 +225,9 @@ func NewPlan(set *images.Set, opts PlanOptions) (*Plan, error) {
 	}
 	p.planRemaps() // ghost.go
 	for i, tp := range p.TaskPlans {
-		nameFds(tp)
-		sortOpens(tp)
+		fo := fdsByFile(tp)
+		nameFds(tp, fo)
+		sortOpens(tp, fo)
 		for j := range tp.Opens {
 			p.Objects = append(p.Objects, PlannedObject{Spec: &tp.Opens[j], Creator: i})
 		}
@@ -245,63 +266,148 @@ func pids(ts []*images.Task) string {
 	return strings.Join(s, ",")
 }
 
+// fileFds lists a task's fd numbers by file id: for i = idx[id],
+// fds[start[i]:start[i]+n[i]], ascending. It is built with counting passes
+// over the task's fles rather than a slice per file.
+type fileFds struct {
+	idx   map[uint32]int32 // file id -> i
+	n     []int32          // fds of the file
+	start []int32          // its first in fds
+	fds   []int32
+}
+
+func fdsByFile(tp *files.TaskPlan) *fileFds {
+	fo := &fileFds{idx: make(map[uint32]int32, len(tp.Fles))}
+	for _, fl := range tp.Fles {
+		i, ok := fo.idx[fl.File]
+		if !ok {
+			i = int32(len(fo.n))
+			fo.idx[fl.File] = i
+			fo.n = append(fo.n, 0)
+		}
+		fo.n[i]++
+	}
+	start := make([]int32, len(fo.n))
+	off := int32(0)
+	for i, k := range fo.n {
+		start[i] = off
+		off += k
+	}
+	fo.fds = make([]int32, len(tp.Fles))
+	pos := slices.Clone(start)
+	for _, fl := range tp.Fles {
+		i := fo.idx[fl.File]
+		fo.fds[pos[i]] = fl.Fd
+		pos[i]++
+	}
+	fo.start = start
+	return fo
+}
+
+// of returns the task's fds of file id, ascending.
+func (fo *fileFds) of(id uint32) []int32 {
+	i, ok := fo.idx[id]
+	if !ok {
+		return nil
+	}
+	return fo.fds[fo.start[i] : fo.start[i]+fo.n[i]]
+}
+
 // nameFds adds the creating task's fd numbers to each object's name, so
 // that every engine error names the fds concerned.
-func nameFds(tp *files.TaskPlan) {
-	fds := map[uint32][]string{}
-	for _, fl := range tp.Fles {
-		fds[fl.File] = append(fds[fl.File], strconv.Itoa(int(fl.Fd)))
-	}
+func nameFds(tp *files.TaskPlan, fo *fileFds) {
+	var b []byte
 	for i := range tp.Opens {
 		o := &tp.Opens[i]
-		var list []string
+		b = b[:0]
+		n := 0
 		for _, id := range o.Files {
-			list = append(list, fds[id]...)
+			for _, fd := range fo.of(id) {
+				if n > 0 {
+					b = append(b, ',')
+				}
+				b = strconv.AppendInt(b, int64(fd), 10)
+				n++
+			}
 		}
-		switch len(list) {
+		switch n {
 		case 0:
 		case 1:
-			o.Name += " at fd " + list[0]
+			o.Name += " at fd " + string(b)
 		default:
-			o.Name += " at fds " + strings.Join(list, ",")
+			o.Name += " at fds " + string(b)
 		}
 	}
 }
 
 // sortOpens orders a task's opens by the lowest fd they fill, so that fresh
 // fds tend to land right on their targets.
-func sortOpens(tp *files.TaskPlan) {
-	low := map[uint32]int32{}
-	for _, fl := range tp.Fles {
-		if _, ok := low[fl.File]; !ok {
-			low[fl.File] = fl.Fd
-		}
-	}
+func sortOpens(tp *files.TaskPlan, fo *fileFds) {
 	key := func(o *files.OpenSpec) int64 {
 		best := int64(1) << 40
 		for _, f := range o.Files {
-			if fd, ok := low[f]; ok && int64(fd) < best {
-				best = int64(fd)
+			if fds := fo.of(f); len(fds) > 0 && int64(fds[0]) < best {
+				best = int64(fds[0])
 			}
 		}
 		return best
 	}
-	sort.SliceStable(tp.Opens, func(i, j int) bool { return key(&tp.Opens[i]) < key(&tp.Opens[j]) })
+	keys := make([]int64, len(tp.Opens))
+	sorted := true
+	for i := range tp.Opens {
+		keys[i] = key(&tp.Opens[i])
+		sorted = sorted && (i == 0 || keys[i-1] <= keys[i])
+	}
+	if sorted {
+		return // the usual case: files.img order follows the fds
+	}
+	ix := make([]int, len(tp.Opens))
+	for i := range ix {
+		ix[i] = i
+	}
+	sort.SliceStable(ix, func(a, b int) bool { return keys[ix[a]] < keys[ix[b]] })
+	opens := make([]files.OpenSpec, len(tp.Opens))
+	for i, j := range ix {
+		opens[i] = tp.Opens[j]
+	}
+	tp.Opens = opens
 }
 
 // buildGraph records the cross-task dependencies as stage-graph edges and
 // checks them for cycles: every description a task receives is Served
 // there only after its creator made it.
+//
+// Only descriptions that travel get nodes: one a task creates and keeps to
+// itself has no edge, so a node for it would only cost time (a task of
+// 9,000 private pipes would need 18,000 of them).
 func (p *Plan) buildGraph() error {
 	g := p.Graph
+	nodes, edges := 0, 0
+	for _, o := range p.Objects {
+		for i := range o.Spec.Files {
+			if k := len(o.Spec.SendTo[i]); k > 0 {
+				nodes, edges = nodes+1+k, edges+k
+			}
+		}
+	}
+	g.Grow(nodes, edges)
+	// The receiving end's object is "task P file" number id, so that its
+	// nodes print as "task P file id N Served ..." with no name to build
+	// for each of them (b-like trees have 100,000).
+	kinds := make([]files.Kind, len(p.Set.Tasks))
+	for i, t := range p.Set.Tasks {
+		kinds[i] = files.Kind("task " + strconv.FormatUint(uint64(t.Pid), 10) + " file")
+	}
 	for _, o := range p.Objects {
 		creator := p.Set.Tasks[o.Creator]
 		for i, id := range o.Spec.Files {
+			if len(o.Spec.SendTo[i]) == 0 {
+				continue
+			}
 			obj := files.Object{ID: files.ObjectID{Kind: "file", ID: uint64(id)}, Name: o.Spec.Name, Owner: int(creator.Pid)}
 			created := g.Node(obj, files.StageCreated)
 			for _, dst := range o.Spec.SendTo[i] {
-				t := p.Set.Tasks[dst]
-				fobj := files.Object{ID: files.ObjectID{Kind: "fds of file", ID: uint64(t.Pid)<<32 | uint64(id)}, Name: fmt.Sprintf("file id %d in task %d", id, t.Pid), Owner: int(t.Pid)}
+				fobj := files.Object{ID: files.ObjectID{Kind: kinds[dst], ID: uint64(id)}, Owner: int(p.Set.Tasks[dst].Pid)}
 				g.Need(g.Node(fobj, files.StageServed), created, "received over SCM_RIGHTS")
 			}
 		}

@@ -108,6 +108,11 @@ func stopperMain(args []string) int {
 // countFDs counts the open fds other than skip; only when the count is off
 // are the unexpected ones (runtime anon inodes) named, for the error.
 func countFDs(skip, want int) (int, string, error) {
+	// The kernel's count (Linux 6.2+) costs one stat, however many fds
+	// the task has; listing /proc/self/fd costs about 1µs per fd.
+	if n, ok := files.CountFDs(); ok && n == want+1 {
+		return want, "", nil // skip is open: it is the control socket
+	}
 	fds, err := files.ListFDs()
 	if err != nil {
 		return 0, "", err

@@ -41,7 +41,7 @@ type PipeParams struct {
 
 // MarshalBinary encodes p for OpenSpec.Data.
 func (p PipeParams) MarshalBinary() ([]byte, error) {
-	var e files.Enc
+	e := files.Enc{B: make([]byte, 0, 16+len(p.Data)+len(p.Ends)*16)}
 	e.Uint(uint64(p.PipeID))
 	e.Uint(uint64(p.Size))
 	e.Bytes(p.Data)
@@ -62,7 +62,11 @@ func (p *PipeParams) UnmarshalBinary(b []byte) error {
 	if n > uint64(len(d.B)) {
 		return fmt.Errorf("pipe parameters: %d ends in %d bytes", n, len(d.B))
 	}
-	p.Ends = make([]End, 0, n)
+	if uint64(cap(p.Ends)) >= n {
+		p.Ends = p.Ends[:0] // the caller's room
+	} else {
+		p.Ends = make([]End, 0, n)
+	}
 	for i := uint64(0); i < n && d.Err == nil; i++ {
 		p.Ends = append(p.Ends, End{File: d.Uint32(), Flags: d.Uint32(), Fown: d.Fown()})
 	}
@@ -92,18 +96,36 @@ func (p *FifoParams) UnmarshalBinary(b []byte) error {
 // PipeSpec returns the OpenSpec that creates ends (descriptions of pipe p),
 // with sendTo[i] the other tasks that need ends[i].
 func PipeSpec(p *images.Pipe, ends []*images.File, sendTo [][]uint32) (files.OpenSpec, error) {
-	pp := PipeParams{PipeID: p.ID, Data: p.Data, Size: p.Size}
+	var buf [2]End
+	pp := PipeParams{PipeID: p.ID, Data: p.Data, Size: p.Size, Ends: buf[:0]}
 	ids := make([]uint32, len(ends))
 	for i, f := range ends {
 		pe := f.Entry.GetPipe()
 		pp.Ends = append(pp.Ends, End{File: f.ID, Flags: pe.GetFlags(), Fown: files.FownFrom(pe.GetFown())})
 		ids[i] = f.ID
 	}
-	data, err := files.EncodeData(pp)
+	data, err := pp.MarshalBinary()
 	if err != nil {
 		return files.OpenSpec{}, err
 	}
-	return files.OpenSpec{Type: PipeType, Files: ids, SendTo: sendTo, Data: data, Name: fmt.Sprintf("pipe:[%d] (file ids %v)", p.ID, ids)}, nil
+	return files.OpenSpec{Type: PipeType, Files: ids, SendTo: sendTo, Data: data, Name: pipeName(p.ID, ids)}, nil
+}
+
+// pipeName is fmt.Sprintf("pipe:[%d] (file ids %v)", id, ids), for a
+// fraction of the cost: a plan names every pipe.
+func pipeName(id uint32, ids []uint32) string {
+	b := make([]byte, 0, 32+len(ids)*8)
+	b = append(b, "pipe:["...)
+	b = strconv.AppendUint(b, uint64(id), 10)
+	b = append(b, "] (file ids ["...)
+	for i, f := range ids {
+		if i > 0 {
+			b = append(b, ' ')
+		}
+		b = strconv.AppendUint(b, uint64(f), 10)
+	}
+	b = append(b, "])"...)
+	return string(b)
 }
 
 // statusMask is what F_SETFL can change.
@@ -127,8 +149,12 @@ func SetStatus(fd int, flags uint32) error {
 // than the default fits) and writes data into it.
 func Fill(w int, size uint32, data []byte) error {
 	if size != 0 {
-		if _, err := unix.FcntlInt(uintptr(w), unix.F_SETPIPE_SZ, int(size)); err != nil {
-			return fmt.Errorf("F_SETPIPE_SZ %d: %w", size, err)
+		// Most pipes keep the default size: asking costs half of
+		// setting.
+		if cur, err := unix.FcntlInt(uintptr(w), unix.F_GETPIPE_SZ, 0); err != nil || cur != int(size) {
+			if _, err := unix.FcntlInt(uintptr(w), unix.F_SETPIPE_SZ, int(size)); err != nil {
+				return fmt.Errorf("F_SETPIPE_SZ %d: %w", size, err)
+			}
 		}
 	}
 	for len(data) > 0 {
@@ -144,9 +170,79 @@ func Fill(w int, size uint32, data []byte) error {
 	return nil
 }
 
-type pipeOpener struct{ p PipeParams }
+type pipeOpener struct {
+	p    PipeParams
+	ids  []uint32 // spec.Files: the ends' file ids, in Ends order
+	ends [2]End   // room for p.Ends of the usual pipe
+}
+
+// simple reports whether the ends are exactly pipe2's two fds (the usual
+// case), and which end is the read end.
+func (p *PipeParams) simple() (ok bool, rd int) {
+	if len(p.Ends) != 2 {
+		return false, 0
+	}
+	a, b := p.Ends[0].Flags, p.Ends[1].Flags
+	if (a|b)&files.OLargefile != 0 {
+		return false, 0
+	}
+	switch {
+	case a&unix.O_ACCMODE == unix.O_RDONLY && b&unix.O_ACCMODE == unix.O_WRONLY:
+		return true, 0
+	case a&unix.O_ACCMODE == unix.O_WRONLY && b&unix.O_ACCMODE == unix.O_RDONLY:
+		return true, 1
+	}
+	return false, 0
+}
 
 func (o *pipeOpener) Open(c *files.Context) (bool, error) {
+	simple, rd := o.p.simple()
+	if !simple {
+		return o.openGeneral(c)
+	}
+	// Both ends are pipe2's fds: create them with the FD_CLOEXEC their
+	// targets want, so that they need no fcntl once placed, and skip
+	// F_GETFL/F_SETFL when no status flag is recorded (pipe2 sets none).
+	ce := c.Cloexec(o.ids[0]) || c.Cloexec(o.ids[1])
+	flags := 0
+	if ce {
+		flags = unix.O_CLOEXEC
+	}
+	var pfd [2]int
+	if err := unix.Pipe2(pfd[:], flags); err != nil {
+		return false, fmt.Errorf("pipe2: %w", err)
+	}
+	fds := []int{pfd[0], pfd[0]}
+	fds[1-rd] = pfd[1]
+	if err := Fill(pfd[1], o.p.Size, o.p.Data); err != nil {
+		closeFDs(pfd[:])
+		return false, err
+	}
+	for i, end := range o.p.Ends {
+		if end.Flags&statusMask != 0 {
+			if err := SetStatus(fds[i], end.Flags); err != nil {
+				closeFDs(pfd[:])
+				return false, fmt.Errorf("file id %d: set flags %#o: %w", end.File, end.Flags, err)
+			}
+		}
+		if err := end.Fown.Apply(c, fds[i]); err != nil {
+			closeFDs(pfd[:])
+			return false, fmt.Errorf("file id %d: %w", end.File, err)
+		}
+	}
+	return true, c.AdoptCloexec(o.ids, fds, ce)
+}
+
+func closeFDs(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
+
+// openGeneral makes pipes whose descriptions are not just pipe2's two:
+// the extra ones (and any with O_LARGEFILE) are reopened through
+// /proc/self/fd.
+func (o *pipeOpener) openGeneral(c *files.Context) (bool, error) {
 	var pfd [2]int
 	if err := unix.Pipe2(pfd[:], unix.O_CLOEXEC); err != nil {
 		return false, fmt.Errorf("pipe2: %w", err)
@@ -275,12 +371,18 @@ func (o *fifoOpener) Open(c *files.Context) (bool, error) {
 
 func init() {
 	files.Register(PipeType, func(spec *files.OpenSpec) (files.Opener, error) {
-		o := &pipeOpener{}
+		o := &pipeOpener{ids: spec.Files}
+		o.p.Ends = o.ends[:0]
 		if err := files.DecodeData(spec.Data, &o.p); err != nil {
 			return nil, fmt.Errorf("pipe parameters: %w", err)
 		}
 		if len(o.p.Ends) != len(spec.Files) {
 			return nil, fmt.Errorf("pipe parameters name %d ends for %d files", len(o.p.Ends), len(spec.Files))
+		}
+		for i, end := range o.p.Ends {
+			if end.File != spec.Files[i] {
+				return nil, fmt.Errorf("pipe parameters name file id %d where the plan has %d", end.File, spec.Files[i])
+			}
 		}
 		return o, nil
 	})
