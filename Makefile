@@ -21,10 +21,20 @@ all: build
 build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/fdrestore
 
-# Build the tool and run it on a real CRIU 4.2 dump.
+# Build the tool and run it on a real CRIU 4.2 dump: show it, plan its
+# restore and (as root) restore it, print the restored task's fds, and
+# remove it again.
 demo: build
 	./$(BIN) show -D $(FIXTURES)/pipe-tree
 	./$(BIN) show $(FIXTURES)/pipe-basic/pipes-data.img
+	./$(BIN) plan -D $(FIXTURES)/pipe-basic
+	@if [ "$$(id -u)" = 0 ]; then \
+	  pidfile=$$(mktemp); \
+	  ./$(BIN) restore -D $(FIXTURES)/pipe-basic --leave-stopped -d --pidfile $$pidfile && \
+	  pid=$$(cat $$pidfile) && echo "restored pipe-basic as pid $$pid (stopped):" && \
+	  ls -l /proc/$$pid/fd | tail -n +2 && grep -H flags /proc/$$pid/fdinfo/* ; \
+	  [ -n "$$pid" ] && kill -9 $$pid; rm -f $$pidfile; \
+	else echo "(run as root to restore it too)"; fi
 
 vet:
 	$(GO) vet $(PKGS)
@@ -76,10 +86,15 @@ lint: vet proto-check
 	@out=$$(gofmt -l $$(git ls-files '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-# Each fuzz target runs for FUZZTIME.
+# Each fuzz target runs for FUZZTIME; the corpora live in
+# PKG/testdata/fuzz. (The fuzzer reports worker progress in batches, so
+# "0/sec" between bursts is normal.)
+FUZZ_TARGETS := images:FuzzDecode images:FuzzLoad images:FuzzGhost scm:FuzzDecode files:FuzzDecodeTaskPlan
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./images/
-	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./images/
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  echo "== $$t"; \
+	  $(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) ./$${t%%:*}/; \
+	done
 
 clean:
 	rm -rf bin
