@@ -319,7 +319,7 @@ func setupRegFiles(t *testing.T) {
 // of its EXPECTED.md from outside the stopped tasks.
 func TestFixtures(t *testing.T) {
 	needRoot(t)
-	unlock, err := fdcheck.LockFixtures(2 * time.Minute)
+	unlock, err := fdcheck.LockFixtures(filepath.Dir(fixtureDir(t, "pipe-basic")), 2*time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -340,18 +340,16 @@ func WaitStopped(pid int, timeout time.Duration) error {
 	}
 }
 
-// FixturesLock is the advisory lock that serialises tests (of any package
-// or process) that set up or restore the shared fixtures' environment in
-// /tmp/fdr-fixtures: a FIFO's data or a regular file's size is shared by
-// every restore of that fixture.
-const FixturesLock = "/tmp/fdr-fixtures.lock"
-
-// LockFixtures takes FixturesLock (flock), waiting up to timeout, and
-// returns the function that releases it.
-func LockFixtures(timeout time.Duration) (unlock func(), err error) {
-	fd, err := unix.Open(FixturesLock, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o644)
+// LockFixtures serialises the tests (of any package or process) that set
+// up or restore the shared fixtures' environment in /tmp/fdr-fixtures — a
+// FIFO's data or a regular file's size is shared by every restore of that
+// fixture — with an advisory lock (flock) on the fixtures directory
+// itself, so that nothing is left behind. It waits up to timeout and
+// returns the function that releases the lock.
+func LockFixtures(fixtures string, timeout time.Duration) (unlock func(), err error) {
+	fd, err := unix.Open(fixtures, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", FixturesLock, err)
+		return nil, fmt.Errorf("open %s: %w", fixtures, err)
 	}
 	deadline := time.Now().Add(timeout)
 	for {
@@ -361,11 +359,11 @@ func LockFixtures(timeout time.Duration) (unlock func(), err error) {
 		}
 		if err != unix.EWOULDBLOCK && err != unix.EINTR {
 			unix.Close(fd)
-			return nil, fmt.Errorf("flock %s: %w", FixturesLock, err)
+			return nil, fmt.Errorf("flock %s: %w", fixtures, err)
 		}
 		if time.Now().After(deadline) {
 			unix.Close(fd)
-			return nil, fmt.Errorf("flock %s: held by another process for %v", FixturesLock, timeout)
+			return nil, fmt.Errorf("flock %s: held by another process for %v", fixtures, timeout)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
