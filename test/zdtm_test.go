@@ -45,6 +45,10 @@ var scenarios = []spec{
 		crfailError: `^fdrestore: dump refused, the tree was left running unchanged: ` +
 			`pid {pid:holder} fd 3: socket is not supported \(socket:\[\d+\]\)\n` +
 			`pid {pid:holder} fd 4: socket is not supported \(socket:\[\d+\]\)$`},
+	{name: "crfail-pty", crfail: true,
+		crfailError: `^fdrestore: dump refused, the tree was left running unchanged: ` +
+			`pid {pid:root} fd 3: ptmx is not supported \(/dev/(pts/)?ptmx\)\n` +
+			`pid {pid:root} fd 4: tty is not supported \(/dev/pts/\d+\)$`},
 	{name: "crfail-epoll", crfail: true,
 		crfailError: `^fdrestore: dump refused, the tree was left running unchanged: ` +
 			`pid {pid:root} fd 3: eventpoll is not supported \(anon_inode:\[eventpoll\]\)$`},
