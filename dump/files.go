@@ -164,7 +164,6 @@ func readFown(fd int) (fown [5]uint32, err error) {
 type peeker struct {
 	p    [2]int
 	size int
-	buf  []byte
 }
 
 func (pk *peeker) close() {

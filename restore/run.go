@@ -237,22 +237,36 @@ func (c *coordinator) call(st *procState, m *ctlMsg, fds ...int) (*ctlMsg, error
 
 func (c *coordinator) await(st *procState, op string) (*ctlMsg, error) {
 	for {
-		r, fds, err := ctlRecv(st.ctl, c.deadline)
-		closeFDs(fds)
+		r, err := c.recv(st, op)
 		if err != nil {
 			return nil, c.fail(st, op, err)
 		}
-		switch r.Op {
-		case ctlLog:
-			c.relog(st, r.Log)
-		case ctlOK:
+		switch {
+		case r == nil: // a log entry
+		case r.Op == ctlOK:
 			return r, nil
-		case ctlErr:
-			return nil, c.fail(st, op, errors.New(r.Err))
 		default:
 			return nil, c.fail(st, op, fmt.Errorf("unexpected answer %q", r.Op))
 		}
 	}
+}
+
+// recv receives one message from st. A log entry is passed on to the
+// coordinator's logger and reported as a nil message; a helper's error
+// report is returned as an error.
+func (c *coordinator) recv(st *procState, op string) (*ctlMsg, error) {
+	r, fds, err := ctlRecv(st.ctl, c.deadline)
+	closeFDs(fds)
+	switch {
+	case err != nil:
+		return nil, err
+	case r.Op == ctlLog:
+		c.relog(st, r.Log)
+		return nil, nil
+	case r.Op == ctlErr:
+		return nil, errors.New(r.Err)
+	}
+	return r, nil
 }
 
 // relog passes a helper's logrus JSON entry on to the coordinator's logger.
@@ -460,14 +474,14 @@ func (c *coordinator) collect(sts []*procState, op string) error {
 			if st == nil {
 				continue
 			}
-			r, fds, err := ctlRecv(st.ctl, c.deadline)
-			closeFDs(fds)
+			r, err := c.recv(st, op)
 			if err != nil {
 				return c.fail(st, op, err)
 			}
+			if r == nil {
+				continue // a log entry
+			}
 			switch r.Op {
-			case ctlLog:
-				c.relog(st, r.Log)
 			case ctlIdle:
 				idle[st] = r.Err
 			case ctlBusy:
@@ -476,8 +490,6 @@ func (c *coordinator) collect(sts []*procState, op string) error {
 				delete(idle, st)
 				delete(pending, ev.Fd)
 				unix.EpollCtl(ep, unix.EPOLL_CTL_DEL, int(ev.Fd), nil)
-			case ctlErr:
-				return c.fail(st, op, errors.New(r.Err))
 			default:
 				return c.fail(st, op, fmt.Errorf("unexpected answer %q", r.Op))
 			}
@@ -530,20 +542,14 @@ func (c *coordinator) sendEnd(st *procState) error {
 // closes (it stopped or exec'd), and a stopping task shows state T.
 func (c *coordinator) waitEnd(st *procState) error {
 	for {
-		r, fds, err := ctlRecv(st.ctl, c.deadline)
-		closeFDs(fds)
+		// Anything but an error (log entries, a late "ok") until the
+		// channel closes.
+		_, err := c.recv(st, "end")
 		if errors.Is(err, errPeerGone) {
 			break
 		}
 		if err != nil {
 			return c.fail(st, "end", err)
-		}
-		switch r.Op {
-		case ctlLog:
-			c.relog(st, r.Log)
-			continue
-		case ctlErr:
-			return c.fail(st, "end", errors.New(r.Err))
 		}
 	}
 	unix.Close(st.ctl)

@@ -21,6 +21,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/fdrestore/fdrestore/files"
 	"os"
 	"strconv"
 	"strings"
@@ -196,32 +197,17 @@ func baselineMain(args []string) int {
 // checkClean makes sure nothing but stdio and the service fd is open
 // below the service area, so that placing fds cannot clobber anything.
 func checkClean(ctl int) error {
-	// Raw syscalls only: an os.File would start the Go netpoller, whose
-	// epoll and eventfd would take low fd numbers.
-	dir, err := unix.Open("/proc/self/fd", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	fds, err := files.ListFDs() // raw syscalls: no os.File, no netpoller
 	if err != nil {
 		return err
 	}
-	defer unix.Close(dir)
-	buf := make([]byte, 8192)
-	for {
-		n, err := unix.ReadDirent(dir, buf)
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			return nil
-		}
-		var names []string
-		_, _, names = unix.ParseDirent(buf[:n], -1, names)
-		for _, name := range names {
-			fd, _ := strconv.Atoi(name)
-			if fd > 2 && fd < serviceFd && fd != dir {
-				t, _ := os.Readlink("/proc/self/fd/" + name)
-				return fmt.Errorf("fd %d (%s) is open below the service area", fd, t)
-			}
+	for _, fd := range fds {
+		if fd > 2 && fd < serviceFd {
+			t, _ := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+			return fmt.Errorf("fd %d (%s) is open below the service area", fd, t)
 		}
 	}
+	return nil
 }
 
 // place moves fd onto target (no FD_CLOEXEC) unless it is there already.
