@@ -259,6 +259,9 @@ func (d *dumper) prescan() error {
 	if err != nil {
 		return fmt.Errorf("dump: %w", err)
 	}
+	if err := checkRootSession(d.root); err != nil {
+		return err
+	}
 	var errs []error
 	for _, t := range tasks {
 		fds, err := listFds(t.pid)
@@ -280,6 +283,27 @@ func (d *dumper) prescan() error {
 		}
 	}
 	return refusal(errs)
+}
+
+// checkRootSession refuses a tree whose root does not lead its own
+// session: restore recreates sessions from inside the tree, so the root's
+// session would lie outside it. A sid of 0 means the session leader is in
+// an ancestor pid namespace, which is the same case.
+func checkRootSession(root int) error {
+	st, err := readStat(root)
+	if err != nil {
+		return fmt.Errorf("dump: pid %d: %w", root, err)
+	}
+	if st.sid == root {
+		return nil
+	}
+	where := fmt.Sprintf("its session is led by pid %d", st.sid)
+	if st.sid == 0 {
+		where = "its session leader is outside this pid namespace"
+	}
+	return fmt.Errorf("dump: %w, the tree was left running unchanged: root task %d is not a session leader (%s); "+
+		"start it with setsid, restoring into the caller's session (--shell-job) is not supported yet",
+		ErrNotRestorable, root, where)
 }
 
 // refusal joins the UnsupportedErrors of a refused dump (the first few).
