@@ -14,10 +14,7 @@ import (
 	"strings"
 
 	"github.com/fdrestore/fdrestore/files"
-	"github.com/fdrestore/fdrestore/files/pipe"
-	"github.com/fdrestore/fdrestore/files/reg"
 	"github.com/fdrestore/fdrestore/images"
-	"github.com/fdrestore/fdrestore/proto/criupb"
 )
 
 // Task states of core_entry.tc.task_state (CRIU's TASK_ALIVE, TASK_STOPPED).
@@ -52,6 +49,10 @@ type Plan struct {
 	Unsupported []string
 	// Warnings lists what will be restored differently from the dump.
 	Warnings []string
+
+	// edges add the type planners' own stage-graph edges (bind before
+	// connect, queues before shutdown, ...) once every object is planned.
+	edges []func(g *files.Graph) error
 }
 
 // PlannedObject is one object and the task that creates it.
@@ -103,125 +104,17 @@ func NewPlan(set *images.Set, opts PlanOptions) (*Plan, error) {
 		}
 	}
 
-	// holders(file) = the tasks holding it, in Set.Tasks order: those of
-	// the fd tables with an fd of it. The lists are carved from a shared
-	// arena (no map, no allocation per file: tens of thousands of files).
-	var arena []int
-	holders := func(f *images.File) []int {
-		if len(f.Fds) == 1 && len(f.Fds[0].Table.Tasks) == 1 {
-			if len(arena) == cap(arena) {
-				arena = make([]int, 0, 4096)
-			}
-			arena = append(arena, taskIx[f.Fds[0].Table.Tasks[0]])
-			return arena[len(arena)-1:]
-		}
-		var hs []int
-		for _, fd := range f.Fds {
-			for _, t := range fd.Table.Tasks {
-				hs = append(hs, taskIx[t])
-			}
-		}
-		slices.Sort(hs)
-		return slices.Compact(hs)
+	pl := &planner{p: p, set: set, taskIx: taskIx}
+	if err := pl.planInflight(); err != nil {
+		return nil, err
 	}
-	// creator: the holder with the lowest image pid, as CRIU chooses.
-	creator := func(hs []int) int {
-		best := hs[0]
-		for _, h := range hs[1:] {
-			if set.Tasks[h].Pid < set.Tasks[best].Pid {
-				best = h
-			}
-		}
-		return best
-	}
-	others := func(hs []int, c int) []uint32 {
-		var out []uint32
-		for _, h := range hs {
-			if h != c {
-				out = append(out, uint32(h))
-			}
-		}
-		return out
-	}
-	add := func(c int, spec files.OpenSpec, err error) error {
-		if err != nil {
-			return fmt.Errorf("plan %s: %w", spec.Name, err)
-		}
-		tp := p.TaskPlans[c]
-		tp.Opens = append(tp.Opens, spec)
-		return nil
-	}
-	var routeArena [][]uint32 // SendTo lists of pipes, carved from one array
-	donePipes := map[*images.Pipe]bool{}
-	fifoData := map[*images.Pipe]bool{}
 	for _, f := range set.FileOrder {
-		hs := holders(f)
-		switch f.Type {
-		case criupb.FdTypes_REG:
-			if len(hs) == 0 {
-				continue // a path entry of a FIFO or tty, or cwd/root
-			}
-			c := creator(hs)
-			spec, err := reg.Spec(f, others(hs, c))
-			if err := add(c, spec, err); err != nil {
-				return nil, err
-			}
-		case criupb.FdTypes_PIPE:
-			pp := f.Pipe
-			if donePipes[pp] {
-				continue
-			}
-			donePipes[pp] = true
-			var endsBuf [2]*images.File
-			var allBuf [4]int
-			var holdBuf [2][]int
-			ends, all, endHolders := endsBuf[:0], allBuf[:0], holdBuf[:0]
-			for _, e := range pp.Ends {
-				if eh := holders(e); len(eh) > 0 {
-					ends = append(ends, e)
-					endHolders = append(endHolders, eh)
-					all = append(all, eh...)
-				}
-			}
-			if len(ends) == 0 {
-				p.Unsupported = append(p.Unsupported, fmt.Sprintf("pipe:[%d] (file ids %v) exists only in flight (in a unix socket queue)", pp.ID, fileIDs(pp.Ends)))
-				continue
-			}
-			c := creator(all)
-			if len(routeArena) < len(ends) {
-				routeArena = make([][]uint32, max(len(ends), 4096))
-			}
-			routes := routeArena[:len(ends):len(ends)]
-			routeArena = routeArena[len(ends):]
-			for i := range ends {
-				routes[i] = others(endHolders[i], c)
-			}
-			if len(pp.Data) > 0 && !hasReadEnd(ends) {
-				p.Warnings = append(p.Warnings, fmt.Sprintf("pipe:[%d] holds %d queued bytes but no task holds its read end", pp.ID, len(pp.Data)))
-			}
-			spec, err := pipe.PipeSpec(pp, ends, routes)
-			if err := add(c, spec, err); err != nil {
-				return nil, err
-			}
-		case criupb.FdTypes_FIFO:
-			if len(hs) == 0 {
-				p.Unsupported = append(p.Unsupported, fmt.Sprintf("FIFO file id %d exists only in flight (in a unix socket queue)", f.ID))
-				continue
-			}
-			c := creator(hs)
-			writeData := f.Pipe != nil && !fifoData[f.Pipe] && f.Pipe.HasData
-			if writeData {
-				fifoData[f.Pipe] = true
-			}
-			spec, err := pipe.FifoSpec(f, writeData, others(hs, c))
-			if err := add(c, spec, err); err != nil {
-				return nil, err
-			}
-		default:
-			for _, fd := range f.Fds {
-				p.Unsupported = append(p.Unsupported, fmt.Sprintf("task %s fd %d: %s: type %s is not supported yet", pids(fd.Table.Tasks), fd.Num, f.Name(), f.Type))
-			}
+		if err := pl.planFile(f); err != nil {
+			return nil, err
 		}
+	}
+	if err := pl.resolveDeliveries(); err != nil {
+		return nil, err
 	}
 	p.planRemaps() // ghost.go
 	for i, tp := range p.TaskPlans {
@@ -410,6 +303,11 @@ func (p *Plan) buildGraph() error {
 				fobj := files.Object{ID: files.ObjectID{Kind: kinds[dst], ID: uint64(id)}, Owner: int(p.Set.Tasks[dst].Pid)}
 				g.Need(g.Node(fobj, files.StageServed), created, "received over SCM_RIGHTS")
 			}
+		}
+	}
+	for _, fn := range p.edges {
+		if err := fn(g); err != nil {
+			return err
 		}
 	}
 	return g.Check()
