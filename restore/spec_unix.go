@@ -444,13 +444,17 @@ func (pl *planner) planUnix(f *images.File) error {
 			sendTo[i] = pl.others(pl.holders(m.f), c.creator)
 		}
 	}
+	name := uskName(c.socks[0])
+	if len(c.socks) > 1 {
+		name = uskIDs(ids)
+	}
+	if pp, ok := unixsk.PairOf(&params); ok {
+		data, err := pp.MarshalBinary()
+		return pl.add(c.creator, files.OpenSpec{Type: unixsk.PairType, Files: ids, SendTo: sendTo, Data: data, Name: name}, err)
+	}
 	data, err := params.MarshalBinary()
 	if err != nil {
 		return err
-	}
-	name := uskName(c.socks[0])
-	if len(c.socks) > 1 {
-		name = fmt.Sprintf("unix sockets file ids %v", ids)
 	}
 	if err := pl.add(c.creator, files.OpenSpec{Type: unixsk.Type, Files: ids, SendTo: sendTo, Data: data, Name: name}, nil); err != nil {
 		return err
@@ -478,6 +482,20 @@ func uskPathName(name []byte) []byte {
 		return name[:i]
 	}
 	return name
+}
+
+// uskIDs is "unix sockets file ids [a b ...]", built without fmt: a plan
+// names every socketpair.
+func uskIDs(ids []uint32) string {
+	b := make([]byte, 0, 24+8*len(ids))
+	b = append(b, "unix sockets file ids ["...)
+	for i, id := range ids {
+		if i > 0 {
+			b = append(b, ' ')
+		}
+		b = strconv.AppendUint(b, uint64(id), 10)
+	}
+	return string(append(b, ']'))
 }
 
 func dedupe(ids []uint32) []uint32 {

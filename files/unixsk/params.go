@@ -284,3 +284,12 @@ func (p *Params) check() error {
 	}
 	return nil
 }
+
+// plain reports whether every option but the buffer sizes is a fresh
+// socket's.
+func (o *Opts) plain() bool {
+	return o.SndTmoSec == 0 && o.SndTmoUsec == 0 && o.RcvTmoSec == 0 && o.RcvTmoUsec == 0 &&
+		o.Priority == 0 && o.Rcvlowat <= 1 && o.Mark == 0 && !o.Passcred && !o.Passsec &&
+		!o.Reuseaddr && !o.Reuseport && !o.Dontroute && !o.Broadcast && !o.Keepalive &&
+		o.Oobinline == 0 && o.Linger == 0 && o.BufLock == 0 && o.BoundDev == "" && len(o.Filter) == 0
+}
