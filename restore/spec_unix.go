@@ -444,9 +444,11 @@ func (pl *planner) planUnix(f *images.File) error {
 			sendTo[i] = pl.others(pl.holders(m.f), c.creator)
 		}
 	}
-	name := uskName(c.socks[0])
+	var name string
 	if len(c.socks) > 1 {
 		name = uskIDs(ids)
+	} else {
+		name = uskName(c.socks[0])
 	}
 	if pp, ok := unixsk.PairOf(&params); ok {
 		data, err := pp.MarshalBinary()

@@ -276,7 +276,9 @@ func TestUnixPathTaken(t *testing.T) {
 
 // TestUnixInFlight: one SCM_RIGHTS message carries several files that
 // exist only in flight: a pipe read end with data, a socket whose own
-// queue holds data and whose peer is restored, and /dev/null.
+// queue holds data and whose peer is restored in another task (so the
+// socket is created there and sent to the task that refills the queue),
+// and /dev/null.
 func TestUnixInFlight(t *testing.T) {
 	b := synth.New()
 	tk := b.Task(100)
@@ -294,11 +296,11 @@ func TestUnixInFlight(t *testing.T) {
 	b.Packet(a, []byte("tail"))
 	b.Share(a, kid, 3) // the receiver lives in the child
 	b.Share(bb, tk, 3)
-	b.Share(y, tk, 4)
+	b.Share(y, kid, 4) // x's component is created by the child
 	c := restoreSynth(t, b)
 	c.check(&wantTree{tasks: []wantTask{{100, 0, 100, 100}, {101, 100, 100, 100}},
-		fds: append(append(stdio(100), sockFD(100, 3, "b", 0, false), sockFD(100, 4, "y", 0, false)),
-			append(ownStdio(101), sockFD(101, 3, "a", 0, false))...)})
+		fds: append(append(stdio(100), sockFD(100, 3, "b", 0, false)),
+			append(ownStdio(101), sockFD(101, 3, "a", 0, false), sockFD(101, 4, "y", 0, false))...)})
 	fd := c.getfd(ref{101, 3})
 	buf := make([]byte, 64)
 	oob := make([]byte, unix.CmsgSpace(3*4))
@@ -331,13 +333,13 @@ func TestUnixInFlight(t *testing.T) {
 	if _, _, err := unix.Recvfrom(fds[1], buf, unix.MSG_DONTWAIT); err != unix.EAGAIN {
 		t.Errorf("socket in flight: more queued than recorded (%v)", err)
 	}
-	if _, err := unix.Write(c.getfd(ref{100, 4}), []byte("y->x")); err != nil {
+	if _, err := unix.Write(c.getfd(ref{101, 4}), []byte("y->x")); err != nil {
 		t.Fatal(err)
 	}
 	if n, _, err := unix.Recvfrom(fds[1], buf, unix.MSG_DONTWAIT); err != nil || string(buf[:n]) != "y->x" {
-		t.Errorf("socket in flight is not the peer of task 100 fd 4: %q, %v", buf[:n], err)
+		t.Errorf("socket in flight is not the peer of task 101 fd 4: %q, %v", buf[:n], err)
 	}
-	c.wantMessages(ref{100, 4}, "to-y")
+	c.wantMessages(ref{101, 4}, "to-y")
 	if target, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fds[2])); err != nil || target != "/dev/null" {
 		t.Errorf("third fd in flight: %q (%v), want /dev/null", target, err)
 	}

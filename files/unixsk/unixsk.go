@@ -37,8 +37,11 @@
 //     and shutdown last, once both directions of every queue are
 //     refilled.
 //
-// When no packet of the component carries a file, one opener (Type) does
-// all of it before publishing the sockets. Otherwise the component opener
+// A component that is a plain socketpair (no name, option, flag, owner or
+// shutdown beyond a fresh one's, data without files) gets the compact
+// PairType opener: socketpair, refill, publish. Any other component whose
+// packets carry no file gets one opener (Type) that does all of the above
+// before publishing the sockets. Otherwise the component opener
 // publishes the sockets after step 5 and the queue opener (QueueType),
 // whose Needs are the carried files, does steps 6 and 7 once every one of
 // them is present in the task: the carried files may themselves need the
