@@ -145,9 +145,6 @@ func (pl *planner) unixSockets() (*uskState, error) {
 		if u := e.GetUflags() & (uskService | uskCallback); u != 0 {
 			pl.p.Unsupported = append(pl.p.Unsupported, fmt.Sprintf("%s: uflags %#x (CRIU service or plugin socket)", uskName(n), u))
 		}
-		if e.GetNsId() != 0 || e.GetMntId() > 0 {
-			// Names are bound in the restoring task's namespaces.
-		}
 		if pi := e.GetPeer(); pi != 0 {
 			p := byIno[pi]
 			switch {

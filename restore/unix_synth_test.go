@@ -210,9 +210,13 @@ func TestUnixDeletedPath(t *testing.T) {
 	l := b.UnixSocket(synth.Stream, synth.Listening, []byte(live))
 	l.Usk().Backlog = proto.Uint32(4)
 	l.Usk().FilePerms = &criupb.FilePermsEntry{Mode: proto.Uint32(0o140600), Uid: proto.Uint32(0), Gid: proto.Uint32(0)}
+	// A relative name, bound from its recorded directory.
+	rel := b.UnixSocket(synth.Dgram, synth.Established, []byte("rel.sock"))
+	rel.Usk().NameDir = proto.String(dir)
 	b.Share(srv, tk, 3)
 	b.Share(cl, tk, 4)
 	b.Share(l, tk, 5)
+	b.Share(rel, tk, 6)
 	stale, _ := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err := unix.Bind(stale, &unix.SockaddrUnix{Name: live}); err != nil {
 		t.Fatal(err)
@@ -225,6 +229,10 @@ func TestUnixDeletedPath(t *testing.T) {
 	c.wantSock(ref{100, 3}, unix.SOCK_DGRAM, path, "-", false)
 	c.wantSock(ref{100, 4}, unix.SOCK_DGRAM, "", path, false)
 	c.wantSock(ref{100, 5}, unix.SOCK_STREAM, live, "-", true)
+	c.wantSock(ref{100, 6}, unix.SOCK_DGRAM, "rel.sock", "-", false)
+	if err := unix.Lstat(filepath.Join(dir, "rel.sock"), new(unix.Stat_t)); err != nil {
+		t.Errorf("relative name: %v", err)
+	}
 	c.wantMessages(ref{100, 3}, "before")
 	c.linked(ref{100, 4}, ref{100, 3})
 	var st unix.Stat_t
