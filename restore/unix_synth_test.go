@@ -196,7 +196,7 @@ func TestUnixPeerless(t *testing.T) {
 // unlinked, with a client connected to it and data queued.
 func TestUnixDeletedPath(t *testing.T) {
 	dir := t.TempDir()
-	path := filepath.Join(dir, "gone.sock")
+	path := filepath.Join(dir, "gone-dir", "sub", "gone.sock") // its directories went too
 	b := synth.New()
 	tk := b.Task(100)
 	b.Stdio(tk)
@@ -213,23 +213,39 @@ func TestUnixDeletedPath(t *testing.T) {
 	// A relative name, bound from its recorded directory.
 	rel := b.UnixSocket(synth.Dgram, synth.Established, []byte("rel.sock"))
 	rel.Usk().NameDir = proto.String(dir)
+	// A deleted name now taken by a regular file, which stays.
+	reused := filepath.Join(dir, "reused")
+	if err := os.WriteFile(reused, []byte("other"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv2 := b.UnixSocket(synth.Dgram, synth.Established, []byte(reused))
+	srv2.Usk().Deleted = proto.Bool(true)
+	cl2 := b.UnixSocket(synth.Dgram, synth.Established, nil)
+	b.Connect(cl2, srv2)
 	b.Share(srv, tk, 3)
 	b.Share(cl, tk, 4)
 	b.Share(l, tk, 5)
 	b.Share(rel, tk, 6)
+	b.Share(srv2, tk, 7)
+	b.Share(cl2, tk, 8)
 	stale, _ := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err := unix.Bind(stale, &unix.SockaddrUnix{Name: live}); err != nil {
 		t.Fatal(err)
 	}
 	unix.Close(stale)
 	c := restoreSynth(t, b)
-	if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("%s exists after restore (%v), want it deleted", path, err)
+	if _, err := os.Lstat(filepath.Join(dir, "gone-dir")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s exists after restore (%v), want it and its directories deleted", path, err)
 	}
 	c.wantSock(ref{100, 3}, unix.SOCK_DGRAM, path, "-", false)
 	c.wantSock(ref{100, 4}, unix.SOCK_DGRAM, "", path, false)
 	c.wantSock(ref{100, 5}, unix.SOCK_STREAM, live, "-", true)
 	c.wantSock(ref{100, 6}, unix.SOCK_DGRAM, "rel.sock", "-", false)
+	c.wantSock(ref{100, 8}, unix.SOCK_DGRAM, "", reused, false)
+	c.linked(ref{100, 8}, ref{100, 7})
+	if b, err := os.ReadFile(reused); err != nil || string(b) != "other" {
+		t.Errorf("%s after restore: %q, %v; want the regular file back", reused, b, err)
+	}
 	if err := unix.Lstat(filepath.Join(dir, "rel.sock"), new(unix.Stat_t)); err != nil {
 		t.Errorf("relative name: %v", err)
 	}

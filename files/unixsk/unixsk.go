@@ -444,6 +444,15 @@ func (o *opener) bind(i, fd int, keep bool) error {
 			return nil
 		}
 		path := string(name)
+		if s.Deleted {
+			// The directories of a deleted name may be gone too:
+			// make them for the bind, remove them after.
+			made, err := mkParents(path)
+			defer rmDirs(made)
+			if err != nil {
+				return err
+			}
+		}
 		var st unix.Stat_t
 		switch err := unix.Lstat(path, &st); {
 		case err == nil && st.Mode&unix.S_IFMT == unix.S_IFSOCK:
@@ -491,6 +500,49 @@ func (o *opener) bind(i, fd int, keep bool) error {
 		return fmt.Errorf("%s: bind to %s: %w", o.sockName(i), printable(s.Name), err)
 	}
 	return nil
+}
+
+// mkParents creates the missing directories above path and returns them,
+// deepest last.
+func mkParents(path string) ([]string, error) {
+	var missing []string
+	for dir := parentDir(path); dir != "" && dir != "/" && dir != "."; dir = parentDir(dir) {
+		if err := unix.Access(dir, unix.F_OK); err == nil {
+			break
+		}
+		missing = append(missing, dir)
+	}
+	var made []string
+	for i := len(missing) - 1; i >= 0; i-- {
+		if err := unix.Mkdir(missing[i], 0o755); err != nil && err != unix.EEXIST {
+			return made, fmt.Errorf("create directory %s for the deleted name: %w", missing[i], err)
+		}
+		made = append(made, missing[i])
+	}
+	return made, nil
+}
+
+func rmDirs(made []string) {
+	for i := len(made) - 1; i >= 0; i-- {
+		unix.Rmdir(made[i])
+	}
+}
+
+func parentDir(p string) string {
+	for len(p) > 1 && p[len(p)-1] == '/' {
+		p = p[:len(p)-1]
+	}
+	i := len(p) - 1
+	for i >= 0 && p[i] != '/' {
+		i--
+	}
+	switch {
+	case i < 0:
+		return "."
+	case i == 0:
+		return "/"
+	}
+	return p[:i]
 }
 
 // withDir calls fn with name, from inside dir when name is a relative
