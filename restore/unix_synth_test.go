@@ -524,7 +524,12 @@ func TestUnixExternalPeer(t *testing.T) {
 	if err != nil {
 		t.Fatalf("plan with ExtUnixSk: %v", err)
 	}
-	_ = dir
+	if out, err := exec.Command(cliBinary(t), "plan", "--ext-unix-sk", "-D", dir).CombinedOutput(); err != nil {
+		t.Errorf("fdrestore plan --ext-unix-sk: %v\n%s", err, out)
+	}
+	if out, err := exec.Command(cliBinary(t), "plan", "-D", dir).CombinedOutput(); err == nil || !strings.Contains(string(out), "--ext-unix-sk") {
+		t.Errorf("fdrestore plan without --ext-unix-sk: %v\n%s", err, out)
+	}
 	res, err := restore.Run(context.Background(), p, restore.Options{End: restore.EndStop, Timeout: 20 * time.Second, Log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
