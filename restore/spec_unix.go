@@ -384,13 +384,20 @@ func (pl *planner) uskRoles(c *uskComp) error {
 		if n.listening() {
 			return fmt.Errorf("sk-queues.img: %d packets queued on %s, which is listening", len(pkts), uskName(n))
 		}
+		// A connected datagram socket takes datagrams from its peer only:
+		// one whose queue came from others is connected after the refill.
+		connected := !n.stream() && n.peer != n && (s.ConnectTo >= 0 || len(s.ExtName) > 0)
 		switch {
 		case n.mutual():
 			s.Sender = int32(n.peer.idx)
 		case pointing[n] != nil:
-			s.Sender = int32(pointing[n].idx)
+			s.Sender, s.LateConnect = int32(pointing[n].idx), connected
 		case s.Create == unixsk.CreateTmpPair:
 			s.Sender = unixsk.SendTmp
+		case connected && s.Create == unixsk.CreatePlain && named(n):
+			s.Sender, s.LateConnect = unixsk.SendName, true
+		case connected:
+			return fmt.Errorf("sk-queues.img: %d packets queued on %s, which is connected to another socket and has no name they could have been sent to", len(pkts), uskName(n))
 		case !n.stream() && s.Create == unixsk.CreatePlain:
 			s.Create, s.Sender = unixsk.CreateTmpPair, unixsk.SendTmp
 			if n.peer == nil && n.ext == nil {
@@ -398,6 +405,9 @@ func (pl *planner) uskRoles(c *uskComp) error {
 			}
 		default:
 			return fmt.Errorf("sk-queues.img: %d packets queued on %s, which no socket can send to (a connection not yet accepted?)", len(pkts), uskName(n))
+		}
+		if s.LateConnect && (s.Create == unixsk.CreatePair || s.Create == unixsk.CreatePairEnd) {
+			return fmt.Errorf("sk-queues.img: %d packets queued on %s, which a socketpair connects to %s and which then connects elsewhere: the connect would drop them", len(pkts), uskName(n), uskName(c.socks[s.Partner]))
 		}
 		for _, pk := range pkts {
 			p := unixsk.Packet{Data: pk.Data}
@@ -559,7 +569,12 @@ func (pl *planner) uskEdges(g *files.Graph, c *uskComp) error {
 			g.Need(connected, node(c.socks[s.Partner], files.StageCreated), "created together")
 		}
 		restored := node(n, files.StageRestored)
-		g.Need(restored, connected, "refill after connect")
+		if s.LateConnect {
+			g.Need(restored, ready, "refill after bind")
+			g.Need(connected, restored, "a connected datagram socket takes only its peer's datagrams: connect after the refill")
+		} else {
+			g.Need(restored, connected, "refill after connect")
+		}
 		if s.Sender >= 0 {
 			g.Need(restored, node(c.socks[s.Sender], files.StageConnected), "refilled by sending from this socket")
 		}
@@ -579,6 +594,7 @@ func (pl *planner) uskEdges(g *files.Graph, c *uskComp) error {
 		}
 		flags := node(n, files.StageFlagsSet)
 		g.Need(flags, restored, "flags and shutdown after the refill")
+		g.Need(flags, connected, "flags and shutdown after the connect")
 		if n.peer != nil {
 			g.Need(flags, node(n.peer, files.StageRestored), "shutdown after the peer's queue is refilled")
 		}

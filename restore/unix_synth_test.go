@@ -165,8 +165,26 @@ func TestUnixPeerless(t *testing.T) {
 	b.Packet(me, []byte("self-22"))
 	lone := b.UnixSocket(synth.Dgram, synth.Established, nil)
 	b.Packet(lone, []byte("lone"))
+	// Datagram sockets that received data, then connected elsewhere: one
+	// has a client connected to it, the other none.
+	fname, fstr := abstractName(t, "fwd")
+	far := b.UnixSocket(synth.Dgram, synth.Established, fname)
+	r1name, r1str := abstractName(t, "r1")
+	r1 := b.UnixSocket(synth.Dgram, synth.Established, r1name)
+	b.Connect(r1, far)
+	r1cl := b.UnixSocket(synth.Dgram, synth.Established, nil)
+	b.Connect(r1cl, r1)
+	b.Packet(r1, []byte("r1-from-client"))
+	r2name, r2str := abstractName(t, "r2")
+	r2 := b.UnixSocket(synth.Dgram, synth.Established, r2name)
+	b.Connect(r2, far)
+	b.Packet(r2, []byte("r2-a"))
+	b.Packet(r2, []byte("r2-bb"))
 	for i, d := range append([]*synth.Desc{orphan, srv, me, lone}, cls...) {
 		b.Share(d, tk, uint32(3+i))
+	}
+	for i, d := range []*synth.Desc{far, r1, r1cl, r2} {
+		b.Share(d, tk, uint32(20+i))
 	}
 	c := restoreSynth(t, b)
 	dg := unix.SOCK_DGRAM
@@ -190,6 +208,17 @@ func TestUnixPeerless(t *testing.T) {
 		c.wantMessages(ref{100, fd})
 	}
 	c.linked(ref{100, 5}, ref{100, 5})
+	c.wantSock(ref{100, 21}, dg, r1str, fstr, false)
+	c.wantSock(ref{100, 22}, dg, "", r1str, false)
+	c.wantSock(ref{100, 23}, dg, r2str, fstr, false)
+	c.wantMessages(ref{100, 21}, "r1-from-client")
+	c.wantMessages(ref{100, 23}, "r2-a", "r2-bb")
+	c.linked(ref{100, 21}, ref{100, 20})
+	c.linked(ref{100, 23}, ref{100, 20})
+	// r1 is connected to far now: its client's datagrams are refused.
+	if err := c.send(ref{100, 22}, "x"); err != unix.EPERM {
+		t.Errorf("send from r1's client after r1 connected elsewhere: %v, want EPERM", err)
+	}
 }
 
 // TestUnixDeletedPath: a datagram server bound to a path that was then

@@ -40,6 +40,7 @@ const (
 const (
 	SendNone = -1 // nothing queued
 	SendTmp  = -2 // the socket's temporary pair end
+	SendName = -3 // a temporary unconnected socket, to the socket's name
 )
 
 // Opts are the socket options of sk_opts_entry that apply to unix sockets.
@@ -99,6 +100,11 @@ type Sock struct {
 	// Disconnect drops the peer the socketpair gave (connect AF_UNSPEC):
 	// the socket had no peer at dump.
 	Disconnect bool
+	// LateConnect defers the datagram connect (ConnectTo or ExtName)
+	// until the socket's queue is refilled: a connected datagram socket
+	// takes datagrams from its peer only, and its queue came from others
+	// before it connected.
+	LateConnect bool
 	// Sender is the index of the socket that refills this socket's
 	// receive queue, SendTmp or SendNone.
 	Sender  int32
@@ -161,7 +167,8 @@ func (p *Params) MarshalBinary() ([]byte, error) {
 		e.Bytes(s.ExtName)
 		e.String(s.ExtDir)
 		e.Bool(s.Disconnect)
-		e.Uint(uint64(s.Sender + 2))
+		e.Bool(s.LateConnect)
+		e.Uint(uint64(s.Sender + 3))
 		e.Uint(uint64(len(s.Packets)))
 		for _, pk := range s.Packets {
 			e.Bytes(pk.Data)
@@ -216,8 +223,8 @@ func (p *Params) UnmarshalBinary(b []byte) error {
 		s.Bind, s.Listen = d.Bool(), d.Bool()
 		s.ConnectTo, s.Pending = idx(), idx()
 		s.ExtName, s.ExtDir = d.Bytes(), d.String()
-		s.Disconnect = d.Bool()
-		s.Sender = idx()
+		s.Disconnect, s.LateConnect = d.Bool(), d.Bool()
+		s.Sender = int32(d.Uint32()) - 3
 		if n := count(); n > 0 {
 			s.Packets = make([]Packet, n)
 			for j := range s.Packets {
@@ -270,8 +277,11 @@ func (p *Params) check() error {
 		if s.Create == CreatePair && p.Socks[s.Partner].Create != CreatePairEnd {
 			return bad("socketpair partner is not a pair end")
 		}
-		if !opt(s.ConnectTo) || !opt(s.Pending) || !(s.Sender == SendNone || s.Sender == SendTmp || in(s.Sender)) {
+		if !opt(s.ConnectTo) || !opt(s.Pending) || !(s.Sender == SendNone || s.Sender == SendTmp || s.Sender == SendName || in(s.Sender)) {
 			return bad("connect, pending or sender index out of range")
+		}
+		if s.Sender == SendName && len(s.Name) == 0 {
+			return bad("refilled through its name, but it has none")
 		}
 		if s.Sender == SendTmp && s.Create != CreateTmpPair {
 			return bad("refilled by a temporary socket it does not have")

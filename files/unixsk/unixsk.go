@@ -86,8 +86,8 @@ const statusMask = unix.O_APPEND | unix.O_ASYNC | unix.O_DIRECT | unix.O_NOATIME
 // state is what the component opener leaves to the queue opener: the
 // temporary pair ends (moved above the target range).
 type state struct {
-	tmp []int
-	nb  []bool
+	tmp, opath []int
+	nb         []bool
 }
 
 var (
@@ -179,38 +179,37 @@ func (o *opener) Open(c *files.Context) (bool, error) {
 		o.closeAll()
 		return false, err
 	}
-	for i, fd := range o.opath {
-		if fd >= 0 {
-			unix.Close(fd)
-			o.opath[i] = -1
-		}
-	}
 	if !o.p.Split {
 		if err := o.finish(c); err != nil {
 			o.closeAll()
 			return false, err
 		}
+		closeFDs(o.opath)
 		if same {
 			return true, c.AdoptCloexec(o.ids, o.fd, ce)
 		}
 		return true, c.Adopt(o.ids, o.fd)
 	}
-	// Split: keep the temporary ends above the target range, publish.
-	st := &state{tmp: o.tmp, nb: o.nb}
-	for i, fd := range o.tmp {
-		if fd < 0 {
-			continue
+	// Split: keep the temporary ends (and O_PATH fds) above the target
+	// range, publish.
+	st := &state{tmp: o.tmp, opath: o.opath, nb: o.nb}
+	for _, set := range [][]int{o.tmp, o.opath} {
+		for i, fd := range set {
+			if fd < 0 {
+				continue
+			}
+			nfd, err := c.Temp(fd)
+			if err != nil {
+				set[i] = -1
+				o.closeAll()
+				return false, fmt.Errorf("%s: move temporary fd: %w", o.sockName(i), err)
+			}
+			set[i] = nfd
 		}
-		nfd, err := c.Temp(fd)
-		if err != nil {
-			o.tmp[i] = -1
-			o.closeAll()
-			return false, fmt.Errorf("%s: move temporary socket: %w", o.sockName(i), err)
-		}
-		o.tmp[i] = nfd
 	}
 	if err := c.Adopt(o.ids, o.fd); err != nil {
 		closeFDs(o.tmp)
+		closeFDs(o.opath)
 		return false, err
 	}
 	statesMu.Lock()
@@ -230,16 +229,15 @@ func (o *opener) finishQueued(c *files.Context) error {
 	if st == nil {
 		return errors.New("queue refill ran before its sockets were created")
 	}
-	o.tmp, o.nb = st.tmp, st.nb
+	o.tmp, o.opath, o.nb = st.tmp, st.opath, st.nb
+	defer closeFDs(o.opath)
+	defer closeFDs(o.tmp)
 	for i, s := range o.p.Socks {
 		if o.fd[i] = c.FD(s.File); o.fd[i] < 0 {
-			closeFDs(o.tmp)
 			return fmt.Errorf("%s: not present for the queue refill", o.sockName(i))
 		}
 	}
-	err := o.finish(c)
-	closeFDs(o.tmp)
-	return err
+	return o.finish(c)
 }
 
 func fill(n int) []int {
@@ -333,13 +331,10 @@ func (o *opener) create(cloexec bool) error {
 	for i := range ss {
 		s := &ss[i]
 		switch {
-		case s.ConnectTo >= 0:
-			if err := o.connectTo(i, int(s.ConnectTo)); err != nil {
+		case s.LateConnect:
+		case s.ConnectTo >= 0 || len(s.ExtName) > 0:
+			if err := o.connect(i); err != nil {
 				return err
-			}
-		case len(s.ExtName) > 0:
-			if err := withDir(s.ExtDir, s.ExtName, func(name []byte) error { return connectRaw(o.fd[i], name) }); err != nil {
-				return fmt.Errorf("%s: connect to the external peer %s: %w", o.sockName(i), printable(s.ExtName), err)
 			}
 		case s.Disconnect:
 			if err := disconnect(o.fd[i]); err != nil {
@@ -354,6 +349,18 @@ func (o *opener) create(cloexec bool) error {
 				return err
 			}
 		}
+	}
+	return nil
+}
+
+// connect connects datagram socket i to its peer, in the tree or outside.
+func (o *opener) connect(i int) error {
+	s := &o.p.Socks[i]
+	if s.ConnectTo >= 0 {
+		return o.connectTo(i, int(s.ConnectTo))
+	}
+	if err := withDir(s.ExtDir, s.ExtName, func(name []byte) error { return connectRaw(o.fd[i], name) }); err != nil {
+		return fmt.Errorf("%s: connect to the external peer %s: %w", o.sockName(i), printable(s.ExtName), err)
 	}
 	return nil
 }
@@ -638,19 +645,39 @@ func (o *opener) finish(c *files.Context) error {
 			continue
 		}
 		from := o.tmp[i]
-		if s.Sender >= 0 {
+		var to []byte
+		var dir string
+		switch {
+		case s.Sender >= 0:
 			from = o.fd[s.Sender]
+		case s.Sender == SendName:
+			fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return fmt.Errorf("%s: temporary sender: %w", o.sockName(i), err)
+			}
+			// Closed before this call returns: it never meets a target.
+			defer unix.Close(fd)
+			from = fd
+			to, dir = o.addr(i)
 		}
 		if from < 0 {
 			return fmt.Errorf("%s: %d packets queued and no socket to send them from", o.sockName(i), len(s.Packets))
 		}
 		for k := range s.Packets {
-			if err := o.send(c, i, int(s.Sender), from, &s.Packets[k]); err != nil {
+			err := withDir(dir, to, func(to []byte) error { return o.send(c, i, int(s.Sender), from, to, &s.Packets[k]) })
+			if err != nil {
 				return fmt.Errorf("%s: refill packet %d of %d (%d bytes): %w", o.sockName(i), k+1, len(s.Packets), len(s.Packets[k].Data), err)
 			}
 		}
 	}
 	closeFDs(o.tmp)
+	for i := range ss {
+		if ss[i].LateConnect {
+			if err := o.connect(i); err != nil {
+				return err
+			}
+		}
+	}
 	for i := range ss {
 		if err := o.final(c, i); err != nil {
 			return fmt.Errorf("%s: %w", o.sockName(i), err)
@@ -660,8 +687,12 @@ func (o *opener) finish(c *files.Context) error {
 }
 
 // send queues one packet on socket i, sent from fd from (socket sender, or
-// a temporary end when sender < 0).
-func (o *opener) send(c *files.Context, i, sender, from int, pk *Packet) error {
+// a temporary socket when sender < 0) to address to when set.
+func (o *opener) send(c *files.Context, i, sender, from int, to []byte, pk *Packet) error {
+	var sa unix.Sockaddr
+	if len(to) > 0 {
+		sa = &unix.SockaddrUnix{Name: string(to)}
+	}
 	var oob []byte
 	if len(pk.Fds) > 0 {
 		fds := make([]int, len(pk.Fds))
@@ -676,7 +707,7 @@ func (o *opener) send(c *files.Context, i, sender, from int, pk *Packet) error {
 	stream := o.p.Socks[i].Type == TypeStream
 	raised := false
 	for {
-		n, err := unix.SendmsgN(from, data, oob, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+		n, err := unix.SendmsgN(from, data, oob, sa, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
 		switch {
 		case err == unix.EINTR:
 			continue
