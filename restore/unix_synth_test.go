@@ -1,6 +1,7 @@
 package restore_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -573,5 +574,66 @@ func TestUnixExternalPeer(t *testing.T) {
 	n, _, err := unix.Recvfrom(srv, buf, unix.MSG_DONTWAIT)
 	if err != nil || string(buf[:n]) != "out" {
 		t.Errorf("external server got %q, %v", buf[:n], err)
+	}
+}
+
+// TestUnixBigQueues: queues larger than the default buffers are refilled
+// (buffers raised for the refill) and the recorded buffer sizes are back
+// afterwards, through both the socketpair and the component openers.
+func TestUnixBigQueues(t *testing.T) {
+	b := synth.New()
+	tk := b.Task(100)
+	b.Stdio(tk)
+	chunk := patternBytes(65536)
+	var big []byte
+	var fds []*synth.Desc
+	for _, plain := range []bool{true, false} {
+		sa, sb := b.UnixPair(synth.Stream)
+		da, db := b.UnixPair(synth.Dgram)
+		if !plain {
+			sb.Usk().Opts.SoPasscred = proto.Bool(true)
+			db.Usk().Opts.SoPasscred = proto.Bool(true)
+		}
+		big = big[:0]
+		for range 48 { // 3 MiB
+			b.Packet(sa, chunk)
+			big = append(big, chunk...)
+		}
+		for i := range 300 {
+			b.Packet(da, []byte(fmt.Sprintf("%04d:%s", i, strings.Repeat("d", 1000))))
+		}
+		fds = append(fds, sa, sb, da, db)
+	}
+	for i, d := range fds {
+		b.Share(d, tk, uint32(3+i))
+	}
+	c := restoreSynth(t, b)
+	for k := range 2 {
+		base := 3 + 4*k
+		sa, sb, da, db := ref{100, base}, ref{100, base + 1}, ref{100, base + 2}, ref{100, base + 3}
+		for _, r := range []ref{sa, sb, da, db} {
+			for _, o := range []int{unix.SO_SNDBUF, unix.SO_RCVBUF} {
+				if got := c.sockOpt(r, o); got != synth.DefaultBuf {
+					t.Errorf("%s: buffer option %d is %d after the refill, want the recorded %d", r, o, got, synth.DefaultBuf)
+				}
+			}
+		}
+		if n := c.queued(sa); n != len(big) {
+			t.Errorf("%s: %d bytes queued, want %d", sa, n, len(big))
+		}
+		got := bytes.Join(c.recvAll(sa), nil)
+		if !bytes.Equal(got, big) {
+			t.Errorf("%s: queued data differs (%d bytes, want %d)", sa, len(got), len(big))
+		}
+		msgs := c.recvAll(da)
+		if len(msgs) != 300 {
+			t.Errorf("%s: %d datagrams, want 300", da, len(msgs))
+		}
+		for i, m := range msgs {
+			if want := fmt.Sprintf("%04d:%s", i, strings.Repeat("d", 1000)); string(m) != want {
+				t.Errorf("%s: datagram %d is %d bytes %.8q, want %.8q", da, i, len(m), m, want)
+				break
+			}
+		}
 	}
 }

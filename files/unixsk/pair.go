@@ -116,21 +116,22 @@ func (o *pairOpener) Open(c *files.Context) (bool, error) {
 		return false, err
 	}
 	snd, rcv := bufDefaults()
-	var raised [2]bool // the receiving end i and its sender were raised
+	var raised [2]int // times the receiving end i and its sender were raised
 	for i := range 2 {
+		queue := queueSize(o.p.Packets[i])
 		for k, data := range o.p.Packets[i] {
-			if err := sendPlain(fds[1-i], fds[i], data, o.p.Type != TypeStream, &raised[i]); err != nil {
+			if err := sendPlain(fds[1-i], fds[i], data, o.p.Type != TypeStream, &raised[i], queue); err != nil {
 				return fail(fmt.Errorf("file id %d: refill packet %d of %d (%d bytes): %w", o.ids[i], k+1, len(o.p.Packets[i]), len(data), err))
 			}
 		}
 	}
 	for i := range 2 {
-		if v := orDefault(o.p.Sndbuf[i], snd); v != 0 && (int(v) != snd || raised[1-i]) {
+		if v := orDefault(o.p.Sndbuf[i], snd); v != 0 && (int(v) != snd || raised[1-i] > 0) {
 			if err := setBufExact(fds[i], unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, int(v)); err != nil {
 				return fail(fmt.Errorf("file id %d: SO_SNDBUF %d: %w", o.ids[i], v, err))
 			}
 		}
-		if v := orDefault(o.p.Rcvbuf[i], rcv); v != 0 && (int(v) != rcv || raised[i]) {
+		if v := orDefault(o.p.Rcvbuf[i], rcv); v != 0 && (int(v) != rcv || raised[i] > 0) {
 			if err := setBufExact(fds[i], unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, int(v)); err != nil {
 				return fail(fmt.Errorf("file id %d: SO_RCVBUF %d: %w", o.ids[i], v, err))
 			}
@@ -149,19 +150,43 @@ func orDefault(v uint32, def int) uint32 {
 	return v
 }
 
+// queueSize is what a queue of packets costs in socket buffers, with room
+// for the kernel's per-packet overhead.
+func queueSize(pks [][]byte) int {
+	n := 0
+	for _, d := range pks {
+		n += len(d) + 1024
+	}
+	return n
+}
+
+// raise raises the sender's send buffer and the receiver's receive buffer
+// for a refill of queue bytes (the raised-th time: each time doubles), and
+// reports false once raising cannot help any more.
+func raise(from, to, queue int, raised *int) bool {
+	if *raised >= 6 {
+		return false
+	}
+	*raised++
+	v := min((2*queue+1<<20)<<(*raised-1), 1<<30)
+	setBuf(from, unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, v)
+	setBuf(to, unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, v)
+	return true
+}
+
 // sendPlain queues data on to by sending it from from, raising both
-// buffers once if the send would block.
-func sendPlain(from, to int, data []byte, msg bool, raised *bool) error {
+// buffers when the send would block.
+func sendPlain(from, to int, data []byte, msg bool, raised *int, queue int) error {
 	rest := data
 	for {
 		n, err := unix.SendmsgN(from, rest, nil, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
 		switch {
 		case err == unix.EINTR:
 			continue
-		case (err == unix.EAGAIN || err == unix.ENOBUFS || err == unix.EMSGSIZE) && !*raised:
-			*raised = true
-			setBuf(from, unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, 4*len(data)+1<<20)
-			setBuf(to, unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, 4*len(data)+1<<20)
+		case err == unix.EAGAIN || err == unix.ENOBUFS || err == unix.EMSGSIZE:
+			if !raise(from, to, queue, raised) {
+				return err
+			}
 			continue
 		case err != nil:
 			return err

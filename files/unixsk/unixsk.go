@@ -105,11 +105,12 @@ type opener struct {
 	ids   []uint32
 	queue bool // the queue opener of a split component
 
-	fd    []int  // current fd of each socket (-1: none yet)
-	tmp   []int  // temporary pair ends (-1: none)
-	opath []int  // O_PATH fds of sockets bound to a deleted name
-	nb    []bool // created with O_NONBLOCK
-	raise []bool // buffers raised for the refill
+	fd     []int  // current fd of each socket (-1: none yet)
+	tmp    []int  // temporary pair ends (-1: none)
+	opath  []int  // O_PATH fds of sockets bound to a deleted name
+	nb     []bool // created with O_NONBLOCK
+	raise  []bool // buffers raised for the refill
+	raised []int  // times the buffers of each receiving socket were raised
 }
 
 func newOpener(spec *files.OpenSpec, queue bool) (files.Opener, error) {
@@ -159,7 +160,7 @@ func (o *opener) closeAll() {
 func (o *opener) Open(c *files.Context) (bool, error) {
 	n := len(o.p.Socks)
 	o.fd, o.tmp, o.opath = fill(n), fill(n), fill(n)
-	o.nb, o.raise = make([]bool, n), make([]bool, n)
+	o.nb, o.raise, o.raised = make([]bool, n), make([]bool, n), make([]int, n)
 	if o.queue {
 		return true, o.finishQueued(c)
 	}
@@ -705,21 +706,20 @@ func (o *opener) send(c *files.Context, i, sender, from int, to []byte, pk *Pack
 	}
 	data := pk.Data
 	stream := o.p.Socks[i].Type == TypeStream
-	raised := false
 	for {
 		n, err := unix.SendmsgN(from, data, oob, sa, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
 		switch {
 		case err == unix.EINTR:
 			continue
-		case (err == unix.EAGAIN || err == unix.ENOBUFS || err == unix.EMSGSIZE) && !raised:
-			// The default buffers are too small for this queue.
-			raised = true
-			need := 2*len(pk.Data) + 1<<20
+		case err == unix.EAGAIN || err == unix.ENOBUFS || err == unix.EMSGSIZE:
+			// The buffers are too small for this queue.
+			queue := 0
 			for _, q := range o.p.Socks[i].Packets {
-				need += len(q.Data) + 1024
+				queue += len(q.Data) + 1024
 			}
-			setBuf(from, unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, need)
-			setBuf(o.fd[i], unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, need)
+			if !raise(from, o.fd[i], queue, &o.raised[i]) {
+				return err
+			}
 			o.raise[i] = true
 			if sender >= 0 {
 				o.raise[sender] = true
