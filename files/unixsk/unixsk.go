@@ -718,6 +718,9 @@ func (o *opener) send(c *files.Context, i, sender, from int, to []byte, pk *Pack
 				queue += len(q.Data) + 1024
 			}
 			if !raise(from, o.fd[i], queue, &o.raised[i]) {
+				if err == unix.EAGAIN && !stream && sender != int(o.p.Socks[i].Partner) {
+					return fmt.Errorf("%w (a datagram queue filled by other sockets than the receiver's peer is limited by net.unix.max_dgram_qlen)", err)
+				}
 				return err
 			}
 			o.raise[i] = true
