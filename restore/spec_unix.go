@@ -145,7 +145,8 @@ func (pl *planner) unixSockets() (*uskState, error) {
 		if u := e.GetUflags() & (uskService | uskCallback); u != 0 {
 			pl.p.Unsupported = append(pl.p.Unsupported, fmt.Sprintf("%s: uflags %#x (CRIU service or plugin socket)", uskName(n), u))
 		}
-		if l := len(uskPathName(e.GetName())); l >= 108 {
+		if nm := uskPathName(e.GetName()); len(nm) > 108 || len(nm) == 108 && nm[0] != 0 {
+			l := len(nm)
 			return nil, fmt.Errorf("files.img: %s: name of %d bytes does not fit a sockaddr_un", uskName(n), l)
 		}
 		if pi := e.GetPeer(); pi != 0 {

@@ -589,7 +589,7 @@ func printable(name []byte) string {
 // any byte, a path gets its terminating NUL).
 func rawAddr(name []byte) (*unix.RawSockaddrUnix, uintptr, error) {
 	var sa unix.RawSockaddrUnix
-	if len(name) >= len(sa.Path) || (name[0] == 0 && len(name) > len(sa.Path)) {
+	if len(name) > len(sa.Path) || len(name) == len(sa.Path) && name[0] != 0 {
 		return nil, 0, fmt.Errorf("name of %d bytes does not fit a sockaddr_un", len(name))
 	}
 	sa.Family = unix.AF_UNIX
