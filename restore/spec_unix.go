@@ -22,7 +22,24 @@ import (
 // holders, or, for a component no fd refers to (it exists only in flight),
 // the task that refills the queue carrying it. planInflight finds the
 // components and their creators, following files in flight recursively (a
-// socket in flight may itself carry files); planUnix writes the openers.
+// socket in flight may itself carry files); planUnix writes the openers:
+// unixsk-pair for a plain socketpair, unixsk for any other component, plus
+// unixsk-queue when its queues carry files (its Needs are those files).
+//
+// Checked here, before any process exists: every peer inode resolves (a
+// peer outside the tree needs PlanOptions.ExtUnixSk), stream peers point
+// at each other or at a listener (a cycle of them is named in full), no
+// packet is queued on a listener or where no socket could have sent it,
+// names fit a sockaddr_un. The component's order (bind and listen before
+// connect, accepted before pending connections, carried files before the
+// refill, both queue directions before flags and shutdown) goes into the
+// stage graph for every component but plain socketpairs, which have no
+// order to keep and would only cost nodes (a task may hold thousands).
+//
+// Not restored: mount and network namespaces of names (names are bound in
+// the restoring task's), data a client wrote before its connection was
+// accepted (not in CRIU's images), SCM_CREDENTIALS and sender addresses
+// (not in the images either).
 
 // uflags bits of unix_sk_entry.
 const (

@@ -637,3 +637,42 @@ func TestUnixBigQueues(t *testing.T) {
 		}
 	}
 }
+
+// TestUnixAcrossTasks: a listener, its accepted connection and the client
+// held by three tasks (the client by two): the root creates the whole
+// component and sends each socket where it belongs.
+func TestUnixAcrossTasks(t *testing.T) {
+	lname, lstr := abstractName(t, "tasks")
+	b := synth.New()
+	root := b.Task(100)
+	k1 := b.Child(root, 101)
+	k2 := b.Child(root, 102)
+	for _, tk := range []*synth.Task{root, k1, k2} {
+		b.Stdio(tk)
+	}
+	l := b.UnixSocket(synth.Stream, synth.Listening, lname)
+	l.Usk().Backlog = proto.Uint32(3)
+	acc := b.UnixSocket(synth.Stream, synth.Established, lname)
+	cl := b.UnixSocket(synth.Stream, synth.Established, nil)
+	b.Connect(acc, cl)
+	b.Connect(cl, acc)
+	b.Packet(acc, []byte("hello-acc"))
+	b.Share(l, k1, 7)
+	b.Share(acc, k2, 4)
+	b.Share(cl, root, 5)
+	b.Share(cl, k2, 9)
+	c := restoreSynth(t, b)
+	fds := append(stdio(100), sockFD(100, 5, "cl", 0, false))
+	fds = append(fds, ownStdio(101)...)
+	fds = append(fds, sockFD(101, 7, "l", 0, false))
+	fds = append(fds, ownStdio(102)...)
+	fds = append(fds, sockFD(102, 4, "acc", 0, false), sockFD(102, 9, "cl", 0, false))
+	c.check(&wantTree{tasks: []wantTask{{100, 0, 100, 100}, {101, 100, 100, 100}, {102, 100, 100, 100}}, fds: fds})
+	st := unix.SOCK_STREAM
+	c.wantSock(ref{101, 7}, st, lstr, "-", true)
+	c.wantSock(ref{102, 4}, st, lstr, "", false)
+	c.wantSock(ref{100, 5}, st, "", lstr, false)
+	c.wantStream(ref{102, 4}, "hello-acc")
+	c.linked(ref{102, 9}, ref{102, 4})
+	c.linked(ref{102, 4}, ref{100, 5})
+}
