@@ -100,11 +100,6 @@ type Sock struct {
 	// Disconnect drops the peer the socketpair gave (connect AF_UNSPEC):
 	// the socket had no peer at dump.
 	Disconnect bool
-	// LateConnect defers the datagram connect (ConnectTo or ExtName)
-	// until the socket's queue is refilled: a connected datagram socket
-	// takes datagrams from its peer only, and its queue came from others
-	// before it connected.
-	LateConnect bool
 	// Sender is the index of the socket that refills this socket's
 	// receive queue, SendTmp or SendNone.
 	Sender  int32
@@ -116,6 +111,13 @@ type Sock struct {
 // datagram server with its clients. One task creates a whole component.
 type Params struct {
 	Socks []Sock
+	// Order lists the component's datagram sockets in the order they are
+	// refilled and connected (ConnectTo, ExtName): a socket that connects
+	// to another comes before it, since a connected datagram socket
+	// accepts connects and datagrams from its peer only. Each one's queue
+	// is refilled right before its own connect (right after, when it is
+	// connected to itself).
+	Order []int32
 	// Split says the component's queues carry files: the component
 	// opener creates and publishes the sockets, and the queue opener
 	// (QueueType), run once every carried file is present, refills the
@@ -127,6 +129,10 @@ type Params struct {
 func (p *Params) MarshalBinary() ([]byte, error) {
 	e := files.Enc{B: make([]byte, 0, 32+len(p.Socks)*48)}
 	e.Bool(p.Split)
+	e.Uint(uint64(len(p.Order)))
+	for _, i := range p.Order {
+		e.Uint(uint64(i))
+	}
 	e.Uint(uint64(len(p.Socks)))
 	for i := range p.Socks {
 		s := &p.Socks[i]
@@ -167,7 +173,6 @@ func (p *Params) MarshalBinary() ([]byte, error) {
 		e.Bytes(s.ExtName)
 		e.String(s.ExtDir)
 		e.Bool(s.Disconnect)
-		e.Bool(s.LateConnect)
 		e.Uint(uint64(s.Sender + 3))
 		e.Uint(uint64(len(s.Packets)))
 		for _, pk := range s.Packets {
@@ -197,6 +202,12 @@ func (p *Params) UnmarshalBinary(b []byte) error {
 	}
 	idx := func() int32 { return int32(d.Uint32()) - 2 }
 	p.Split = d.Bool()
+	if n := count(); n > 0 {
+		p.Order = make([]int32, n)
+		for i := range p.Order {
+			p.Order[i] = int32(d.Uint32())
+		}
+	}
 	p.Socks = make([]Sock, count())
 	for i := range p.Socks {
 		s := &p.Socks[i]
@@ -223,7 +234,7 @@ func (p *Params) UnmarshalBinary(b []byte) error {
 		s.Bind, s.Listen = d.Bool(), d.Bool()
 		s.ConnectTo, s.Pending = idx(), idx()
 		s.ExtName, s.ExtDir = d.Bytes(), d.String()
-		s.Disconnect, s.LateConnect = d.Bool(), d.Bool()
+		s.Disconnect = d.Bool()
 		s.Sender = int32(d.Uint32()) - 3
 		if n := count(); n > 0 {
 			s.Packets = make([]Packet, n)
@@ -252,6 +263,13 @@ func (p *Params) UnmarshalBinary(b []byte) error {
 func (p *Params) check() error {
 	n := int32(len(p.Socks))
 	in := func(i int32) bool { return i >= 0 && i < n }
+	ordered := make([]bool, n)
+	for _, i := range p.Order {
+		if !in(i) || ordered[i] || p.Socks[i].Type != TypeDgram {
+			return fmt.Errorf("unix socket parameters: order names socket %d twice, out of range or not a datagram socket", i)
+		}
+		ordered[i] = true
+	}
 	opt := func(i int32) bool { return i == -1 || in(i) }
 	for i := range p.Socks {
 		s := &p.Socks[i]
@@ -282,6 +300,9 @@ func (p *Params) check() error {
 		}
 		if s.Sender == SendName && len(s.Name) == 0 {
 			return bad("refilled through its name, but it has none")
+		}
+		if s.Type == TypeDgram && !ordered[i] {
+			return bad("datagram socket missing from the order")
 		}
 		if s.Sender == SendTmp && s.Create != CreateTmpPair {
 			return bad("refilled by a temporary socket it does not have")

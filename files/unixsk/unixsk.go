@@ -20,13 +20,16 @@
 //     listener accepts, so that the accepted socket shares the listener's
 //     name as it did at dump (when the listener is gone, a temporary
 //     listener bound to the same name is used and closed);
-//  4. datagram connects by address, and AF_UNSPEC disconnects of sockets
-//     that had no peer (before any queue is refilled: a disconnect purges
-//     the queue);
+//  4. AF_UNSPEC disconnects of socketpair ends that had no peer (before
+//     any queue is refilled: a disconnect purges the queue);
 //  5. connections not yet accepted at dump connect to their listener,
 //     after every accepted one, so that they stay in its queue;
 //  6. queues are refilled, each from the socket's peer, from a socket
-//     connected to it, or from its temporary pair end: one sendmsg per
+//     connected to it, from its temporary pair end, or from a temporary
+//     socket to its name; datagram sockets are refilled and then
+//     connected to their peer by address, in an order where a socket
+//     connects before its peer does (a connected datagram socket accepts
+//     connects and datagrams from its peer only): one sendmsg per
 //     packet, so datagram and seqpacket boundaries are kept, with the
 //     carried files as SCM_RIGHTS (all of a packet's files in one
 //     message, in order); buffers are raised only when a send would
@@ -306,10 +309,10 @@ func (o *opener) create(cloexec bool) error {
 			}
 		}
 	}
-	// 2. Names and listens.
+	// 2. Names and listens (an accepted connection's client binds in 3).
 	for i := range ss {
 		s := &ss[i]
-		if s.Bind {
+		if s.Bind && s.Create != CreateClient {
 			if err := o.bind(i, o.fd[i], true); err != nil {
 				return err
 			}
@@ -328,16 +331,11 @@ func (o *opener) create(cloexec bool) error {
 			}
 		}
 	}
-	// 4. Datagram connects and disconnects.
+	// 4. Disconnects of the socketpair ends that had no peer (before
+	// any refill: a disconnect purges the queue). Datagram connects come
+	// with the refill, in Order.
 	for i := range ss {
-		s := &ss[i]
-		switch {
-		case s.LateConnect:
-		case s.ConnectTo >= 0 || len(s.ExtName) > 0:
-			if err := o.connect(i); err != nil {
-				return err
-			}
-		case s.Disconnect:
+		if ss[i].Disconnect {
 			if err := disconnect(o.fd[i]); err != nil {
 				return fmt.Errorf("%s: drop the temporary peer (connect AF_UNSPEC): %w", o.sockName(i), err)
 			}
@@ -637,51 +635,94 @@ func disconnect(fd int) error {
 	return nil
 }
 
-// finish runs steps 6 and 7 on o.fd (and o.tmp).
+// finish runs steps 6 and 7 on o.fd (and o.tmp): the queues of stream
+// and seqpacket sockets, then the datagram sockets in Order, each refilled
+// and connected, then the final state.
 func (o *opener) finish(c *files.Context) error {
 	ss := o.p.Socks
 	for i := range ss {
+		if ss[i].Type != TypeDgram {
+			if err := o.refill(c, i); err != nil {
+				return err
+			}
+		}
+	}
+	done := make([]bool, len(ss))
+	for _, i := range o.p.Order {
 		s := &ss[i]
-		if len(s.Packets) == 0 {
+		self := s.ConnectTo == i
+		if j := s.ConnectTo; j >= 0 && !self && ss[j].ConnectTo == i {
+			// A pair connected by name: both connect, at the later of
+			// the two, then both are refilled from each other.
+			done[i] = true
+			if !done[j] {
+				continue
+			}
+			for _, k := range []int{int(i), int(j)} {
+				if err := o.connect(k); err != nil {
+					return err
+				}
+			}
+			for _, k := range []int{int(i), int(j)} {
+				if err := o.refill(c, k); err != nil {
+					return err
+				}
+			}
 			continue
 		}
-		from := o.tmp[i]
-		var to []byte
-		var dir string
-		switch {
-		case s.Sender >= 0:
-			from = o.fd[s.Sender]
-		case s.Sender == SendName:
-			fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-			if err != nil {
-				return fmt.Errorf("%s: temporary sender: %w", o.sockName(i), err)
+		done[i] = true
+		if self {
+			if err := o.connect(int(i)); err != nil {
+				return err
 			}
-			// Closed before this call returns: it never meets a target.
-			defer unix.Close(fd)
-			from = fd
-			to, dir = o.addr(i)
 		}
-		if from < 0 {
-			return fmt.Errorf("%s: %d packets queued and no socket to send them from", o.sockName(i), len(s.Packets))
+		if err := o.refill(c, int(i)); err != nil {
+			return err
 		}
-		for k := range s.Packets {
-			err := withDir(dir, to, func(to []byte) error { return o.send(c, i, int(s.Sender), from, to, &s.Packets[k]) })
-			if err != nil {
-				return fmt.Errorf("%s: refill packet %d of %d (%d bytes): %w", o.sockName(i), k+1, len(s.Packets), len(s.Packets[k].Data), err)
+		if !self && (s.ConnectTo >= 0 || len(s.ExtName) > 0) {
+			if err := o.connect(int(i)); err != nil {
+				return err
 			}
 		}
 	}
 	closeFDs(o.tmp)
 	for i := range ss {
-		if ss[i].LateConnect {
-			if err := o.connect(i); err != nil {
-				return err
-			}
-		}
-	}
-	for i := range ss {
 		if err := o.final(c, i); err != nil {
 			return fmt.Errorf("%s: %w", o.sockName(i), err)
+		}
+	}
+	return nil
+}
+
+// refill queues socket i's packets.
+func (o *opener) refill(c *files.Context, i int) error {
+	s := &o.p.Socks[i]
+	if len(s.Packets) == 0 {
+		return nil
+	}
+	from := o.tmp[i]
+	var to []byte
+	var dir string
+	switch {
+	case s.Sender >= 0:
+		from = o.fd[s.Sender]
+	case s.Sender == SendName:
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("%s: temporary sender: %w", o.sockName(i), err)
+		}
+		// Closed before the opener returns: it never meets a target.
+		defer unix.Close(fd)
+		from = fd
+		to, dir = o.addr(i)
+	}
+	if from < 0 {
+		return fmt.Errorf("%s: %d packets queued and no socket to send them from", o.sockName(i), len(s.Packets))
+	}
+	for k := range s.Packets {
+		err := withDir(dir, to, func(to []byte) error { return o.send(c, i, int(s.Sender), from, to, &s.Packets[k]) })
+		if err != nil {
+			return fmt.Errorf("%s: refill packet %d of %d (%d bytes): %w", o.sockName(i), k+1, len(s.Packets), len(s.Packets[k].Data), err)
 		}
 	}
 	return nil
