@@ -3,6 +3,7 @@ package restore_test
 import (
 	"context"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -122,6 +123,7 @@ func TestUnixRandomPlans(t *testing.T) {
 			continue
 		}
 		restored++
+		checkRandomUnix(t, set, res.PidMap, i)
 		pids := make([]int, 0, len(res.PidMap))
 		for _, pid := range res.PidMap {
 			pids = append(pids, pid)
@@ -152,4 +154,41 @@ func describeUnix(set *images.Set) string {
 			f.ID, u.GetIno(), u.GetType(), u.GetState(), u.GetName(), u.GetPeer(), len(set.Packets[f.ID]), at)
 	}
 	return b.String()
+}
+
+// checkRandomUnix checks what every restored socket says of itself: its
+// type, whether it listens, its name and its queued byte count.
+func checkRandomUnix(t *testing.T, set *images.Set, pids map[uint32]int, iter int) {
+	t.Helper()
+	c := &checker{t: t, pids: pids}
+	for _, f := range set.FileOrder {
+		u := f.Entry.GetUsk()
+		if u == nil || len(f.Fds) == 0 {
+			continue
+		}
+		r := ref{f.Fds[0].Table.Tasks[0].Pid, int(f.Fds[0].Num)}
+		want := map[uint32]int{1: unix.SOCK_STREAM, 2: unix.SOCK_DGRAM, 5: unix.SOCK_SEQPACKET}[u.GetType()]
+		if got := c.sockType(r); got != want {
+			t.Errorf("iteration %d: %s: SO_TYPE %d, want %d\n%s", iter, r, got, want, describeUnix(set))
+		}
+		if got := c.sockOpt(r, unix.SO_ACCEPTCONN) != 0; got != (u.GetState() == 10) {
+			t.Errorf("iteration %d: %s: SO_ACCEPTCONN %v\n%s", iter, r, got, describeUnix(set))
+		}
+		name := u.GetName()
+		if len(name) > 0 && !(u.GetType() != 2 && u.GetPeer() == 0 && u.GetState() == 1) {
+			wantName := "@" + string(name[1:])
+			if got := c.sockName(r); got != wantName {
+				t.Errorf("iteration %d: %s: getsockname %q, want %q\n%s", iter, r, got, wantName, describeUnix(set))
+			}
+		}
+		var q int
+		for _, pk := range set.Packets[f.ID] {
+			q += len(pk.Data)
+		}
+		if u.GetState() != 10 {
+			if got := c.queued(r); got != q && !(u.GetType() != 1 && q > 0) {
+				t.Errorf("iteration %d: %s: %d bytes queued, want %d\n%s", iter, r, got, q, describeUnix(set))
+			}
+		}
+	}
 }
