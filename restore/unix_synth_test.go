@@ -676,3 +676,38 @@ func TestUnixAcrossTasks(t *testing.T) {
 	c.linked(ref{102, 9}, ref{102, 4})
 	c.linked(ref{102, 4}, ref{100, 5})
 }
+
+// TestUnixPeerInOwnQueue: the only reference to a socketpair end is in
+// flight in its peer's queue (a socket sent over its own connection).
+func TestUnixPeerInOwnQueue(t *testing.T) {
+	b := synth.New()
+	tk := b.Task(100)
+	b.Stdio(tk)
+	p, q := b.UnixPair(synth.Dgram)
+	b.Packet(p, []byte("here-is-q"), q)
+	b.Packet(q, []byte("for-q"))
+	b.Share(p, tk, 3)
+	c := restoreSynth(t, b)
+	c.check(&wantTree{tasks: []wantTask{{100, 0, 100, 100}}, fds: append(stdio(100), sockFD(100, 3, "p", 0, false))})
+	fd := c.getfd(ref{100, 3})
+	buf := make([]byte, 64)
+	oob := make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := unix.Recvmsg(fd, buf, oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+	if err != nil || string(buf[:n]) != "here-is-q" {
+		t.Fatalf("recvmsg: %q, %v", buf[:n], err)
+	}
+	fds := parseRights(t, oob[:oobn])
+	if len(fds) != 1 {
+		t.Fatalf("%d fds, want 1", len(fds))
+	}
+	defer unix.Close(fds[0])
+	if n, _, err := unix.Recvfrom(fds[0], buf, unix.MSG_DONTWAIT); err != nil || string(buf[:n]) != "for-q" {
+		t.Errorf("q's queue: %q, %v", buf[:n], err)
+	}
+	if _, err := unix.Write(fds[0], []byte("q->p")); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.recvWait(ref{100, 3}); got != "q->p" {
+		t.Errorf("p got %q from q, want %q", got, "q->p")
+	}
+}
