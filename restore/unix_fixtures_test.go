@@ -94,6 +94,13 @@ var unixFixtures = []fixture{
 				}
 				unix.Close(s)
 			}
+			// The backlogs: a unix listener queues backlog+1 connections.
+			if n := backlogOf(t, unixStreamPath); n != 5+1 {
+				t.Errorf("fd 8 queued %d connections, want 6 (backlog 5)", n)
+			}
+			if n := backlogOf(t, "@fdr-stream-listen"); n != 16+1 {
+				t.Errorf("fd 5 queued %d connections, want 17 (backlog 16)", n)
+			}
 		},
 	},
 	{
@@ -195,6 +202,31 @@ var unixFixtures = []fixture{
 			c.wantStream(ref{2, 4}, "")
 		},
 	},
+}
+
+// backlogOf connects to the listener at addr until a connect would
+// block, and returns how many connections it queued.
+func backlogOf(t testing.TB, addr string) int {
+	t.Helper()
+	var fds []int
+	defer func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}()
+	for len(fds) < 200 {
+		s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fds = append(fds, s)
+		if err := unix.Connect(s, &unix.SockaddrUnix{Name: addr}); err == unix.EAGAIN {
+			return len(fds) - 1
+		} else if err != nil {
+			t.Fatalf("connect to %s: %v", addr, err)
+		}
+	}
+	return len(fds)
 }
 
 // pending reports whether listener lfd has a connection to accept.

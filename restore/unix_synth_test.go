@@ -487,6 +487,17 @@ func TestUnixPlanErrors(t *testing.T) {
 			b.Share(y, tk, 4)
 			b.Share(z, tk, 5)
 		}, []string{"cycle", "task 100 fd 3", "task 100 fd 4", "task 100 fd 5"}},
+		{"datagram connect cycle", func(b *synth.Builder, tk *synth.Task) {
+			var ds []*synth.Desc
+			for i := range 3 {
+				name, _ := abstractName(t, fmt.Sprintf("dc%d", i))
+				ds = append(ds, b.UnixSocket(synth.Dgram, synth.Established, name))
+			}
+			for i, d := range ds {
+				b.Connect(d, ds[(i+1)%3])
+				b.Share(d, tk, uint32(3+i))
+			}
+		}, []string{"datagram sockets are connected in a cycle", "task 100 fd 3", "task 100 fd 4", "task 100 fd 5"}},
 		{"external peer", func(b *synth.Builder, tk *synth.Task) {
 			s := b.UnixSocket(synth.Dgram, synth.Established, nil)
 			e := b.UnixSocket(synth.Dgram, synth.Established, []byte{0, 'x'})
