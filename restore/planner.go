@@ -33,6 +33,8 @@ type planner struct {
 	// deliveries are descriptions a task needs without holding them
 	// itself (an epoll's targets, a queue's files in flight).
 	deliveries []delivery
+
+	ttyDone bool // planTTYs ran (spec_tty.go)
 }
 
 // delivery asks that description file be present in task.
@@ -129,6 +131,8 @@ func (pl *planner) planFile(f *images.File) error {
 		return pl.add(c, spec, err)
 	case criupb.FdTypes_PIPE:
 		return pl.planPipe(f.Pipe)
+	case criupb.FdTypes_TTY:
+		return pl.planTTYs()
 	case criupb.FdTypes_FIFO:
 		if len(hs) == 0 {
 			p.Unsupported = append(p.Unsupported, fmt.Sprintf("FIFO file id %d exists only in flight (in a unix socket queue)", f.ID))

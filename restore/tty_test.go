@@ -1,0 +1,223 @@
+package restore_test
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fdrestore/fdrestore/internal/fdcheck"
+	"golang.org/x/sys/unix"
+)
+
+// runCLIStopPts restores dir like runCLIStop, but in a new mount
+// namespace with a fresh devpts instance on /dev/pts (as the fixtures
+// were dumped), so that the recorded pty indices are free and the host's
+// /dev/pts is left alone. The namespace goes away with the restored
+// tasks.
+func runCLIStopPts(t testing.TB, dir string, extra ...string) map[uint32]int {
+	t.Helper()
+	bin := cliBinary(t)
+	pm := filepath.Join(t.TempDir(), "pidmap.json")
+	args := append([]string{"--mount", "--propagation", "private", "--", "sh", "-c",
+		`mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts /dev/pts && exec "$0" "$@"`,
+		bin, "restore", "-D", dir, "--leave-stopped", "-d", "--pid-map", pm}, extra...)
+	out, err := exec.Command("unshare", args...).CombinedOutput()
+	m := map[uint32]int{}
+	if b, rerr := os.ReadFile(pm); rerr == nil {
+		var raw map[string]int
+		if jerr := json.Unmarshal(b, &raw); jerr != nil {
+			t.Fatalf("pid map %s: %v", b, jerr)
+		}
+		for k, v := range raw {
+			n, _ := strconv.ParseUint(k, 10, 32)
+			m[uint32(n)] = v
+		}
+		cleanupPids(t, m)
+	} else if err == nil {
+		t.Fatalf("pid map: %v", rerr)
+	}
+	if err != nil {
+		t.Fatalf("unshare -m fdrestore restore -D %s: %v\n%s", dir, err, out)
+	}
+	return m
+}
+
+// ttyStat is the terminal part of /proc/PID/stat: tty_nr and tpgid.
+func ttyStat(t testing.TB, pid int) (ttyNr uint64, tpgid int) {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	nr, err1 := strconv.ParseInt(f[4], 10, 64)
+	tp, err2 := strconv.Atoi(f[5])
+	if err1 != nil || err2 != nil {
+		t.Fatalf("/proc/%d/stat: %q", pid, s)
+	}
+	return uint64(nr), tp
+}
+
+// ttyNr encodes a device as /proc/PID/stat's tty_nr does.
+func ttyNr(major, minor uint32) uint64 {
+	return uint64(minor&0xff) | uint64(major)<<8 | uint64(minor&^0xff)<<12
+}
+
+// wantTermios is a termios to compare: flags and c_cc[0..18] in hex.
+type wantTermios struct {
+	iflag, oflag, cflag, lflag uint32
+	cc                         string
+}
+
+func (c *checker) termios(r ref, w wantTermios) {
+	c.t.Helper()
+	tm, err := unix.IoctlGetTermios(c.getfd(r), unix.TCGETS)
+	if err != nil {
+		c.t.Fatalf("%s: TCGETS: %v", r, err)
+	}
+	cc := hex.EncodeToString(tm.Cc[:])
+	if tm.Iflag != w.iflag || tm.Oflag != w.oflag || tm.Cflag != w.cflag || tm.Lflag != w.lflag || cc != w.cc {
+		c.t.Errorf("%s: termios iflag %#o oflag %#o cflag %#o lflag %#o cc %s, want %#o %#o %#o %#o %s",
+			r, tm.Iflag, tm.Oflag, tm.Cflag, tm.Lflag, cc, w.iflag, w.oflag, w.cflag, w.lflag, w.cc)
+	}
+}
+
+func (c *checker) ioctlInt(r ref, req uint) (int, error) {
+	c.t.Helper()
+	return unix.IoctlGetInt(c.getfd(r), req)
+}
+
+func (c *checker) winsize(r ref, rows, cols uint16) {
+	c.t.Helper()
+	ws, err := unix.IoctlGetWinsize(c.getfd(r), unix.TIOCGWINSZ)
+	if err != nil || ws.Row != rows || ws.Col != cols {
+		c.t.Errorf("%s: winsize %+v (%v), want %dx%d", r, ws, err, rows, cols)
+	}
+}
+
+// ctty checks the controlling terminal of a task from /proc/PID/stat:
+// the device (0: none) and, with one, the foreground group.
+func (c *checker) ctty(task uint32, dev uint64, fg uint32) {
+	c.t.Helper()
+	nr, tpgid := ttyStat(c.t, c.pid(task))
+	if nr != dev {
+		c.t.Errorf("task %d: tty_nr %#x, want %#x", task, nr, dev)
+	}
+	if dev != 0 && tpgid != c.pid(fg) {
+		c.t.Errorf("task %d: foreground group (tpgid) %d, want %d (image group %d)", task, tpgid, c.pid(fg), fg)
+	}
+}
+
+// ttyData reads the bytes queued on a tty fd (consuming them).
+func (c *checker) ttyData(r ref, want string) {
+	c.t.Helper()
+	fd := c.getfd(r)
+	// pty writes reach the other side from a kernel work item.
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		if n, err := fdcheck.Queued(fd); err != nil || n >= len(want) {
+			break
+		}
+	}
+	if n, err := fdcheck.Queued(fd); err != nil || n != len(want) {
+		c.t.Errorf("%s: FIONREAD %d (%v), want %d", r, n, err, len(want))
+	}
+	got, err := fdcheck.ReadQueued(fd, len(want))
+	if err != nil || string(got) != want {
+		c.t.Errorf("%s: read %q (%v), want %q", r, got, err, want)
+	}
+}
+
+const rawCC = "031c7f150400010011131a00120f1716000000"
+
+// TestPtyFixture restores the CRIU fixture pty in a mount namespace with
+// a fresh devpts and checks every fact of its EXPECTED.md from outside.
+func TestPtyFixture(t *testing.T) {
+	needRoot(t)
+	dir := fixtureDir(t, "pty")
+	unlock, err := fdcheck.LockFixtures(filepath.Dir(dir), 2*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(unlock)
+	pids := runCLIStopPts(t, dir)
+	c := &checker{t: t, pids: pids}
+	fds := append(stdio(2),
+		wantFD{ref{2, 3}, rdwr, false, -1, "M0", "ptmx", "/dev/ptmx"},
+		wantFD{ref{2, 5}, rdwr, false, -1, "M1", "ptmx", "/dev/ptmx"},
+		wantFD{ref{2, 6}, rdwr, false, -1, "S1", "pts1", "/dev/pts/1"},
+		wantFD{ref{3, 0}, rdwr, false, -1, "S0", "pts0", "/dev/pts/0"},
+		wantFD{ref{3, 1}, rdwr, false, -1, "S0", "pts0", "/dev/pts/0"},
+		wantFD{ref{3, 2}, rdwr, false, -1, "S0", "pts0", "/dev/pts/0"})
+	c.check(&wantTree{tasks: []wantTask{{2, 0, 2, 2}, {3, 2, 3, 3}}, fds: fds})
+
+	// Indices.
+	for _, x := range []struct {
+		r   ref
+		idx int
+	}{{ref{2, 3}, 0}, {ref{2, 5}, 1}} {
+		if n, err := c.ioctlInt(x.r, unix.TIOCGPTN); err != nil || n != x.idx {
+			t.Errorf("%s: TIOCGPTN %d (%v), want %d", x.r, n, err, x.idx)
+		}
+	}
+	if _, err := c.ioctlInt(ref{3, 0}, unix.TIOCGPTN); err == nil {
+		t.Errorf("task 3 fd 0: TIOCGPTN works: it is a master, want a slave")
+	}
+	// Controlling terminals: C has pts/0 with itself in the foreground;
+	// the root has none (its pts/1 slave must not have become one).
+	c.ctty(3, ttyNr(136, 0), 3)
+	c.ctty(2, 0, 0)
+	if sid, err := c.ioctlInt(ref{2, 3}, unix.TIOCGSID); err != nil || sid != c.pid(3) {
+		t.Errorf("pty 0: TIOCGSID on the master %d (%v), want %d", sid, err, c.pid(3))
+	}
+	if pg, err := c.ioctlInt(ref{2, 3}, unix.TIOCGPGRP); err != nil || pg != c.pid(3) {
+		t.Errorf("pty 0: TIOCGPGRP on the master %d (%v), want %d", pg, err, c.pid(3))
+	}
+	if _, err := c.ioctlInt(ref{2, 5}, unix.TIOCGSID); err == nil {
+		t.Errorf("pty 1: TIOCGSID works: it has a session, want none")
+	}
+	// pty 0: raw mode, 40x132, unlocked, no packet mode.
+	c.termios(ref{3, 0}, wantTermios{0, 0o4, 0o277, 0o5060, rawCC})
+	c.winsize(ref{3, 0}, 40, 132)
+	c.winsize(ref{2, 3}, 40, 132)
+	for _, x := range []struct {
+		r    ref
+		req  uint
+		name string
+		want int
+	}{
+		{ref{2, 3}, unix.TIOCGPTLCK, "TIOCGPTLCK", 0},
+		{ref{2, 3}, unix.TIOCGPKT, "TIOCGPKT", 0},
+		{ref{2, 5}, unix.TIOCGPTLCK, "TIOCGPTLCK", 1},
+		{ref{2, 5}, unix.TIOCGPKT, "TIOCGPKT", 1},
+		{ref{3, 0}, unix.TIOCGEXCL, "TIOCGEXCL", 0},
+		{ref{2, 6}, unix.TIOCGEXCL, "TIOCGEXCL", 0},
+	} {
+		if v, err := c.ioctlInt(x.r, x.req); err != nil || v != x.want {
+			t.Errorf("%s: %s %d (%v), want %d", x.r, x.name, v, err, x.want)
+		}
+	}
+	// pty 1: default termios, 0x0, nothing queued.
+	c.termios(ref{2, 6}, wantTermios{0o2400, 0o5, 0o277, 0o105073, rawCC})
+	c.winsize(ref{2, 6}, 0, 0)
+	for _, r := range []ref{{2, 5}, {2, 6}} {
+		if n, err := fdcheck.Queued(c.getfd(r)); err != nil || n != 0 {
+			t.Errorf("%s: FIONREAD %d (%v), want 0", r, n, err)
+		}
+	}
+	// Queued data, byte-exact, in both directions.
+	c.ttyData(ref{3, 0}, "keys:42")
+	c.ttyData(ref{2, 3}, "out:5")
+	// The pair is live: what the master writes, the slave reads, and back.
+	c.write(ref{2, 3}, "ping")
+	c.ttyData(ref{3, 1}, "ping")
+	c.write(ref{3, 2}, "pong")
+	c.ttyData(ref{2, 3}, "pong")
+}
