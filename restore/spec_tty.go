@@ -248,7 +248,7 @@ func (pl *planner) planTTYs() error {
 		}
 		data, err := params.MarshalBinary()
 		spec := files.OpenSpec{Type: tty.PtyType, Files: fids, SendTo: routes, Data: data,
-			Name: fmt.Sprintf("%s %d (file ids %v)", kind, idx, fids)}
+			Name: fmt.Sprintf("/dev/pts/%d (%s, file ids %v)", idx, kind, fids)}
 		if err := pl.add(g.creator, spec, err); err != nil {
 			return err
 		}
