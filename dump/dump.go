@@ -274,7 +274,7 @@ func (d *dumper) prescan() error {
 				continue // closed meanwhile; the frozen walk decides
 			}
 			typ := unsupportedByLink(link)
-			if typ == "" && isDeletedLink(link) {
+			if typ == "" && isDeletedLink(link) && !isPtsLink(link) {
 				typ = deletedByStat(t.pid, fd, d.opts.ghostLimit())
 			}
 			if typ != "" {
