@@ -34,7 +34,8 @@ type planner struct {
 	// itself (an epoll's targets, a queue's files in flight).
 	deliveries []delivery
 
-	ttyDone bool // planTTYs ran (spec_tty.go)
+	ttyDone bool        // planTTYs ran (spec_tty.go)
+	opts    PlanOptions // ShellJob and Terminal (spec_tty.go)
 }
 
 // delivery asks that description file be present in task.

@@ -150,6 +150,7 @@ func (pl *planner) planTTYs() error {
 	sessions := map[uint32]*session{}
 	var sids []uint32
 	nextID := maxID + 1
+	var shellPty *ptyGroup // the shell's terminal, with ShellJob
 	specs := map[*ptyGroup]*tty.PtyParams{}
 	sendTo := map[*ptyGroup][][]uint32{}
 	ids := map[*ptyGroup][]uint32{}
@@ -179,10 +180,15 @@ func (pl *planner) planTTYs() error {
 			// The master was closed: the slave is hung up.
 			params.HangUp = true
 			g.creator = pl.creator(all)
+		case pl.opts.ShellJob && (shellPty == nil || shellPty == g):
+			// The shell's terminal: the caller's terminal now.
+			shellPty = g
+			params.Reopen, params.Path = true, pl.opts.Terminal
+			g.creator = pl.creator(all)
 		default:
 			for _, f := range g.slaves {
 				for _, fd := range f.Fds {
-					p.Unsupported = append(p.Unsupported, fmt.Sprintf("task %s fd %d: %s: pty slave /dev/pts/%d whose master is not in the images (a terminal outside the dumped tree)", pids(fd.Table.Tasks), fd.Num, f.Name(), idx))
+					p.Unsupported = append(p.Unsupported, fmt.Sprintf("task %s fd %d: %s: pty slave /dev/pts/%d whose master is not in the images (a terminal outside the dumped tree; --shell-job takes one such terminal for the caller's)", pids(fd.Table.Tasks), fd.Num, f.Name(), idx))
 				}
 			}
 			continue
@@ -211,7 +217,7 @@ func (pl *planner) planTTYs() error {
 				break
 			}
 		}
-		if sid != 0 && !params.HangUp {
+		if sid != 0 && !params.HangUp && !params.Reopen {
 			leader := set.TaskByPid[sid]
 			switch {
 			case leader == nil || !leader.SessionLeader():
@@ -243,8 +249,11 @@ func (pl *planner) planTTYs() error {
 		}
 		specs[g], ids[g], sendTo[g] = params, fids, routes
 		kind := "pty"
-		if params.HangUp {
+		switch {
+		case params.HangUp:
 			kind = "hung-up pty"
+		case params.Reopen:
+			kind = "the caller's terminal " + cmpOr(params.Path, "(at restore)") + " for pty"
 		}
 		data, err := params.MarshalBinary()
 		spec := files.OpenSpec{Type: tty.PtyType, Files: fids, SendTo: routes, Data: data,
@@ -257,12 +266,17 @@ func (pl *planner) planTTYs() error {
 	// /dev/tty descriptions go to the session leader that has the
 	// terminal as its controlling tty.
 	devBySid := map[uint32][]*images.File{}
+	var shellDev []*images.File // /dev/tty of the caller's session (ShellJob)
 	for _, f := range devTTY {
 		sid := f.TTY.Info.GetSid()
 		if sid == 0 {
 			if hs := pl.holders(f); len(hs) > 0 {
 				sid = set.Tasks[hs[0]].Sid
 			}
+		}
+		if sessions[sid] == nil && pl.opts.ShellJob && sid == set.Tasks[0].Sid && set.Tasks[0].Sid != set.Tasks[0].Pid {
+			shellDev = append(shellDev, f)
+			continue
 		}
 		if sessions[sid] == nil {
 			for _, fd := range f.Fds {
@@ -273,6 +287,29 @@ func (pl *planner) planTTYs() error {
 		devBySid[sid] = append(devBySid[sid], f)
 	}
 
+	// /dev/tty of the caller's session: every task in it has the
+	// caller's terminal as its controlling tty, inherited from the
+	// coordinator; one of the holders opens them.
+	if len(shellDev) > 0 {
+		var all []int
+		for _, f := range shellDev {
+			all = append(all, pl.holders(f)...)
+		}
+		c := pl.creator(all)
+		params := tty.CttyParams{}
+		var fids []uint32
+		var routes [][]uint32
+		for _, f := range shellDev {
+			params.DevTTY = append(params.DevTTY, ttyDesc(f))
+			fids = append(fids, f.ID)
+			routes = append(routes, pl.others(pl.holders(f), c))
+		}
+		data, err := params.MarshalBinary()
+		spec := files.OpenSpec{Type: tty.CttyType, Files: fids, SendTo: routes, Data: data, Name: "/dev/tty of the caller's session"}
+		if err := pl.add(c, spec, err); err != nil {
+			return err
+		}
+	}
 	slices.Sort(sids)
 	for _, sid := range sids {
 		s := sessions[sid]
@@ -382,4 +419,11 @@ func (pl *planner) cttyEdges(sid uint32, leader int, g *ptyGroup, held, dev []*i
 		}
 		return nil
 	}
+}
+
+func cmpOr(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
 }

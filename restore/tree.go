@@ -93,15 +93,19 @@ type treeBuilder struct {
 
 // buildTree plans the processes and steps that reproduce the tree's parent
 // links, sessions and process groups.
-func buildTree(set *images.Set) ([]*Proc, []TreeOp, error) {
+//
+// With shellJob the root may belong to a session outside the tree (the
+// shell's): it is then spawned in the coordinator's session and process
+// group, and every task of that session stays in it.
+func buildTree(set *images.Set, shellJob bool) ([]*Proc, []TreeOp, error) {
 	b := &treeBuilder{set: set, taskIx: map[*images.Task]int{}, procOf: map[uint32]int{},
 		born: map[uint32]uint32{}, sessProc: map[uint32]int{}, standin: map[[2]uint32]int{}}
 	for i, t := range set.Tasks {
 		b.taskIx[t] = i
 	}
 	root := set.Tasks[0]
-	if root.Sid != root.Pid {
-		return nil, nil, fmt.Errorf("pstree.img: root task %d is not a session leader (sid %d): its session lies outside the dumped tree, and restoring into the caller's session (--shell-job) is not supported yet", root.Pid, root.Sid)
+	if root.Sid != root.Pid && !shellJob {
+		return nil, nil, fmt.Errorf("pstree.img: root task %d is not a session leader (sid %d): its session lies outside the dumped tree, and restore it with --shell-job to make it a job of the caller's session", root.Pid, root.Sid)
 	}
 	for _, t := range set.Tasks {
 		if t.Sid == t.Pid && t.Pgid != t.Pid {

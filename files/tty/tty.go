@@ -160,6 +160,10 @@ type PtyParams struct {
 	HangUp bool
 	// Ptmx is the ptmx device to open ("/dev/ptmx" when empty).
 	Ptmx string
+	// Reopen: the pty is the caller's terminal (a shell job's): its
+	// slave descriptions are opened at Path, nothing else is restored.
+	Reopen bool
+	Path   string
 }
 
 // MarshalBinary encodes p for OpenSpec.Data.
@@ -178,6 +182,8 @@ func (p PtyParams) MarshalBinary() ([]byte, error) {
 	}
 	e.Bool(p.HangUp)
 	e.String(p.Ptmx)
+	e.Bool(p.Reopen)
+	e.String(p.Path)
 	return e.B, nil
 }
 
@@ -203,6 +209,8 @@ func (p *PtyParams) UnmarshalBinary(b []byte) error {
 	}
 	p.HangUp = d.Bool()
 	p.Ptmx = d.String()
+	p.Reopen = d.Bool()
+	p.Path = d.String()
 	return d.Done()
 }
 
@@ -334,6 +342,9 @@ type ptyOpener struct {
 
 func (o *ptyOpener) Open(c *files.Context) (bool, error) {
 	p := &o.p
+	if p.Reopen {
+		return o.reopen(c)
+	}
 	mflags := uint32(unix.O_RDWR)
 	if len(p.Masters) > 0 {
 		mflags = p.Masters[0].Flags
@@ -421,6 +432,35 @@ func (o *ptyOpener) Open(c *files.Context) (bool, error) {
 			closeFDs(fds)
 			return false, fmt.Errorf("pty %d: file id %d: %w", p.Index, d.File, err)
 		}
+	}
+	return true, c.Adopt(o.ids, fds)
+}
+
+// reopen opens the slave descriptions of a shell job's terminal at the
+// caller's terminal, with O_NOCTTY: the caller's session already has it
+// as its controlling tty.
+func (o *ptyOpener) reopen(c *files.Context) (bool, error) {
+	p := &o.p
+	if p.Path == "" {
+		return false, fmt.Errorf("pty %d is the terminal of a shell job, and the restore has no terminal to give it (run it on a terminal)", p.Index)
+	}
+	fds := make([]int, 0, len(p.Slaves))
+	for _, d := range p.Slaves {
+		fl := int(d.Flags)&^(unix.O_CREAT|unix.O_EXCL|unix.O_TRUNC) | unix.O_NOCTTY | unix.O_CLOEXEC
+		fd, err := unix.Open(p.Path, fl, 0)
+		if err == nil {
+			if err = setStatus(fd, d.Flags); err == nil {
+				err = d.Fown.Apply(c, fd)
+			}
+			if err != nil {
+				unix.Close(fd)
+			}
+		}
+		if err != nil {
+			closeFDs(fds)
+			return false, fmt.Errorf("open the caller's terminal %s for file id %d: %w", p.Path, d.File, err)
+		}
+		fds = append(fds, fd)
 	}
 	return true, c.Adopt(o.ids, fds)
 }
@@ -590,24 +630,9 @@ type cttyOpener struct {
 
 func (o *cttyOpener) Open(c *files.Context) (bool, error) {
 	p := &o.p
-	fd := c.FD(p.Slave)
-	if fd < 0 {
-		return false, fmt.Errorf("controlling tty: slave file id %d of pty %d is not present", p.Slave, p.Index)
-	}
-	if err := unix.IoctlSetInt(fd, unix.TIOCSCTTY, 0); err != nil {
-		return false, fmt.Errorf("TIOCSCTTY pty %d (file id %d): %w", p.Index, p.Slave, err)
-	}
-	if p.PgrpTask != 0 {
-		pid := c.MapPid(p.PgrpTask)
-		if pid == 0 {
-			return false, fmt.Errorf("foreground group %d of pty %d: task %d is not in the restored tree", p.Pgrp, p.Index, p.PgrpTask)
-		}
-		pgid, err := unix.Getpgid(int(pid))
-		if err != nil {
-			return false, fmt.Errorf("foreground group %d of pty %d: getpgid %d: %w", p.Pgrp, p.Index, pid, err)
-		}
-		if err := unix.IoctlSetPointerInt(fd, unix.TIOCSPGRP, pgid); err != nil {
-			return false, fmt.Errorf("TIOCSPGRP %d (image group %d) on pty %d: %w", pgid, p.Pgrp, p.Index, err)
+	if p.Slave != 0 {
+		if err := o.setCtty(c); err != nil {
+			return false, err
 		}
 	}
 	dev := p.DevTTYDev
@@ -636,6 +661,33 @@ func (o *cttyOpener) Open(c *files.Context) (bool, error) {
 	return true, c.Adopt(o.ids, fds)
 }
 
+// setCtty makes the pty the controlling terminal of the task (a session
+// leader) and puts the recorded group in the foreground.
+func (o *cttyOpener) setCtty(c *files.Context) error {
+	p := &o.p
+	fd := c.FD(p.Slave)
+	if fd < 0 {
+		return fmt.Errorf("controlling tty: slave file id %d of pty %d is not present", p.Slave, p.Index)
+	}
+	if err := unix.IoctlSetInt(fd, unix.TIOCSCTTY, 0); err != nil {
+		return fmt.Errorf("TIOCSCTTY pty %d (file id %d): %w", p.Index, p.Slave, err)
+	}
+	if p.PgrpTask != 0 {
+		pid := c.MapPid(p.PgrpTask)
+		if pid == 0 {
+			return fmt.Errorf("foreground group %d of pty %d: task %d is not in the restored tree", p.Pgrp, p.Index, p.PgrpTask)
+		}
+		pgid, err := unix.Getpgid(int(pid))
+		if err != nil {
+			return fmt.Errorf("foreground group %d of pty %d: getpgid %d: %w", p.Pgrp, p.Index, pid, err)
+		}
+		if err := unix.IoctlSetPointerInt(fd, unix.TIOCSPGRP, pgid); err != nil {
+			return fmt.Errorf("TIOCSPGRP %d (image group %d) on pty %d: %w", pgid, p.Pgrp, p.Index, err)
+		}
+	}
+	return nil
+}
+
 // CurrentTTY returns the path of the calling process's controlling
 // terminal as seen in /proc/self/fd of its stdin, stdout or stderr, or ""
 // when none of them is a terminal.
@@ -658,7 +710,11 @@ func init() {
 			return nil, fmt.Errorf("pty parameters: %w", err)
 		}
 		n := len(o.p.Slaves)
-		if !o.p.HangUp {
+		if o.p.Reopen {
+			if len(o.p.Masters) != 0 {
+				return nil, fmt.Errorf("pty parameters: the caller's terminal with master descriptions")
+			}
+		} else if !o.p.HangUp {
 			n += len(o.p.Masters)
 			if len(o.p.Masters) != 1 {
 				return nil, fmt.Errorf("pty parameters: %d master descriptions, want 1", len(o.p.Masters))
