@@ -2,6 +2,7 @@ package restore
 
 import (
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 
@@ -245,6 +246,11 @@ func (pl *planner) planTTYs() error {
 					routes = append(routes, nil)
 					pl.deliver(li, g.cttySlave)
 				}
+			}
+		}
+		if !params.Reopen {
+			if _, err := os.Lstat(fmt.Sprintf("/dev/pts/%d", idx)); err == nil {
+				p.Warnings = append(p.Warnings, fmt.Sprintf("pty %d: /dev/pts/%d exists now: the restore needs that index free (a fresh devpts instance, mount -t devpts -o newinstance)", idx, idx))
 			}
 		}
 		specs[g], ids[g], sendTo[g] = params, fids, routes

@@ -144,12 +144,7 @@ const rawCC = "031c7f150400010011131a00120f1716000000"
 // a fresh devpts and checks every fact of its EXPECTED.md from outside.
 func TestPtyFixture(t *testing.T) {
 	needRoot(t)
-	dir := fixtureDir(t, "pty")
-	unlock, err := fdcheck.LockFixtures(filepath.Dir(dir), 2*time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(unlock)
+	dir := fixtureDir(t, "pty") // needs no file of /tmp/fdr-fixtures: no lock
 	pids := runCLIStopPts(t, dir)
 	c := &checker{t: t, pids: pids}
 	fds := append(stdio(2),
@@ -298,4 +293,154 @@ func TestMixedTTY(t *testing.T) {
 		t.Errorf("task 6 fd 0: %d bytes queued, want none", n)
 	}
 	c.ttyData(ref{2, 8}, "prompt$ ")
+}
+
+// ttyFacts is what a dump records of one tty fd, with pids mapped to
+// image pids, for comparing a dump with another.
+func ttyFacts(t *testing.T, set *images.Set, f *images.File, unmap map[int]uint32) string {
+	info := f.TTY.Info
+	tm := info.GetTermios()
+	var cc []byte
+	for i := 0; i < 19 && tm != nil; i++ {
+		cc = append(cc, byte(tm.GetCCc()[i/4]>>(8*(i%4))))
+	}
+	ws := info.GetWinsize()
+	mapPid := func(p uint32) uint32 {
+		if p == 0 {
+			return 0
+		}
+		if unmap == nil {
+			return p
+		}
+		if ip, ok := unmap[int(p)]; ok {
+			return ip
+		}
+		return 1<<32 - 1
+	}
+	return fmt.Sprintf("flags %#o type %s index %d locked %v excl %v pkt %v sid %d pgrp %d rdev %#x termios %#o/%#o/%#o/%#o/%d cc %x winsize %dx%d/%dx%d data %q",
+		f.Entry.GetTty().GetFlags()&^uint32(unix.O_LARGEFILE), info.GetType(), info.GetPty().GetIndex(), info.GetLocked(), info.GetExclusive(), info.GetPacketMode(),
+		mapPid(info.GetSid()), mapPid(info.GetPgrp()), info.GetRdev(),
+		tm.GetCIflag(), tm.GetCOflag(), tm.GetCCflag(), tm.GetCLflag(), tm.GetCLine(), cc,
+		ws.GetWsRow(), ws.GetWsCol(), ws.GetWsXpixel(), ws.GetWsYpixel(), f.TTY.Data)
+}
+
+// TestPtyFixtureRedump restores the CRIU fixture pty, dumps the restored
+// tree with `fdrestore dump --leave-running`, and checks that every tty
+// fact of the new images equals CRIU's (index, termios, window size,
+// packet mode, lock, exclusive mode, session, foreground group, queued
+// data both ways), and that the dump left the queued data in place.
+func TestPtyFixtureRedump(t *testing.T) {
+	needRoot(t)
+	dir := fixtureDir(t, "pty") // needs no file of /tmp/fdr-fixtures: no lock
+	pids := runCLIStopPts(t, dir)
+	img := t.TempDir()
+	out, err := exec.Command(cliBinary(t), "dump", "--leave-running", "-t", strconv.Itoa(pids[2]), "-D", img).CombinedOutput()
+	if err != nil {
+		t.Fatalf("fdrestore dump: %v\n%s", err, out)
+	}
+	a, err := images.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := images.Load(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unmap := map[int]uint32{}
+	for ip, p := range pids {
+		unmap[p] = ip
+	}
+	n := 0
+	for _, ta := range a.Tasks {
+		tb := b.TaskByPid[uint32(pids[ta.Pid])]
+		if tb == nil {
+			t.Fatalf("task %d (pid %d) is not in the new images", ta.Pid, pids[ta.Pid])
+		}
+		for _, fa := range ta.Fds.Fds {
+			fb := tb.Fds.Lookup(fa.Num)
+			if fb == nil {
+				t.Errorf("task %d fd %d: missing in the new images", ta.Pid, fa.Num)
+				continue
+			}
+			if fa.File.Type != fb.File.Type {
+				t.Errorf("task %d fd %d: type %s, CRIU's %s", ta.Pid, fa.Num, fb.File.Type, fa.File.Type)
+				continue
+			}
+			if fa.File.TTY == nil {
+				continue
+			}
+			n++
+			if x, y := ttyFacts(t, a, fa.File, nil), ttyFacts(t, b, fb.File, unmap); x != y {
+				t.Errorf("task %d fd %d:\n fdrestore: %s\n CRIU:      %s", ta.Pid, fa.Num, y, x)
+			}
+		}
+	}
+	if n != 6 {
+		t.Errorf("compared %d tty fds, want 6", n)
+	}
+	// --leave-running: the queued bytes are still there.
+	c := &checker{t: t, pids: pids}
+	c.ttyData(ref{3, 0}, "keys:42")
+	c.ttyData(ref{2, 3}, "out:5")
+}
+
+// TestPtyIndexTaken restores the fixture pty where pty index 0 is held by
+// another process: the restore fails, names the index and how to get a
+// free one, and leaves no process behind.
+func TestPtyIndexTaken(t *testing.T) {
+	needRoot(t)
+	dir := fixtureDir(t, "pty")
+	pm := filepath.Join(t.TempDir(), "pidmap.json")
+	before := map[int]bool{}
+	for _, p := range fdcheck.Descendants(os.Getpid()) {
+		before[p] = true
+	}
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+		`mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts /dev/pts && exec 9<>/dev/ptmx && exec "$0" "$@"`,
+		cliBinary(t), "restore", "-D", dir, "--leave-stopped", "-d", "--pid-map", pm)
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		m := map[string]int{}
+		if b, rerr := os.ReadFile(pm); rerr == nil && json.Unmarshal(b, &m) == nil {
+			var pids []int
+			for _, p := range m {
+				pids = append(pids, p)
+			}
+			fdcheck.KillAndReap(pids, 10*time.Second)
+		}
+		t.Fatalf("restore with pty index 0 taken succeeded:\n%s", out)
+	}
+	for _, want := range []string{"pty index in use", "index 0 (/dev/pts/0) is held by another pty", "newinstance"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("error does not say %q:\n%s", want, out)
+		}
+	}
+	for _, p := range fdcheck.Descendants(os.Getpid()) {
+		if !before[p] {
+			t.Errorf("process %d left behind (%s)", p, fdcheck.Exe(p))
+		}
+	}
+}
+
+// TestPtyPlanEdges checks that `fdrestore plan` prints the tty rules of
+// the fixture pty as stage-graph edges.
+func TestPtyPlanEdges(t *testing.T) {
+	dir := fixtureDir(t, "pty")
+	out, err := exec.Command(cliBinary(t), "plan", "-D", dir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("fdrestore plan: %v\n%s", err, out)
+	}
+	for _, want := range []string{
+		"pty /dev/pts/0 (pty, file ids [6 14]) at fd 3: created by task 2; sends file id 14 to task 3",
+		"pty /dev/pts/1 (pty, file ids [8 10]) at fds 5,6: created by task 2",
+		"ctty controlling tty of session 3 (pty 0): created by task 3",
+		"pty 1 slave Created in task 2 needs pty 1 master Restored in task 2 (pty slave after its master is restored)",
+		"controlling tty of session 3 (pty 0) Restored in task 3 needs session id 3 Created in task 3 (controlling tty after the session exists)",
+		"controlling tty of session 3 (pty 0) Restored in task 3 needs pty 0 master Restored in task 2 (controlling tty after every tty of its session leader is restored)",
+		"Restorable: yes",
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("plan does not print %q:\n%s", want, out)
+		}
+	}
 }
