@@ -120,7 +120,7 @@ func (t *T) checkTermios(fd int, set func(*unix.Termios)) {
 // pty00: one pty, both ends in the root. fd 3 = master, fd 4 = a slave
 // description (O_RDWR), fd 5 = a second slave description (O_RDONLY,
 // opened by path), fd 6 = fd 4 duplicated. Custom termios, a 33x99
-// window; "to-slave!" queued toward the slave and "to-master" toward the
+// window, the slave device owned by 1234:5 with mode 0640; "to-slave!" queued toward the slave and "to-master" toward the
 // master, both unread. After restore the root reads both, then writes
 // through each end and reads at the other.
 func init() {
@@ -159,6 +159,13 @@ func init() {
 				if err := unix.IoctlSetWinsize(m, unix.TIOCSWINSZ, &unix.Winsize{Row: 33, Col: 99, Xpixel: 7, Ypixel: 11}); err != nil {
 					return err
 				}
+				// The slave device's owner and mode.
+				if err := unix.Fchown(s, 1234, 5); err != nil {
+					return err
+				}
+				if err := unix.Fchmod(s, 0o640); err != nil {
+					return err
+				}
 				for _, p := range [][2]int{{m, 3}, {s, 4}, {s2, 5}} {
 					if err := t.Place(p[0], p[1]); err != nil {
 						return err
@@ -186,6 +193,10 @@ func init() {
 					t.Fail("the root has a controlling tty (tty_nr %#x); it must have none", nr)
 				}
 				t.checkTermios(4, myTermios)
+				var st unix.Stat_t
+				if t.Check(unix.Fstat(4, &st), "fstat 4") && (st.Uid != 1234 || st.Gid != 5 || st.Mode&0o7777 != 0o640) {
+					t.Fail("slave device: owner %d:%d mode %#o, want 1234:5 and 0640", st.Uid, st.Gid, st.Mode&0o7777)
+				}
 				if ws, err := unix.IoctlGetWinsize(5, unix.TIOCGWINSZ); t.Check(err, "TIOCGWINSZ") && *ws != (unix.Winsize{Row: 33, Col: 99, Xpixel: 7, Ypixel: 11}) {
 					t.Fail("winsize %+v, want 33x99 (7x11 pixels)", *ws)
 				}
