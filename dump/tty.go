@@ -141,8 +141,12 @@ func (s *state) readTTY(e *fdEnt, local int) (string, error) {
 	s.ttys.sides[key] = side
 	s.ttys.order = append(s.ttys.order, side)
 	if kind == "ctty" {
-		// Its session and foreground group are its holder's.
-		info.Sid, info.Pgrp = proto.Uint32(uint32(e.t.stat.sid)), proto.Uint32(uint32(e.t.stat.tpgid))
+		// Its session is its holder's; the foreground group is that
+		// of the session's terminal (finishTTYs).
+		info.Sid = proto.Uint32(uint32(e.t.stat.sid))
+		if e.t.stat.tpgid > 0 {
+			info.Pgrp = proto.Uint32(uint32(e.t.stat.tpgid))
+		}
 		return "", nil
 	}
 	tio, err := unix.IoctlGetTermios(local, unix.TCGETS)
@@ -215,6 +219,16 @@ func (s *state) finishTTYs() error {
 		case slave != nil:
 			if t := ctty[slave.info.GetRdev()]; t != nil {
 				side.info.Sid, side.info.Pgrp = proto.Uint32(uint32(t.stat.sid)), proto.Uint32(uint32(t.stat.tpgid))
+			}
+		}
+	}
+	// /dev/tty: the foreground group of the pty its session has as its
+	// controlling terminal, when the tree holds that pty.
+	if ct := s.ttys.sides[ttyKey{cttyIndex, true}]; ct != nil {
+		for _, side := range s.ttys.order {
+			if side.key.index != cttyIndex && side.info.GetSid() == ct.info.GetSid() && side.info.GetPgrp() != 0 {
+				ct.info.Pgrp = proto.Uint32(side.info.GetPgrp())
+				break
 			}
 		}
 	}

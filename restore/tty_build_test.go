@@ -3,6 +3,7 @@ package restore_test
 import (
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -78,7 +79,7 @@ func (ti *ttyImages) write(t *testing.T) string {
 	return dir
 }
 
-const rw = unix.O_RDWR | unix.O_LARGEFILE
+const rw = unix.O_RDWR | 0o100000 // O_LARGEFILE (0 in x/sys on amd64)
 
 // sessionsImages: root 10 (session 10) holds pty 0's master (fd 3) and a
 // slave (fd 4, not its ctty), and a hung-up slave of pty 1 (fd 6). Task
@@ -177,4 +178,18 @@ func TestTTYOrphanSlave(t *testing.T) {
 			t.Errorf("plan does not say %q:\n%s", want, out)
 		}
 	}
+}
+
+// TestTTYSessionsRedump restores sessionsImages, dumps the restored tree
+// with `fdrestore dump --leave-running` and checks that every tty fact of
+// the new images equals the original's.
+func TestTTYSessionsRedump(t *testing.T) {
+	needRoot(t)
+	dir := sessionsImages(t)
+	pids := runCLIStopPts(t, dir)
+	img := t.TempDir()
+	if out, err := exec.Command(cliBinary(t), "dump", "--leave-running", "-t", strconv.Itoa(pids[10]), "-D", img).CombinedOutput(); err != nil {
+		t.Fatalf("fdrestore dump: %v\n%s", err, out)
+	}
+	compareTTYImages(t, dir, img, pids, 4)
 }

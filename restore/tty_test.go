@@ -318,7 +318,7 @@ func ttyFacts(t *testing.T, set *images.Set, f *images.File, unmap map[int]uint3
 		return 1<<32 - 1
 	}
 	return fmt.Sprintf("flags %#o type %s index %d locked %v excl %v pkt %v sid %d pgrp %d rdev %#x termios %#o/%#o/%#o/%#o/%d cc %x winsize %dx%d/%dx%d data %q",
-		f.Entry.GetTty().GetFlags()&^uint32(unix.O_LARGEFILE), info.GetType(), info.GetPty().GetIndex(), info.GetLocked(), info.GetExclusive(), info.GetPacketMode(),
+		f.Entry.GetTty().GetFlags()&^0o100000 /* O_LARGEFILE */, info.GetType(), info.GetPty().GetIndex(), info.GetLocked(), info.GetExclusive(), info.GetPacketMode(),
 		mapPid(info.GetSid()), mapPid(info.GetPgrp()), info.GetRdev(),
 		tm.GetCIflag(), tm.GetCOflag(), tm.GetCCflag(), tm.GetCLflag(), tm.GetCLine(), cc,
 		ws.GetWsRow(), ws.GetWsCol(), ws.GetWsXpixel(), ws.GetWsYpixel(), f.TTY.Data)
@@ -338,46 +338,7 @@ func TestPtyFixtureRedump(t *testing.T) {
 	if err != nil {
 		t.Fatalf("fdrestore dump: %v\n%s", err, out)
 	}
-	a, err := images.Load(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := images.Load(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	unmap := map[int]uint32{}
-	for ip, p := range pids {
-		unmap[p] = ip
-	}
-	n := 0
-	for _, ta := range a.Tasks {
-		tb := b.TaskByPid[uint32(pids[ta.Pid])]
-		if tb == nil {
-			t.Fatalf("task %d (pid %d) is not in the new images", ta.Pid, pids[ta.Pid])
-		}
-		for _, fa := range ta.Fds.Fds {
-			fb := tb.Fds.Lookup(fa.Num)
-			if fb == nil {
-				t.Errorf("task %d fd %d: missing in the new images", ta.Pid, fa.Num)
-				continue
-			}
-			if fa.File.Type != fb.File.Type {
-				t.Errorf("task %d fd %d: type %s, CRIU's %s", ta.Pid, fa.Num, fb.File.Type, fa.File.Type)
-				continue
-			}
-			if fa.File.TTY == nil {
-				continue
-			}
-			n++
-			if x, y := ttyFacts(t, a, fa.File, nil), ttyFacts(t, b, fb.File, unmap); x != y {
-				t.Errorf("task %d fd %d:\n fdrestore: %s\n CRIU:      %s", ta.Pid, fa.Num, y, x)
-			}
-		}
-	}
-	if n != 6 {
-		t.Errorf("compared %d tty fds, want 6", n)
-	}
+	compareTTYImages(t, dir, img, pids, 6)
 	// --leave-running: the queued bytes are still there.
 	c := &checker{t: t, pids: pids}
 	c.ttyData(ref{3, 0}, "keys:42")
@@ -442,5 +403,52 @@ func TestPtyPlanEdges(t *testing.T) {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("plan does not print %q:\n%s", want, out)
 		}
+	}
+}
+
+// compareTTYImages compares the tty facts of every tty fd of the images
+// in dir with those of the same fd of the same task in img (a dump of
+// dir's restore, with pid map pids); want is the number of tty fds.
+func compareTTYImages(t *testing.T, dir, img string, pids map[uint32]int, want int) {
+	t.Helper()
+	a, err := images.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := images.Load(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unmap := map[int]uint32{}
+	for ip, p := range pids {
+		unmap[p] = ip
+	}
+	n := 0
+	for _, ta := range a.Tasks {
+		tb := b.TaskByPid[uint32(pids[ta.Pid])]
+		if tb == nil {
+			t.Fatalf("task %d (pid %d) is not in the new images", ta.Pid, pids[ta.Pid])
+		}
+		for _, fa := range ta.Fds.Fds {
+			fb := tb.Fds.Lookup(fa.Num)
+			if fb == nil {
+				t.Errorf("task %d fd %d: missing in the new images", ta.Pid, fa.Num)
+				continue
+			}
+			if fa.File.Type != fb.File.Type {
+				t.Errorf("task %d fd %d: type %s, CRIU's %s", ta.Pid, fa.Num, fb.File.Type, fa.File.Type)
+				continue
+			}
+			if fa.File.TTY == nil {
+				continue
+			}
+			n++
+			if x, y := ttyFacts(t, a, fa.File, nil), ttyFacts(t, b, fb.File, unmap); x != y {
+				t.Errorf("task %d fd %d:\n fdrestore: %s\n CRIU:      %s", ta.Pid, fa.Num, y, x)
+			}
+		}
+	}
+	if n != want {
+		t.Errorf("compared %d tty fds, want %d", n, want)
 	}
 }
