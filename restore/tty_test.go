@@ -15,6 +15,7 @@ import (
 
 	"github.com/fdrestore/fdrestore/images"
 	"github.com/fdrestore/fdrestore/internal/fdcheck"
+	"github.com/fdrestore/fdrestore/proto/criupb"
 	"github.com/fdrestore/fdrestore/restore"
 	"golang.org/x/sys/unix"
 )
@@ -264,35 +265,7 @@ func TestMixedTTY(t *testing.T) {
 		t.Logf("the full restore of mixed waits for the other types: %v", p.Err())
 		return
 	}
-	unlock, err := fdcheck.LockFixtures(filepath.Dir(dir), 2*time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(unlock)
-	d := mkFixtureDir(t, "mixed")
-	if err := os.WriteFile(filepath.Join(d, "shared.log"), []byte("mixed:root\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	c := &checker{t: t, pids: runCLIStopPts(t, dir)}
-	for _, task := range []uint32{2, 3, 4, 5} {
-		c.ctty(task, 0, 0)
-	}
-	c.ctty(6, ttyNr(136, 0), 6)
-	c.termios(ref{6, 0}, wantTermios{0o2400, 0o5, 0o277, 0o105073, rawCC})
-	c.winsize(ref{6, 0}, 24, 80)
-	for _, x := range []struct {
-		r    ref
-		req  uint
-		want int
-	}{{ref{2, 8}, unix.TIOCGPTN, 0}, {ref{2, 8}, unix.TIOCGPTLCK, 0}, {ref{2, 8}, unix.TIOCGPKT, 0}, {ref{2, 8}, unix.TIOCGSID, c.pid(6)}, {ref{2, 8}, unix.TIOCGPGRP, c.pid(6)}} {
-		if v, err := c.ioctlInt(x.r, x.req); err != nil || v != x.want {
-			t.Errorf("%s: ioctl %#x: %d (%v), want %d", x.r, x.req, v, err, x.want)
-		}
-	}
-	if n := c.queued(ref{6, 0}); n != 0 {
-		t.Errorf("task 6 fd 0: %d bytes queued, want none", n)
-	}
-	c.ttyData(ref{2, 8}, "prompt$ ")
+	checkMixedTTY(t, dir)
 }
 
 // ttyFacts is what a dump records of one tty fd, with pids mapped to
@@ -451,4 +424,98 @@ func compareTTYImages(t *testing.T, dir, img string, pids map[uint32]int, want i
 	if n != want {
 		t.Errorf("compared %d tty fds, want %d", n, want)
 	}
+}
+
+// checkMixedTTY restores the mixed fixture (or a copy of it) in a fresh
+// devpts and checks the tty facts of its EXPECTED.md from outside.
+func checkMixedTTY(t *testing.T, dir string) {
+	fixtures := filepath.Dir(fixtureDir(t, "mixed"))
+	unlock, err := fdcheck.LockFixtures(fixtures, 2*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(unlock)
+	d := mkFixtureDir(t, "mixed")
+	if err := os.WriteFile(filepath.Join(d, "shared.log"), []byte("mixed:root\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(filepath.Join(d, "shared.log"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := &checker{t: t, pids: runCLIStopPts(t, dir)}
+	for _, task := range []uint32{2, 3, 4, 5} {
+		c.ctty(task, 0, 0)
+	}
+	c.ctty(6, ttyNr(136, 0), 6)
+	c.termios(ref{6, 0}, wantTermios{0o2400, 0o5, 0o277, 0o105073, rawCC})
+	c.winsize(ref{6, 0}, 24, 80)
+	for _, x := range []struct {
+		r    ref
+		req  uint
+		want int
+	}{{ref{2, 8}, unix.TIOCGPTN, 0}, {ref{2, 8}, unix.TIOCGPTLCK, 0}, {ref{2, 8}, unix.TIOCGPKT, 0}, {ref{2, 8}, unix.TIOCGSID, c.pid(6)}, {ref{2, 8}, unix.TIOCGPGRP, c.pid(6)}} {
+		if v, err := c.ioctlInt(x.r, x.req); err != nil || v != x.want {
+			t.Errorf("%s: ioctl %#x: %d (%v), want %d", x.r, x.req, v, err, x.want)
+		}
+	}
+	if n := c.queued(ref{6, 0}); n != 0 {
+		t.Errorf("task 6 fd 0: %d bytes queued, want none", n)
+	}
+	c.ttyData(ref{2, 8}, "prompt$ ")
+}
+
+// TestMixedTTYOnly restores the mixed fixture without its unix sockets and
+// epoll (removed from a copy of the images), so that its tty part is
+// checked before those types are restorable.
+func TestMixedTTYOnly(t *testing.T) {
+	needRoot(t)
+	src := fixtureDir(t, "mixed")
+	dir := t.TempDir()
+	ents, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	drop := map[uint32]bool{}
+	_, files, err := images.ReadFile(filepath.Join(src, "files.img"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keep []*images.Entry
+	for _, e := range files {
+		fe := e.Msg.(*criupb.FileEntry)
+		if fe.GetType() == criupb.FdTypes_UNIXSK || fe.GetType() == criupb.FdTypes_EVENTPOLL {
+			drop[fe.GetId()] = true
+			continue
+		}
+		keep = append(keep, e)
+	}
+	if len(drop) != 3 {
+		t.Fatalf("dropped %d sockets and epolls, want 3", len(drop))
+	}
+	for _, de := range ents {
+		name := de.Name()
+		if !strings.HasSuffix(name, ".img") || name == "sk-queues.img" {
+			continue
+		}
+		k, es, err := images.ReadFile(filepath.Join(src, name), nil)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		switch {
+		case name == "files.img":
+			es = keep
+		case strings.HasPrefix(name, "fdinfo-"):
+			var kept []*images.Entry
+			for _, e := range es {
+				if !drop[e.Msg.(*criupb.FdinfoEntry).GetId()] {
+					kept = append(kept, e)
+				}
+			}
+			es = kept
+		}
+		if err := images.WriteFile(filepath.Join(dir, name), k, es); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkMixedTTY(t, dir)
 }
