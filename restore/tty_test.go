@@ -13,11 +13,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/checkpoint-restore/go-criu/v8/crit"
+	critcli "github.com/checkpoint-restore/go-criu/v8/crit/cli"
 	"github.com/fdrestore/fdrestore/images"
 	"github.com/fdrestore/fdrestore/internal/fdcheck"
 	"github.com/fdrestore/fdrestore/proto/criupb"
 	"github.com/fdrestore/fdrestore/restore"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/encoding/protojson"
 )
 
 // runCLIStopPts restores dir like runCLIStop, but in a new mount
@@ -384,6 +387,7 @@ func TestPtyPlanEdges(t *testing.T) {
 // dir's restore, with pid map pids); want is the number of tty fds.
 func compareTTYImages(t *testing.T, dir, img string, pids map[uint32]int, want int) {
 	t.Helper()
+	critCheckTTY(t, img)
 	a, err := images.Load(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -518,4 +522,45 @@ func TestMixedTTYOnly(t *testing.T) {
 		}
 	}
 	checkMixedTTY(t, dir)
+}
+
+// critCheckTTY decodes the tty images and files.img of a dump with
+// go-criu's crit (an independent decoder) and compares every entry with
+// ours.
+func critCheckTTY(t *testing.T, dir string) {
+	t.Helper()
+	for _, name := range []string{"files.img", "tty-info.img", "tty-data.img"} {
+		p := filepath.Join(dir, name)
+		f, err := os.Open(p)
+		if err != nil {
+			if name == "tty-data.img" && os.IsNotExist(err) {
+				continue
+			}
+			t.Fatal(err)
+		}
+		typ, err := critcli.GetEntryTypeFromImg(f)
+		if err != nil {
+			f.Close()
+			t.Fatalf("crit: %s: %v", name, err)
+		}
+		img, err := crit.New(f, nil, "", false, false).Decode(typ)
+		f.Close()
+		if err != nil {
+			t.Fatalf("crit: decode %s: %v", name, err)
+		}
+		_, ours, err := images.ReadFile(p, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(img.Entries) != len(ours) {
+			t.Fatalf("%s: crit decodes %d entries, we %d", name, len(img.Entries), len(ours))
+		}
+		for i, ce := range img.Entries {
+			cj, _ := protojson.MarshalOptions{UseProtoNames: true}.Marshal(ce.Message)
+			oj, _ := protojson.MarshalOptions{UseProtoNames: true}.Marshal(ours[i].Msg)
+			if strings.ReplaceAll(string(cj), " ", "") != strings.ReplaceAll(string(oj), " ", "") {
+				t.Errorf("%s entry %d: crit %s, ours %s", name, i, cj, oj)
+			}
+		}
+	}
 }

@@ -379,8 +379,16 @@ func (o *ptyOpener) Open(c *files.Context) (bool, error) {
 			return fail(fmt.Errorf("pty %d: open a slave: %w", p.Index, err))
 		}
 		slave = tmp
-		defer unix.Close(tmp)
 	}
+	// The temporary slave must be gone before Adopt, which may place a
+	// description on its number.
+	closeTmp := func() {
+		if tmp >= 0 {
+			unix.Close(tmp)
+			tmp = -1
+		}
+	}
+	defer closeTmp()
 	if !p.HangUp {
 		if err := o.restoreState(master, slave); err != nil {
 			return fail(fmt.Errorf("pty %d: %w", p.Index, err))
@@ -416,6 +424,7 @@ func (o *ptyOpener) Open(c *files.Context) (bool, error) {
 			}
 		}
 	}
+	closeTmp()
 	if p.HangUp {
 		unix.Close(master) // hangs the slaves up
 		master = -1
