@@ -82,7 +82,8 @@ func (ti *ttyImages) write(t *testing.T) string {
 const rw = unix.O_RDWR | 0o100000 // O_LARGEFILE (0 in x/sys on amd64)
 
 // sessionsImages: root 10 (session 10) holds pty 0's master (fd 3) and a
-// slave (fd 4, not its ctty), and a hung-up slave of pty 1 (fd 6). Task
+// slave (fd 4, not its ctty), a hung-up slave of pty 1 (fd 6), and the
+// master of pty 2 (fd 7), whose slave nobody holds. Task
 // 11 leads session 11, whose ctty is pty 0, without any fd of it; task
 // 12 (group 12, the foreground group, in session 11) holds /dev/tty at
 // fd 5.
@@ -94,7 +95,8 @@ func sessionsImages(t *testing.T) string {
 	s := ti.file(ti.pty(0, false, 11, 12, false), "/dev/pts/0", rw)
 	hup := ti.file(ti.pty(1, false, 0, 0, true), "/dev/pts/1", rw)
 	dev := ti.file(ti.ctty(11, 12), "/dev/tty", rw)
-	b.task(10, 0, 10, 10).fd(0, null, false).fd(3, m, false).fd(4, s, false).fd(6, hup, false)
+	m2 := ti.file(ti.pty(2, true, 0, 0, false), "/dev/ptmx", rw)
+	b.task(10, 0, 10, 10).fd(0, null, false).fd(3, m, false).fd(4, s, false).fd(6, hup, false).fd(7, m2, false)
 	b.task(11, 10, 11, 11).fd(0, null, false)
 	b.task(12, 11, 12, 11).fd(0, null, false).fd(5, dev, false)
 	return ti.write(t)
@@ -131,6 +133,7 @@ func TestTTYSessions(t *testing.T) {
 			{ref{10, 3}, rdwr, false, -1, "M0", "ptmx", "/dev/ptmx"},
 			{ref{10, 4}, rdwr, false, -1, "S0", "pts0", "/dev/pts/0"},
 			{ref{10, 6}, rdwr, false, -1, "S1", "pts1", "/dev/pts/1 (deleted)"},
+			{ref{10, 7}, rdwr, false, -1, "M2", "ptmx", "/dev/ptmx"},
 			{ref{11, 0}, rdwr, false, 0, "null", "null", "/dev/null"},
 			{ref{12, 0}, rdwr, false, 0, "null", "null", "/dev/null"},
 			{ref{12, 5}, rdwr, false, -1, "tty", "tty", "/dev/tty"},
@@ -141,6 +144,11 @@ func TestTTYSessions(t *testing.T) {
 	if sid, err := c.ioctlInt(ref{10, 3}, unix.TIOCGSID); err != nil || sid != c.pid(11) {
 		t.Errorf("pty 0: session %d (%v), want %d", sid, err, c.pid(11))
 	}
+	// pty 2: index and window size, set through a temporary slave.
+	if n, err := c.ioctlInt(ref{10, 7}, unix.TIOCGPTN); err != nil || n != 2 {
+		t.Errorf("task 10 fd 7: TIOCGPTN %d (%v), want 2", n, err)
+	}
+	c.winsize(ref{10, 7}, 24, 80)
 	// Task 12's /dev/tty is pty 0.
 	c.write(ref{12, 5}, "via-tty")
 	c.ttyData(ref{10, 3}, "via-tty")
@@ -191,5 +199,5 @@ func TestTTYSessionsRedump(t *testing.T) {
 	if out, err := exec.Command(cliBinary(t), "dump", "--leave-running", "-t", strconv.Itoa(pids[10]), "-D", img).CombinedOutput(); err != nil {
 		t.Fatalf("fdrestore dump: %v\n%s", err, out)
 	}
-	compareTTYImages(t, dir, img, pids, 4)
+	compareTTYImages(t, dir, img, pids, 5)
 }
