@@ -125,7 +125,15 @@ func TestShellJob(t *testing.T) {
 		t.Fatalf("cat before the dump: tty_nr %#x tpgid %d, want the pane's tty and its own group %d", nr0, tp0, cat)
 	}
 	img := t.TempDir()
-	out, err := exec.Command(bin, "dump", "--shell-job", "-t", strconv.Itoa(cat), "-D", img).CombinedOutput()
+	// Without --shell-job the dump refuses the job and leaves it running.
+	out, err := exec.Command(bin, "dump", "-t", strconv.Itoa(cat), "-D", img).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--shell-job") {
+		t.Fatalf("fdrestore dump of a shell job without --shell-job: %v, want a refusal that points to --shell-job:\n%s", err, out)
+	}
+	if s := procState(cat); s == '?' || s == 'Z' || s == 'T' {
+		t.Fatalf("cat after the refused dump: state %c, want running", s)
+	}
+	out, err = exec.Command(bin, "dump", "--shell-job", "-t", strconv.Itoa(cat), "-D", img).CombinedOutput()
 	if err != nil {
 		t.Fatalf("fdrestore dump --shell-job: %v\n%s", err, out)
 	}
