@@ -21,8 +21,8 @@ type ptyGroup struct {
 	slaves         []*images.File
 	master, slave  *images.TTY
 	creator        int    // task index
-	cttyFor        int    // session leader task index whose ctty it is, -1
 	cttySlave      uint32 // slave description the leader sets it through
+	several        bool   // the index names several ptys (several devpts instances)
 	restoredMaster uint32 // file id whose Restored node stands for the pty
 }
 
@@ -114,20 +114,18 @@ func (pl *planner) planTTYs() error {
 			idx := info.GetPty().GetIndex()
 			g := ptys[idx]
 			if g == nil {
-				g = &ptyGroup{index: idx, cttyFor: -1}
+				g = &ptyGroup{index: idx}
 				ptys[idx] = g
 			}
+			// Two entries of one side (or two master descriptions)
+			// with one index: ptys of several devpts instances.
 			if isPtyMaster(info) {
 				g.masters = append(g.masters, f)
-				if g.master != nil && g.master != f.TTY {
-					return fmt.Errorf("tty-info.img: pty %d has two master entries (tty ids %d and %d)", idx, g.master.Info.GetId(), info.GetId())
-				}
+				g.several = g.several || (g.master != nil && g.master != f.TTY) || len(g.masters) > 1
 				g.master = f.TTY
 			} else {
 				g.slaves = append(g.slaves, f)
-				if g.slave != nil && g.slave != f.TTY {
-					return fmt.Errorf("tty-info.img: pty %d has two slave entries (tty ids %d and %d)", idx, g.slave.Info.GetId(), info.GetId())
-				}
+				g.several = g.several || (g.slave != nil && g.slave != f.TTY)
 				g.slave = f.TTY
 			}
 		case criupb.TtyType_CTTY:
@@ -153,23 +151,29 @@ func (pl *planner) planTTYs() error {
 	nextID := maxID + 1
 	var shellPty *ptyGroup // the shell's terminal, with ShellJob
 	specs := map[*ptyGroup]*tty.PtyParams{}
-	sendTo := map[*ptyGroup][][]uint32{}
 	ids := map[*ptyGroup][]uint32{}
 	for _, idx := range idxs {
 		g := ptys[idx]
-		if len(g.masters) > 1 {
-			return fmt.Errorf("files.img: pty %d has %d master descriptions (file ids %v); a pty has one", idx, len(g.masters), fileIDs(g.masters))
+		if g.several {
+			for _, f := range append(slices.Clone(g.masters), g.slaves...) {
+				for _, fd := range f.Fds {
+					p.Unsupported = append(p.Unsupported, fmt.Sprintf("task %s fd %d: %s: pty index %d belongs to several ptys (of several devpts instances), which is not supported", pids(fd.Table.Tasks), fd.Num, f.Name(), idx))
+				}
+			}
+			continue
 		}
 		var all []int
+		inFlight := false
 		for _, f := range append(slices.Clone(g.masters), g.slaves...) {
 			hs := pl.holders(f)
 			if len(hs) == 0 {
 				p.Unsupported = append(p.Unsupported, fmt.Sprintf("pty %d: %s exists only in flight (in a unix socket queue)", idx, f.Name()))
+				inFlight = true
 				continue
 			}
 			all = append(all, hs...)
 		}
-		if len(all) == 0 {
+		if len(all) == 0 || inFlight {
 			continue
 		}
 		params := &tty.PtyParams{Index: idx, Master: sideFrom(g.master), Slave: sideFrom(g.slave)}
@@ -227,7 +231,6 @@ func (pl *planner) planTTYs() error {
 				return fmt.Errorf("tty-info.img: session %d has two controlling terminals (ptys %d and %d)", sid, sessions[sid].pty.index, idx)
 			default:
 				li := pl.taskIx[leader]
-				g.cttyFor = li
 				sessions[sid] = &session{leader: li, pty: g, pgrp: pgrp}
 				sids = append(sids, sid)
 				for _, f := range g.slaves {
@@ -253,7 +256,7 @@ func (pl *planner) planTTYs() error {
 				p.Warnings = append(p.Warnings, fmt.Sprintf("pty %d: /dev/pts/%d exists now: the restore needs that index free (a fresh devpts instance, mount -t devpts -o newinstance)", idx, idx))
 			}
 		}
-		specs[g], ids[g], sendTo[g] = params, fids, routes
+		specs[g], ids[g] = params, fids
 		kind := "pty"
 		switch {
 		case params.HangUp:
@@ -274,6 +277,10 @@ func (pl *planner) planTTYs() error {
 	devBySid := map[uint32][]*images.File{}
 	var shellDev []*images.File // /dev/tty of the caller's session (ShellJob)
 	for _, f := range devTTY {
+		if len(pl.holders(f)) == 0 {
+			p.Unsupported = append(p.Unsupported, fmt.Sprintf("%s: /dev/tty exists only in flight (in a unix socket queue)", f.Name()))
+			continue
+		}
 		sid := f.TTY.Info.GetSid()
 		if sid == 0 {
 			if hs := pl.holders(f); len(hs) > 0 {
