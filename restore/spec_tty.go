@@ -324,9 +324,18 @@ func (pl *planner) planTTYs() error {
 		}
 	}
 	slices.Sort(sids)
+	members := map[uint32][]*images.Task{}
+	for _, t := range set.Tasks {
+		if sessions[t.Sid] != nil && t.Sid != t.Pid {
+			members[t.Sid] = append(members[t.Sid], t)
+		}
+	}
 	for _, sid := range sids {
 		s := sessions[sid]
 		leader := set.Tasks[s.leader]
+		if m := members[sid]; len(m) > 0 {
+			p.Warnings = append(p.Warnings, fmt.Sprintf("session %d: only its leader gets pty %d back as its controlling terminal; tasks %s of the session have none in /proc/PID/stat and cannot open /dev/tty (a process gets a controlling terminal only by forking from one that has it)", sid, s.pty.index, pids(m)))
+		}
 		params := tty.CttyParams{Slave: s.pty.cttySlave, Index: s.pty.index, Pgrp: s.pgrp}
 		if s.pgrp != 0 {
 			if t := set.TaskByPid[s.pgrp]; t != nil && t.Pgid == s.pgrp {

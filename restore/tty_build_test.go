@@ -118,6 +118,7 @@ func TestTTYSessions(t *testing.T) {
 	for _, want := range []string{
 		"ctty controlling tty of session 11 (pty 0): created by task 11; sends file id 9 to task 12",
 		"hung-up pty",
+		"session 11: only its leader gets pty 0 back as its controlling terminal; tasks 12 of the session have none",
 		"Created in task 11 needs controlling tty of session 11 (pty 0) Restored in task 11 (/dev/tty after the controlling tty is set)",
 		"Restorable: yes",
 	} {
