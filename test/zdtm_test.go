@@ -57,6 +57,7 @@ var scenarios = []spec{
 	{name: "pty02", nsOnly: true},
 	{name: "pty03", nsOnly: true},
 	{name: "pty04", nsOnly: true},
+	{name: "pty05", nsOnly: true},
 	{name: "crfail-epoll", crfail: true,
 		crfailError: `^fdrestore: dump refused, the tree was left running unchanged: ` +
 			`pid {pid:root} fd 3: eventpoll is not supported \(anon_inode:\[eventpoll\]\)$`},

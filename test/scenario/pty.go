@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"os/signal"
 	"strings"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -495,6 +497,131 @@ func init() {
 		},
 		"job": {
 			Fds: std(),
+		},
+	})
+}
+
+// readUntil reads from a tty fd until what it read ends with suffix (within
+// the I/O timeout).
+func readUntil(fd int, suffix string) (string, error) {
+	var got []byte
+	buf := make([]byte, 256)
+	deadline := time.Now().Add(ioTimeout)
+	for !strings.HasSuffix(string(got), suffix) {
+		if err := pollIn(fd, deadline); err != nil {
+			return string(got), err
+		}
+		n, err := unix.Read(fd, buf)
+		if err == unix.EINTR || err == unix.EAGAIN {
+			continue
+		}
+		if err != nil {
+			return string(got), err
+		}
+		got = append(got, buf[:n]...)
+	}
+	return string(got), nil
+}
+
+// pty05: a shell session with a foreground job. The root holds the
+// master (fd 3). "sh" leads a session with the pty as its controlling
+// terminal (fds 0-2) and runs "job" in a process group of its own, which
+// it puts in the foreground; job's fds 0-2 are the slave too. The root
+// typed "typed\n" (canonical mode, echo on), which waits for job. After
+// restore: job reads the line and answers; the root then types ^C, which
+// the line discipline turns into SIGINT for the foreground group: job
+// gets it (the job's group is the terminal's foreground group again) and
+// says so; sh sees job's group in the foreground.
+func init() {
+	intr := make(chan os.Signal, 4)
+	catchIntr := func(*T) error { signal.Notify(intr, unix.SIGINT); return nil }
+	register("pty05", map[string]*Role{
+		"root": {
+			Fds:      std(3),
+			Children: children("sh"),
+			Setup: func(t *T) error {
+				m, err := t.openPtmx()
+				if err != nil {
+					return err
+				}
+				s, err := t.openPeer(m, unix.O_RDWR)
+				if err != nil {
+					return err
+				}
+				if err := t.Place(m, 3); err != nil {
+					return err
+				}
+				if err := t.Place(s, 5); err != nil {
+					return err
+				}
+				unix.CloseOnExec(5)
+				if _, err := t.Spawn("sh", &SpawnOpts{Stdio: [3]int{5, 5, 5}}); err != nil {
+					return err
+				}
+				unix.Close(5)
+				if err := WriteAll(3, []byte("typed\n")); err != nil {
+					return err
+				}
+				_, err = readUntil(3, "typed\r\n") // the echo
+				return err
+			},
+			Verify: func(t *T) {
+				got, err := readUntil(3, "job-read\r\n")
+				if !t.Check(err, "wait for job's answer") {
+					return
+				}
+				if got != "job-read\r\n" {
+					t.Fail("before job's answer the master had %q", got)
+				}
+				if t.Check(WriteAll(3, []byte{0x03}), "type ^C") {
+					_, err := readUntil(3, "got-int\r\n")
+					t.Check(err, "wait for job's SIGINT report")
+				}
+			},
+		},
+		"sh": {
+			Fds:      std(),
+			Children: children("job"),
+			Setup: func(t *T) error {
+				unix.Close(3) // the root's master, inherited
+				if _, err := unix.Setsid(); err != nil {
+					return err
+				}
+				if err := unix.IoctlSetInt(0, unix.TIOCSCTTY, 0); err != nil {
+					return fmt.Errorf("TIOCSCTTY: %w", err)
+				}
+				p, err := t.Spawn("job", &SpawnOpts{Setpgid: true})
+				if err != nil {
+					return err
+				}
+				return unix.IoctlSetPointerInt(0, unix.TIOCSPGRP, p.Pid)
+			},
+			BeforeChildren: func(t *T) {
+				job := t.Child("job")
+				if v, err := ioctlGet(0, unix.TIOCGPGRP); t.Check(err, "tcgetpgrp") && v != job {
+					t.Fail("foreground group %d, want job's %d", v, job)
+				}
+				if nr, tp, err := ctty(); t.Check(err, "stat") && (nr == 0 || tp != job) {
+					t.Fail("/proc/self/stat: tty_nr %#x tpgid %d, want the pty and job's group %d", nr, tp, job)
+				}
+			},
+		},
+		"job": {
+			Fds:       std(),
+			Setup:     catchIntr,
+			AfterExec: catchIntr,
+			Verify: func(t *T) {
+				t.readTTY(0, "the typed line", "typed\n")
+				if !t.Check(WriteAll(1, []byte("job-read\n")), "answer") {
+					return
+				}
+				select {
+				case <-intr:
+					t.Check(WriteAll(1, []byte("got-int\n")), "report SIGINT")
+				case <-after(ioTimeout):
+					t.Fail("no SIGINT from ^C on the terminal")
+				}
+			},
 		},
 	})
 }
