@@ -226,13 +226,14 @@ func init() {
 // leader, no controlling tty) holds the master at fd 3. Child "sh" calls
 // setsid, takes the slave (fds 0, 1, 2, one description) as its
 // controlling terminal and opens /dev/tty at fd 3. The terminal is in
-// canonical mode with echo: the root typed "ls -l\n", which waits for sh
-// and was echoed; sh printed "$ " and "hi\n". After restore: sh's
-// session, foreground group and ctty are back (tcgetsid, tcgetpgrp,
-// /proc/self/stat), sh reads the typed line, and what it writes on
-// /dev/tty reaches the root's master.
+// canonical mode with echo: the root typed "ls -l\npart" (a line and the
+// start of the next), which waits for sh and was echoed; sh printed "$ "
+// and "hi\n". After restore: sh's session, foreground group and ctty are
+// back (tcgetsid, tcgetpgrp, /proc/self/stat); the root types "ial\n" and
+// sh reads "ls -l\n" and "partial\n"; what sh writes on /dev/tty reaches
+// the root's master.
 func init() {
-	const typed, echo, out = "ls -l\n", "ls -l\r\n", "$ hi\r\n"
+	const typed, echo, out = "ls -l\npart", "ls -l\r\npart", "$ hi\r\n"
 	register("pty01", map[string]*Role{
 		"root": {
 			Fds:      std(3),
@@ -268,12 +269,13 @@ func init() {
 			},
 			BeforeChildren: func(t *T) {
 				t.readTTY(3, "output and echo queued at the master", out+echo)
+				t.Check(WriteAll(3, []byte("ial\n")), "type the end of the line")
 			},
 			Verify: func(t *T) {
 				if nr, _, err := ctty(); t.Check(err, "stat") && nr != 0 {
 					t.Fail("the root has a controlling tty (tty_nr %#x); it must have none", nr)
 				}
-				t.readTTY(3, "what sh wrote after restore", "after\r\n")
+				t.readTTY(3, "the echo, then what sh wrote after restore", "ial\r\nafter\r\n")
 			},
 		},
 		"sh": {
@@ -316,7 +318,8 @@ func init() {
 				if t.Check(err, "TCGETS") && (tio.Lflag&(unix.ICANON|unix.ECHO|unix.ISIG) != unix.ICANON|unix.ECHO|unix.ISIG || tio.Oflag&(unix.OPOST|unix.ONLCR) != unix.OPOST|unix.ONLCR) {
 					t.Fail("termios lflag %#o oflag %#o, want canonical mode with echo and output processing", tio.Lflag, tio.Oflag)
 				}
-				t.readTTY(0, "the typed line", typed)
+				t.readTTY(0, "the typed line", "ls -l\n")
+				t.readTTY(0, "the line completed after restore", "partial\n")
 				t.Check(WriteAll(3, []byte("after\n")), "write /dev/tty")
 			},
 		},
