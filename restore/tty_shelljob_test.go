@@ -101,7 +101,8 @@ func childOf(t *testing.T, p *tmuxPane, pid int, comm string) int {
 	return found
 }
 
-// TestShellJob runs `cat` as a job of an interactive bash in a tmux pane,
+// TestShellJob runs `cat </dev/tty` as a job of an interactive bash in a
+// tmux pane (fd 0 is /dev/tty, fds 1 and 2 the pane's pty slave),
 // dumps it with `fdrestore dump --shell-job` (bash and its terminal stay
 // outside the tree), then runs `fdrestore restore --shell-job
 // --exec-recorded` in the same pane: the restored cat has the pane's
@@ -112,12 +113,12 @@ func TestShellJob(t *testing.T) {
 	needRoot(t)
 	bin := cliBinary(t)
 	p, bash := startTmux(t)
-	p.keys("cat", "Enter")
+	p.keys("cat </dev/tty", "Enter")
 	cat := childOf(t, p, bash, "cat")
 	p.keys("before", "Enter")
 	p.waitScreen("before", 2)
 	var st0 unix.Stat_t
-	if err := unix.Stat("/proc/"+strconv.Itoa(cat)+"/fd/0", &st0); err != nil {
+	if err := unix.Stat("/proc/"+strconv.Itoa(cat)+"/fd/1", &st0); err != nil {
 		t.Fatal(err)
 	}
 	nr0, tp0 := ttyStat(t, cat)
@@ -158,9 +159,13 @@ func TestShellJob(t *testing.T) {
 		t.Errorf("restored cat: group %d, foreground group %d; want both fdrestore's job group %d", st.Pgrp, tp, fdr)
 	}
 	for fd := 0; fd < 3; fd++ {
+		want := st0.Rdev // the pane's terminal
+		if fd == 0 {
+			want = unix.Mkdev(5, 0) // /dev/tty
+		}
 		var s unix.Stat_t
-		if err := unix.Stat("/proc/"+strconv.Itoa(rcat)+"/fd/"+strconv.Itoa(fd), &s); err != nil || s.Rdev != st0.Rdev {
-			t.Errorf("restored cat fd %d: device %#x (%v), want the pane's %#x", fd, s.Rdev, err, st0.Rdev)
+		if err := unix.Stat("/proc/"+strconv.Itoa(rcat)+"/fd/"+strconv.Itoa(fd), &s); err != nil || s.Rdev != want {
+			t.Errorf("restored cat fd %d: device %#x (%v), want %#x", fd, s.Rdev, err, want)
 		}
 	}
 	// Job control: Ctrl-Z stops the job, fg brings it back.
