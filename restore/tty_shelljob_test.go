@@ -9,7 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fdrestore/fdrestore/images"
 	"github.com/fdrestore/fdrestore/internal/fdcheck"
+	"github.com/fdrestore/fdrestore/restore"
 	"golang.org/x/sys/unix"
 )
 
@@ -191,4 +193,37 @@ func procState(pid int) byte {
 		return '?'
 	}
 	return st.State
+}
+
+// TestShellJobTree plans a shell job that was a pipeline: the root (30)
+// and 31 in group 29 (its leader, the shell's other child, not dumped),
+// 32 in a group of its own, all in the shell's session 28. With
+// ShellJob the root and 31 stay in the caller's job group (no stand-in,
+// no setpgid), 32 gets its own group; without it the plan is refused
+// and points to --shell-job.
+func TestShellJobTree(t *testing.T) {
+	b := newImgBuilder()
+	null := b.devNull(0)
+	b.task(30, 0, 29, 28).fd(0, null, false)
+	b.task(31, 30, 29, 28).fd(0, null, false)
+	b.task(32, 30, 32, 28).fd(0, null, false)
+	set, err := images.Load(b.write(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := restore.NewPlan(set, restore.PlanOptions{}); err == nil || !strings.Contains(err.Error(), "--shell-job") {
+		t.Errorf("plan without ShellJob: %v, want a refusal that points to --shell-job", err)
+	}
+	p, err := restore.NewPlan(set, restore.PlanOptions{ShellJob: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var steps []string
+	for _, op := range p.TreeOps {
+		steps = append(steps, op.Describe(p.Procs))
+	}
+	want := []string{"spawn task 30 from the coordinator", "spawn task 31 from task 30", "spawn task 32 from task 30", "task 32 leads a new process group"}
+	if strings.Join(steps, "; ") != strings.Join(want, "; ") {
+		t.Errorf("tree steps:\n  %s\nwant\n  %s", strings.Join(steps, "\n  "), strings.Join(want, "\n  "))
+	}
 }
