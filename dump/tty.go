@@ -318,7 +318,9 @@ func peekPty(master, slave *ttySide) error {
 }
 
 // drain reads everything readable on fd without ever blocking; bytes
-// still in the tty's flip buffer get a short grace period to arrive.
+// still in the tty's flip buffer (pushed to the line discipline by a
+// kernel work item, which runs while the tree is frozen) get a grace
+// period of 2 ms to arrive.
 func drain(fd int) ([]byte, error) {
 	var out []byte
 	buf := make([]byte, 4096)
@@ -327,7 +329,7 @@ func drain(fd int) ([]byte, error) {
 		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
 		timeout := 0
 		if grace {
-			timeout = 10
+			timeout = 2
 		}
 		n, err := unix.Poll(pfd, timeout)
 		if err == unix.EINTR {

@@ -1,6 +1,7 @@
 package restore
 
 import (
+	"cmp"
 	"fmt"
 	"os"
 	"slices"
@@ -262,7 +263,7 @@ func (pl *planner) planTTYs() error {
 		case params.HangUp:
 			kind = "hung-up pty"
 		case params.Reopen:
-			kind = "the caller's terminal " + cmpOr(params.Path, "(at restore)") + " for pty"
+			kind = "the caller's terminal " + cmp.Or(params.Path, "(at restore)") + " for pty"
 		}
 		data, err := params.MarshalBinary()
 		spec := files.OpenSpec{Type: tty.PtyType, Files: fids, SendTo: routes, Data: data,
@@ -441,11 +442,4 @@ func (pl *planner) cttyEdges(sid uint32, leader int, g *ptyGroup, held, dev []*i
 		}
 		return nil
 	}
-}
-
-func cmpOr(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }
