@@ -33,6 +33,8 @@ type planner struct {
 	// deliveries are descriptions a task needs without holding them
 	// itself (an epoll's targets, a queue's files in flight).
 	deliveries []delivery
+
+	epolls []*epollPlan // spec_epoll.go
 }
 
 // delivery asks that description file be present in task.
@@ -129,6 +131,14 @@ func (pl *planner) planFile(f *images.File) error {
 		return pl.add(c, spec, err)
 	case criupb.FdTypes_PIPE:
 		return pl.planPipe(f.Pipe)
+	case criupb.FdTypes_EVENTPOLL:
+		return pl.planEpoll(f)
+	case criupb.FdTypes_EVENTFD:
+		return pl.planEventfd(f)
+	case criupb.FdTypes_SIGNALFD:
+		return pl.planSignalfd(f)
+	case criupb.FdTypes_TIMERFD:
+		return pl.planTimerfd(f)
 	case criupb.FdTypes_FIFO:
 		if len(hs) == 0 {
 			p.Unsupported = append(p.Unsupported, fmt.Sprintf("FIFO file id %d exists only in flight (in a unix socket queue)", f.ID))
