@@ -35,6 +35,10 @@ type planner struct {
 	deliveries []delivery
 
 	epolls []*epollPlan // spec_epoll.go
+
+	// unsup holds the ids of files listed as unsupported: a delivery of
+	// one is not an error (the plan cannot run anyway).
+	unsup map[uint32]bool
 }
 
 // delivery asks that description file be present in task.
@@ -162,6 +166,10 @@ func (pl *planner) planFile(f *images.File) error {
 // unsupported lists every fd of f as not restorable.
 func (pl *planner) unsupported(f *images.File) {
 	p := pl.p
+	if pl.unsup == nil {
+		pl.unsup = map[uint32]bool{}
+	}
+	pl.unsup[f.ID] = true
 	if len(f.Fds) == 0 {
 		p.Unsupported = append(p.Unsupported, fmt.Sprintf("%s: type %s is not supported yet (it exists only in flight)", f.Name(), f.Type))
 	}
@@ -258,6 +266,9 @@ func (pl *planner) resolveDeliveries() error {
 	pl.deliveries = slices.Compact(pl.deliveries)
 	for _, d := range pl.deliveries {
 		src, ok := published[d.file]
+		if !ok && pl.unsup[d.file] {
+			continue // listed in Unsupported
+		}
 		if !ok {
 			return fmt.Errorf("plan: task %d needs file id %d, which no task creates", pl.set.Tasks[d.task].Pid, d.file)
 		}

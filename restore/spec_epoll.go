@@ -174,6 +174,9 @@ func (pl *planner) epollEdges(g *files.Graph) error {
 		g.Need(restored, g.Node(files.Object{ID: obj, Name: ep.name, Owner: cpid}, files.StageCreated), "epoll registrations after the epoll set exists")
 		for _, t := range ep.targets {
 			tc := creators[t]
+			if tc < 0 && pl.unsup[t] {
+				continue // listed in Unsupported: the plan cannot run
+			}
 			if tc < 0 {
 				return fmt.Errorf("plan %s: target file id %d is created by no task", ep.name, t)
 			}
