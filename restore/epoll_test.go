@@ -387,3 +387,44 @@ func loadSet(t testing.TB, dir string) *images.Set {
 	}
 	return set
 }
+
+// TestEpollManyTargets restores an epoll set with 3,000 registrations
+// (eventfds, half of them registered through numbers that are free in the
+// creating task, a child with the lower pid) and checks them in fdinfo.
+func TestEpollManyTargets(t *testing.T) {
+	needRoot(t)
+	const n = 3000
+	b := newImgBuilder()
+	a := b.task(20, 0, 20, 20)
+	c := b.task(10, 20, 20, 20)
+	var regs []epReg
+	ids := make([]uint32, n)
+	for i := range ids {
+		ids[i] = b.eventfd(uint64(i), 0, false)
+		regs = append(regs, epReg{uint32(10 + i), epIn | epErrHup, uint64(i)})
+	}
+	ep := b.epoll(0, regs...)
+	for i, id := range ids {
+		a.fd(uint32(10+i), id, false)
+		// The last one too: a number above the child's highest fd would
+		// be its helper's own (service area), and registered elsewhere.
+		if i%2 == 0 || i == n-1 {
+			c.fd(uint32(10+i), id, false)
+		}
+	}
+	a.fd(5, ep, false)
+	c.fd(5, ep, false)
+	dir := b.write(t)
+	start := time.Now()
+	res := runStop(t, dir)
+	t.Logf("restored %d registrations in %v", n, time.Since(start))
+	got := epollRegs(t, res.PidMap[10], 5)
+	if len(got) != n {
+		t.Fatalf("%d registrations, want %d", len(got), n)
+	}
+	for i, r := range got {
+		if r != regs[i] {
+			t.Fatalf("registration %d: %+v, want %+v", i, r, regs[i])
+		}
+	}
+}

@@ -49,7 +49,11 @@ func sameFile(target *images.File, ino uint64) bool {
 // the number is missing there, or holds a file whose recorded inode is not
 // the registration's, the target is looked for by inode among the table's
 // files.
-func resolveTarget(f *images.File, table *images.FdTable, i int, t *criupb.EventpollTfdEntry) (*images.File, error) {
+//
+// byInode indexes the table's files by inode; resolveTarget builds it on
+// first use, so that a set of many stale registrations costs one pass over
+// the table.
+func resolveTarget(f *images.File, table *images.FdTable, byInode *map[uint64][]*images.File, i int, t *criupb.EventpollTfdEntry) (*images.File, error) {
 	if fd := table.Lookup(t.GetTfd()); fd != nil && sameFile(fd.File, t.GetInode()) {
 		return fd.File, nil
 	}
@@ -57,12 +61,15 @@ func resolveTarget(f *images.File, table *images.FdTable, i int, t *criupb.Event
 	if t.GetInode() == 0 {
 		return nil, entryErr(f, field+".tfd", "target fd %d is not open in the task that dumped the epoll, and no inode is recorded to find the target by", t.GetTfd())
 	}
-	var found []*images.File
-	for _, fd := range table.Fds {
-		if ino, ok := fileInode(fd.File); ok && ino == t.GetInode() && !slices.Contains(found, fd.File) {
-			found = append(found, fd.File)
+	if *byInode == nil {
+		*byInode = map[uint64][]*images.File{}
+		for _, fd := range table.Fds {
+			if ino, ok := fileInode(fd.File); ok && !slices.Contains((*byInode)[ino], fd.File) {
+				(*byInode)[ino] = append((*byInode)[ino], fd.File)
+			}
 		}
 	}
+	found := (*byInode)[t.GetInode()]
 	switch len(found) {
 	case 1:
 		return found[0], nil
@@ -104,8 +111,10 @@ func (pl *planner) planEpoll(f *images.File) error {
 	rp := epoll.RegParams{Epoll: f.ID, Regs: make([]epoll.Reg, 0, len(e.GetTfd()))}
 	needs := []uint32{f.ID}
 	ep := &epollPlan{file: f, creator: c, name: name}
+	seen := make(map[uint32]bool, len(e.GetTfd()))
+	var byInode map[uint64][]*images.File
 	for i, t := range e.GetTfd() {
-		target, err := resolveTarget(f, dumper, i, t)
+		target, err := resolveTarget(f, dumper, &byInode, i, t)
 		if err != nil {
 			return err
 		}
@@ -116,6 +125,10 @@ func (pl *planner) planEpoll(f *images.File) error {
 		switch cfd := ctable.Lookup(r.Tfd); {
 		case cfd == nil:
 			r.Mode = epoll.ModeFree
+			if int(r.Tfd) > ctable.MaxFd() {
+				p.Warnings = append(p.Warnings, fmt.Sprintf("%s: target %s was registered as fd %d, above task %d's highest fd: if the restore helper's own fds sit there, it is registered through another number (logged)",
+					name, target.Name(), r.Tfd, pl.set.Tasks[c].Pid))
+			}
 		case cfd.File == target:
 			r.Mode = epoll.ModeAt
 		default:
@@ -128,7 +141,8 @@ func (pl *planner) planEpoll(f *images.File) error {
 				name, target.Name(), r.Events))
 		}
 		rp.Regs = append(rp.Regs, r)
-		if !slices.Contains(ep.targets, target.ID) {
+		if !seen[target.ID] {
+			seen[target.ID] = true
 			ep.targets = append(ep.targets, target.ID)
 			needs = append(needs, target.ID)
 			pl.deliver(c, target.ID)
