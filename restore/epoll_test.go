@@ -428,3 +428,50 @@ func TestEpollManyTargets(t *testing.T) {
 		}
 	}
 }
+
+// TestEpollTargetMissingInDumper plans an epoll shared by two tasks whose
+// tfd is open only in the second: the number means nothing in the first
+// holder (the task that dumped the epoll), so the target is found there by
+// inode, or the plan fails naming the field.
+func TestEpollTargetMissingInDumper(t *testing.T) {
+	build := func(rootHolds bool, inode uint64) string {
+		b := newImgBuilder()
+		a := b.task(1, 0, 1, 1)
+		c := b.task(2, 1, 1, 1)
+		r, w := b.pipe(nil, 0, 0, 0) // pipe_id 900000
+		ep := b.epoll(0, epReg{9, epIn, 0x9})
+		b.files[len(b.files)-1].Epfd.Tfd[0].Inode = proto.Uint64(inode)
+		a.fd(3, ep, false)
+		c.fd(3, ep, false).fd(9, r, false).fd(10, w, false)
+		if rootHolds {
+			a.fd(5, r, false)
+		}
+		return b.write(t)
+	}
+	p := loadPlan(t, build(true, 900000))
+	var regs int
+	for _, o := range p.Objects {
+		if o.Spec.Type == "epoll-reg" {
+			regs++
+			if !slices.Contains(o.Spec.Needs, 1) {
+				t.Errorf("registration does not wait for the pipe's read end (file id 1): %v", o.Spec.Needs)
+			}
+		}
+	}
+	if regs != 1 {
+		t.Errorf("%d registration objects, want 1", regs)
+	}
+	for _, tc := range []struct {
+		rootHolds bool
+		inode     uint64
+		want      string
+	}{
+		{false, 900000, "no fd there refers to inode 900000"},
+		{true, 0, "no inode is recorded"},
+	} {
+		_, err := restore.NewPlan(loadSet(t, build(tc.rootHolds, tc.inode)), restore.PlanOptions{})
+		if err == nil || !strings.Contains(err.Error(), "epfd.tfd[0]") || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("root holds the pipe %v, inode %d: %v, want an error with %q", tc.rootHolds, tc.inode, err, tc.want)
+		}
+	}
+}

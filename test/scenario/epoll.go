@@ -101,7 +101,8 @@ const epET = 1 << 31
 // EPOLLOUT, a FIFO (5, O_RDWR, one byte queued) with EPOLLONESHOT, an
 // eventfd (6, counter 2) with 64-bit data, and the write end (11) of a
 // second pipe (10, 11) registered through a duplicate at 12 that was
-// closed; E2 (fd 8) watches E1. After restore: fdinfo shows every
+// closed, and its read end (10) with EPOLLEXCLUSIVE; E2 (fd 8) watches
+// E1. After restore: fdinfo shows every
 // registration with its tfd, events and data (the closed 12 as 11, the
 // fd of the same file); epoll_wait reports exactly what is ready, then
 // again without the edge-triggered and one-shot ones; E2 reports E1.
@@ -160,6 +161,9 @@ func init() {
 						return err
 					}
 				}
+				if err := epollAdd(7, 10, unix.EPOLLIN|unix.EPOLLEXCLUSIVE, 0xa); err != nil {
+					return err
+				}
 				if err := t.DupAt(11, 12); err != nil {
 					return err
 				}
@@ -180,6 +184,7 @@ func init() {
 					4:  "8000001c 4",
 					5:  "40000019 5",
 					6:  fmt.Sprintf("19 %x", evData),
+					10: "10000019 a",
 					11: "1c c",
 				})
 				t.checkRegs(8, map[int]string{7: "19 7"})
@@ -192,6 +197,7 @@ func init() {
 					4:  "8000001c 4",
 					5:  "40000000 5", // disarmed
 					6:  fmt.Sprintf("19 %x", evData),
+					10: "10000019 a",
 					11: "1c c",
 				})
 				// Draining the pipe and the eventfd makes them quiet.
