@@ -16,6 +16,7 @@ import (
 type epollPlan struct {
 	file    *images.File
 	creator int // task index
+	reg     int // task index of the task that registers the targets
 	name    string
 	targets []uint32 // distinct target file ids
 }
@@ -84,8 +85,11 @@ func resolveTarget(f *images.File, table *images.FdTable, byInode *map[uint64][]
 const epollFlagBits = unix.EPOLLONESHOT | unix.EPOLLET | unix.EPOLLWAKEUP | unix.EPOLLEXCLUSIVE
 
 // planEpoll plans an epoll set: its creator makes it and publishes it at
-// once; a second OpenSpec in the same task registers the targets once
-// they are all present there (delivered if other tasks create them).
+// once. A second OpenSpec registers the targets once the set and all of
+// them are present, in the task that dumped the set (the first holder in
+// pstree order): the recorded tfd numbers are its fd numbers, so there the
+// targets sit at the recorded numbers and nothing needs delivering. A
+// target found by inode instead is delivered if the task lacks it.
 func (pl *planner) planEpoll(f *images.File) error {
 	p := pl.p
 	hs := pl.holders(f)
@@ -106,11 +110,11 @@ func (pl *planner) planEpoll(f *images.File) error {
 	}
 	// tfd numbers are fd numbers of the task that dumped the epoll: the
 	// first holder in pstree order.
-	dumper := pl.set.Tasks[hs[0]].Fds
-	ctable := pl.set.Tasks[c].Fds
+	rt := hs[0]
+	dumper := pl.set.Tasks[rt].Fds
 	rp := epoll.RegParams{Epoll: f.ID, Regs: make([]epoll.Reg, 0, len(e.GetTfd()))}
 	needs := []uint32{f.ID}
-	ep := &epollPlan{file: f, creator: c, name: name}
+	ep := &epollPlan{file: f, creator: c, reg: rt, name: name}
 	seen := make(map[uint32]bool, len(e.GetTfd()))
 	var byInode map[uint64][]*images.File
 	for i, t := range e.GetTfd() {
@@ -122,19 +126,19 @@ func (pl *planner) planEpoll(f *images.File) error {
 			return entryErr(f, "epfd.tfd["+strconv.Itoa(i)+"]", "the epoll set registers itself")
 		}
 		r := epoll.Reg{Target: target.ID, Tfd: t.GetTfd(), Events: t.GetEvents(), Data: t.GetData()}
-		switch cfd := ctable.Lookup(r.Tfd); {
+		switch cfd := dumper.Lookup(r.Tfd); {
 		case cfd == nil:
 			r.Mode = epoll.ModeFree
-			if int(r.Tfd) > ctable.MaxFd() {
+			if int(r.Tfd) > dumper.MaxFd() {
 				p.Warnings = append(p.Warnings, fmt.Sprintf("%s: target %s was registered as fd %d, above task %d's highest fd: if the restore helper's own fds sit there, it is registered through another number (logged)",
-					name, target.Name(), r.Tfd, pl.set.Tasks[c].Pid))
+					name, target.Name(), r.Tfd, pl.set.Tasks[rt].Pid))
 			}
 		case cfd.File == target:
 			r.Mode = epoll.ModeAt
 		default:
 			r.Mode = epoll.ModeOther
 			p.Warnings = append(p.Warnings, fmt.Sprintf("%s: target %s was registered as fd %d, which holds %s in task %d: it is registered through another fd, and fdinfo shows that number",
-				name, target.Name(), r.Tfd, cfd.File.Name(), pl.set.Tasks[c].Pid))
+				name, target.Name(), r.Tfd, cfd.File.Name(), pl.set.Tasks[rt].Pid))
 		}
 		if r.Events&epollFlagBits != 0 && r.Events&^uint32(epollFlagBits|unix.EPOLLERR|unix.EPOLLHUP) == 0 && r.Events&unix.EPOLLONESHOT != 0 {
 			p.Warnings = append(p.Warnings, fmt.Sprintf("%s: the EPOLLONESHOT registration of %s (events %#x) had fired; it is restored waiting for EPOLLERR|EPOLLHUP, which the kernel adds to every registration",
@@ -145,12 +149,12 @@ func (pl *planner) planEpoll(f *images.File) error {
 			seen[target.ID] = true
 			ep.targets = append(ep.targets, target.ID)
 			needs = append(needs, target.ID)
-			pl.deliver(c, target.ID)
+			pl.deliver(rt, target.ID)
 		}
 	}
 	data, err = rp.MarshalBinary()
 	regName := fmt.Sprintf("epoll registrations (file id %d, %d targets)", f.ID, len(rp.Regs))
-	if err := pl.add(c, files.OpenSpec{Type: epoll.RegType, Needs: needs, Data: data, Name: regName}, err); err != nil {
+	if err := pl.add(rt, files.OpenSpec{Type: epoll.RegType, Needs: needs, Data: data, Name: regName}, err); err != nil {
 		return err
 	}
 	if len(pl.epolls) == 0 {
@@ -160,11 +164,11 @@ func (pl *planner) planEpoll(f *images.File) error {
 	return nil
 }
 
-// epollEdges adds the registrations' edges: an epoll set is Restored once
-// it is Created and each target is Created (for an epoll target that is
-// all it needs; every other target is published by its opener only once
-// it is usable) and, when another task creates the target, Served in the
-// epoll's task.
+// epollEdges adds the registrations' edges: an epoll set is Restored (in
+// the task that registers) once it is Created and each target is Created
+// (for an epoll target that is all it needs; every other target is
+// published by its opener only once it is usable), each of them Served
+// in that task when another task creates it.
 func (pl *planner) epollEdges(g *files.Graph) error {
 	creators := make(map[uint32]int)
 	for _, ep := range pl.epolls {
@@ -183,9 +187,14 @@ func (pl *planner) epollEdges(g *files.Graph) error {
 	}
 	for _, ep := range pl.epolls {
 		cpid := int(pl.set.Tasks[ep.creator].Pid)
+		rpid := int(pl.set.Tasks[ep.reg].Pid)
+		kind := files.Kind("task " + strconv.FormatUint(uint64(rpid), 10) + " file")
 		obj := files.ObjectID{Kind: "file", ID: uint64(ep.file.ID)}
-		restored := g.Node(files.Object{ID: obj, Name: ep.name, Owner: cpid}, files.StageRestored)
+		restored := g.Node(files.Object{ID: obj, Name: ep.name, Owner: rpid}, files.StageRestored)
 		g.Need(restored, g.Node(files.Object{ID: obj, Name: ep.name, Owner: cpid}, files.StageCreated), "epoll registrations after the epoll set exists")
+		if ep.reg != ep.creator {
+			g.Need(restored, g.Node(files.Object{ID: files.ObjectID{Kind: kind, ID: uint64(ep.file.ID)}, Owner: rpid}, files.StageServed), "epoll registrations in the task that dumped the set")
+		}
 		for _, t := range ep.targets {
 			tc := creators[t]
 			if tc < 0 && pl.unsup[t] {
@@ -201,9 +210,8 @@ func (pl *planner) epollEdges(g *files.Graph) error {
 			}
 			tpid := int(pl.set.Tasks[tc].Pid)
 			g.Need(restored, g.Node(files.Object{ID: files.ObjectID{Kind: "file", ID: uint64(t)}, Name: tf.Name(), Owner: tpid}, files.StageCreated), why)
-			if tc != ep.creator {
-				kind := files.Kind("task " + strconv.FormatUint(uint64(cpid), 10) + " file")
-				g.Need(restored, g.Node(files.Object{ID: files.ObjectID{Kind: kind, ID: uint64(t)}, Owner: cpid}, files.StageServed), "epoll registration needs its target in the epoll's task")
+			if tc != ep.reg {
+				g.Need(restored, g.Node(files.Object{ID: files.ObjectID{Kind: kind, ID: uint64(t)}, Owner: rpid}, files.StageServed), "epoll registration needs its target in the registering task")
 			}
 		}
 	}

@@ -2,10 +2,11 @@
 //
 // Two openers make one epoll set. The "epoll" opener creates the set and
 // publishes it at once, so that tasks sharing it and other epoll sets
-// watching it get it without waiting. The "epoll-reg" opener, in the same
-// task, runs once the set and every target are present in the task (its
-// OpenSpec.Needs) and registers each target with the recorded events and
-// data.
+// watching it get it without waiting. The "epoll-reg" opener runs in the
+// task whose fd numbers the images record (the first holder of the set,
+// which may not be its creator) once the set and every target are present
+// there (its OpenSpec.Needs), and registers each target with the recorded
+// events and data.
 //
 // A registration is keyed by the target's file and the fd number it was
 // registered with, and /proc/PID/fdinfo shows that number as tfd. Each one
