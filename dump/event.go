@@ -269,7 +269,7 @@ func (s *state) resolveEpolls() ([]error, error) {
 				continue
 			}
 			refused = append(refused, &UnsupportedError{Pid: pid, Fd: e.fd, Target: e.link,
-				Type: fmt.Sprintf("an epoll set whose target registered as fd %d (inode %d, data %#x) is no longer open in the task, or only at fds that other registrations of the same file use,", t.tfd, t.ino, t.data)})
+				Type: fmt.Sprintf("an epoll set whose target registered as fd %d (inode %d, data %#x) is no longer open in this task (the first holding the set, whose fd numbers the images record), or only at fds that other registrations of the same file use,", t.tfd, t.ino, t.data)})
 		}
 	}
 	return refused, nil
