@@ -181,6 +181,7 @@ func TestEpollEventfdSignalfdTimerfd(t *testing.T) {
 	tRel := b.timerfd(tfdTimes{clock: unix.CLOCK_MONOTONIC, vsec: 100})
 	tAbs := b.timerfd(tfdTimes{clock: unix.CLOCK_REALTIME, sflags: unix.TFD_TIMER_ABSTIME | unix.TFD_TIMER_CANCEL_ON_SET, vsec: 50, vnsec: 5})
 	tPer := b.timerfd(tfdTimes{clock: unix.CLOCK_BOOTTIME, ticks: 3, isec: 2, insec: 500, flags: unix.O_NONBLOCK})
+	tAlarm := b.timerfd(tfdTimes{clock: unix.CLOCK_REALTIME_ALARM, sflags: unix.TFD_TIMER_ABSTIME, vsec: 70})
 	e1 := b.epoll(0,
 		epReg{3, epIn | epErrHup, 0x1111},
 		epReg{5, epIn | epErrHup | epET, 0x2222},
@@ -208,7 +209,7 @@ func TestEpollEventfdSignalfdTimerfd(t *testing.T) {
 	}
 	a.fd(3, r1, false).fd(4, w1, false).fd(5, ev, false).fd(6, ev2, true).fd(7, sg, false).
 		fd(8, tRel, false).fd(9, tAbs, false).fd(10, tPer, false).fd(11, e1, true).fd(12, e2, false).
-		fd(13, w2, false).fd(14, e3, false).fd(15, e4, false)
+		fd(13, w2, false).fd(14, e3, false).fd(15, e4, false).fd(16, tAlarm, false)
 	// The child creates E3 (lower pid) and holds other files at 3 and
 	// 30; the root, which dumped E3, registers its targets.
 	c.fd(3, w2, false).fd(14, e3, false).fd(15, e4, false).fd(30, w2, false)
@@ -340,6 +341,7 @@ func TestEpollEventfdSignalfdTimerfd(t *testing.T) {
 	checkTimer(8, "1", "00", 100*time.Second, 0, "0")
 	checkTimer(9, "0", "03", 50*time.Second+5, 0, "0")
 	checkTimer(10, "7", "00", 2*time.Second+500, 2*time.Second+500, "3")
+	checkTimer(16, "8", "01", 70*time.Second, 0, "0") // needs CAP_WAKE_ALARM
 	if n, err := unix.Read(get(pa, 10), buf[:]); n != 8 || err != nil || buf[0] != 3 {
 		t.Errorf("read periodic timerfd: %v %v %v, want 3 expirations", n, err, buf)
 	}
