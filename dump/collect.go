@@ -50,6 +50,7 @@ type fdEnt struct {
 	desc    *fdEnt     // the first fd (in dump order) of the same description
 	ghost   *ghostFile // a regular file unlinked while open (ghost.go)
 	tty     ttyKey     // kindTTY: the tty side (tty.go)
+	anon    *anonInfo  // epoll, eventfd, signalfd, timerfd state (event.go)
 }
 
 // pipeData is the queued content of one pipe or FIFO.
@@ -122,6 +123,13 @@ func (d *dumper) collect(tasks []*task) (*imageSet, error) {
 	defer func() { d.log.WithField("took", time.Since(t0)).Debug("descriptions and ids matched") }()
 	if err := s.shareDescriptions(); err != nil {
 		return nil, fmt.Errorf("dump: %w", err)
+	}
+	refused, err := s.resolveEpolls()
+	if err != nil {
+		return nil, fmt.Errorf("dump: %w", err)
+	}
+	if err := refusal(refused); err != nil {
+		return nil, err
 	}
 	if err := s.kobjIDs(); err != nil {
 		return nil, fmt.Errorf("dump: %w", err)
@@ -244,6 +252,15 @@ func (s *state) readFd(t *task, pidfd, fd int, pk *peeker, peeked map[uint64]boo
 	defer unix.Close(local)
 	if err := unix.Fstat(local, &e.st); err != nil {
 		return nil, nil, fmt.Errorf("fstat: %w", err)
+	}
+	if k, ok := anonKinds[link]; ok {
+		if err := readAnon(e, k); err != nil {
+			return nil, nil, err
+		}
+		if e.fown, err = readFown(local); err != nil {
+			return nil, nil, err
+		}
+		return e, nil, nil
 	}
 	if (e.st.Mode&unix.S_IFMT == unix.S_IFREG && e.st.Nlink == 0) || (isDeletedLink(link) && !isPtsLink(link)) {
 		if bad, err := s.readGhost(e, local); bad != nil || err != nil {

@@ -199,9 +199,16 @@ func (s *state) images() (*imageSet, error) {
 						Reg: regEntry(regID, e.link, e.flags, e.pos, &e.st, e.fown)})
 					addFile(&criupb.FileEntry{Type: criupb.FdTypes_FIFO.Enum(), Id: proto.Uint32(id),
 						Fifo: &criupb.FifoEntry{Id: proto.Uint32(id), PipeId: proto.Uint32(uint32(e.st.Ino)), RegfId: proto.Uint32(regID)}})
+				default:
+					if fe := anonEntry(e, id); fe != nil {
+						addFile(fe) // event.go
+					}
 				}
 			}
 			typ := map[fdKind]criupb.FdTypes{kindReg: criupb.FdTypes_REG, kindPipe: criupb.FdTypes_PIPE, kindFifo: criupb.FdTypes_FIFO, kindTTY: criupb.FdTypes_TTY}[e.kind]
+			if t, ok := anonType(e.kind); ok {
+				typ = t
+			}
 			var fl uint32
 			if e.cloexec {
 				fl = unix.FD_CLOEXEC

@@ -58,9 +58,12 @@ var scenarios = []spec{
 	{name: "pty03", nsOnly: true},
 	{name: "pty04", nsOnly: true},
 	{name: "pty05", nsOnly: true},
-	{name: "crfail-epoll", crfail: true,
-		crfailError: `^fdrestore: dump refused, the tree was left running unchanged: ` +
-			`pid {pid:root} fd 3: eventpoll is not supported \(anon_inode:\[eventpoll\]\)$`},
+	{name: "epoll00"},
+	{name: "epoll01"},
+	{name: "epoll-shared"},
+	{name: "eventfd00"},
+	{name: "signalfd00"},
+	{name: "timerfd00"},
 }
 
 // report collects one line per scenario and flavor.
