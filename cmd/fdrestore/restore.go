@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/fdrestore/fdrestore/files/tty"
 	"github.com/fdrestore/fdrestore/images"
 	"github.com/fdrestore/fdrestore/restore"
 	"github.com/sirupsen/logrus"
@@ -19,7 +20,7 @@ import (
 
 func (a *app) planCmd() *cobra.Command {
 	var dir string
-	var skipFileCheck, extUnixSk bool
+	var skipFileCheck, shellJob, extUnixSk bool
 	cmd := &cobra.Command{
 		Use:   "plan -D DIR",
 		Short: "Print what a restore of DIR would do, without creating a process",
@@ -33,7 +34,7 @@ be restored.`,
 			if dir == "" {
 				return usagef("plan needs -D DIR")
 			}
-			p, err := loadPlan(dir, restore.PlanOptions{SkipFileCheck: skipFileCheck, ExtUnixSk: extUnixSk})
+			p, err := loadPlan(dir, restore.PlanOptions{SkipFileCheck: skipFileCheck, ShellJob: shellJob, Terminal: tty.CurrentTTY(), ExtUnixSk: extUnixSk})
 			if err != nil {
 				return err
 			}
@@ -43,6 +44,7 @@ be restored.`,
 	}
 	cmd.Flags().StringVarP(&dir, "images-dir", "D", "", "image `DIR`ectory")
 	cmd.Flags().BoolVar(&skipFileCheck, "skip-file-check", false, "do not check the size and mode of regular files")
+	cmd.Flags().BoolVar(&shellJob, "shell-job", false, "plan the restore of a shell job into the caller's session and terminal")
 	cmd.Flags().BoolVar(&extUnixSk, "ext-unix-sk", false, extUnixSkHelp)
 	return cmd
 }
@@ -67,6 +69,7 @@ type restoreFlags struct {
 	pidMap        string
 	timeout       time.Duration
 	skipFileCheck bool
+	shellJob      bool
 	extUnixSk     bool
 }
 
@@ -96,6 +99,7 @@ and exits with its status. On any failure every process it created is killed.`,
 	fl.StringVar(&f.pidMap, "pid-map", "", `write {"<image pid>": <new pid>, ...} as JSON to `+"`FILE`")
 	fl.DurationVar(&f.timeout, "timeout", 60*time.Second, "give up (and kill the tree) if the restore takes longer")
 	fl.BoolVar(&f.skipFileCheck, "skip-file-check", false, "do not check the size and mode of regular files")
+	fl.BoolVar(&f.shellJob, "shell-job", false, "restore a tree dumped with --shell-job as a job of the caller's shell: its session and its terminal (stdin, stdout or stderr) become the caller's, and its root joins the caller's process group")
 	fl.BoolVar(&f.extUnixSk, "ext-unix-sk", false, extUnixSkHelp)
 	return cmd
 }
@@ -126,7 +130,13 @@ func (a *app) runRestore(cmd *cobra.Command, f *restoreFlags) error {
 	if f.leaveStopped && !f.detach {
 		return usagef("--leave-stopped needs -d: stopped tasks never exit")
 	}
-	p, err := loadPlan(f.dir, restore.PlanOptions{SkipFileCheck: f.skipFileCheck, ExtUnixSk: f.extUnixSk})
+	po := restore.PlanOptions{SkipFileCheck: f.skipFileCheck, ShellJob: f.shellJob, ExtUnixSk: f.extUnixSk}
+	if f.shellJob {
+		if po.Terminal = tty.CurrentTTY(); po.Terminal == "" {
+			return usagef("--shell-job needs a terminal on stdin, stdout or stderr")
+		}
+	}
+	p, err := loadPlan(f.dir, po)
 	if err != nil {
 		return err
 	}
