@@ -722,3 +722,44 @@ func TestUnixPeerInOwnQueue(t *testing.T) {
 		t.Errorf("p got %q from q, want %q", got, "q->p")
 	}
 }
+
+// TestUnixInFlightOtherTypes: an eventfd and an epoll set exist only in
+// flight, in one message; their own planners create them in the task
+// that refills the queue.
+func TestUnixInFlightOtherTypes(t *testing.T) {
+	b := synth.New()
+	tk := b.Task(100)
+	b.Stdio(tk)
+	a, bb := b.UnixPair(synth.Stream)
+	efd := b.RawFile(criupb.FdTypes_EVENTFD, func(fe *criupb.FileEntry) {
+		fe.Efd = &criupb.EventfdFileEntry{Id: proto.Uint32(fe.GetId()), Flags: proto.Uint32(unix.O_RDWR), Fown: noFown(), Counter: proto.Uint64(42)}
+	})
+	ep := b.RawFile(criupb.FdTypes_EVENTPOLL, func(fe *criupb.FileEntry) {
+		fe.Epfd = &criupb.EventpollFileEntry{Id: proto.Uint32(fe.GetId()), Flags: proto.Uint32(unix.O_RDWR), Fown: noFown()}
+	})
+	b.Packet(a, []byte("two"), efd, ep)
+	b.Share(a, tk, 3)
+	b.Share(bb, tk, 4)
+	c := restoreSynth(t, b)
+	c.check(&wantTree{tasks: []wantTask{{100, 0, 100, 100}}, fds: append(stdio(100), sockFD(100, 3, "a", 0, false), sockFD(100, 4, "b", 0, false))})
+	buf := make([]byte, 16)
+	oob := make([]byte, unix.CmsgSpace(8))
+	n, oobn, _, _, err := unix.Recvmsg(c.getfd(ref{100, 3}), buf, oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+	if err != nil || string(buf[:n]) != "two" {
+		t.Fatalf("recvmsg: %q, %v", buf[:n], err)
+	}
+	fds := parseRights(t, oob[:oobn])
+	for _, f := range fds {
+		defer unix.Close(f)
+	}
+	if len(fds) != 2 {
+		t.Fatalf("%d fds in flight, want 2", len(fds))
+	}
+	var v [8]byte
+	if n, err := unix.Read(fds[0], v[:]); n != 8 || err != nil || v[0] != 42 {
+		t.Errorf("eventfd in flight: read %d %v (%v), want counter 42", n, v, err)
+	}
+	if target, _ := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fds[1])); target != "anon_inode:[eventpoll]" {
+		t.Errorf("second fd in flight is %q, want an epoll", target)
+	}
+}

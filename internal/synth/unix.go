@@ -128,3 +128,11 @@ func (b *Builder) skQueues() []*images.Entry {
 	}
 	return out
 }
+
+// RawFile adds a description of any type, filled in by fill (the type's
+// entry of files.img, with id already set), not installed anywhere.
+func (b *Builder) RawFile(typ criupb.FdTypes, fill func(fe *criupb.FileEntry)) *Desc {
+	d := b.newDesc(typ)
+	fill(d.entry)
+	return d
+}
