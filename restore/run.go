@@ -9,13 +9,13 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 	"unsafe"
 
 	"github.com/fdrestore/fdrestore/files"
 	"github.com/fdrestore/fdrestore/proto/criupb"
+	"github.com/fdrestore/fdrestore/restore/helper"
 	"github.com/fdrestore/fdrestore/scm"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
@@ -48,6 +48,11 @@ type Options struct {
 	// Log receives the coordinator's and the helpers' log entries
 	// (default: logrus's standard logger).
 	Log *logrus.Logger
+	// Helper is the path of the helper binary (cmd/fdrestore-helper) the
+	// tree's processes run. Empty: $FDRESTORE_HELPER, else
+	// fdrestore-helper next to the running executable, else the running
+	// executable itself (see helper.go).
+	Helper string
 }
 
 // Result describes a restored tree.
@@ -221,7 +226,7 @@ func (c *coordinator) taskProcs() []*procState {
 
 func (c *coordinator) fail(st *procState, op string, err error) error {
 	if errors.Is(err, errPeerGone) {
-		err = fmt.Errorf("%w (pid %d): %v", ErrTaskDied, st.pid, err)
+		err = fmt.Errorf("%w (pid %d): %v%s", ErrTaskDied, st.pid, err, lastWords(st.ctl))
 	}
 	return &TaskError{Proc: st.p.Name(), Op: op, Err: err}
 }
@@ -347,13 +352,13 @@ func (c *coordinator) spawn(st *procState) error {
 		fds = append(fds, tr.FD()) // the transport struct is dropped; the helper adopts the socket
 	}
 	if p.Parent < 0 {
-		argv := helperArgs(p.Index, c.runID, taskIx, c.tempBase(p), c.deadline, c.log.GetLevel())
-		files, release, err := helperFiles(c.tempBase(p), fds)
+		argv := helper.Args(p.Index, c.runID, taskIx, c.tempBase(p), c.deadline, c.log.GetLevel())
+		files, release, err := helper.Files(c.tempBase(p), fds)
 		if err != nil {
 			return c.fail(st, "spawn", err)
 		}
 		defer release()
-		exe, err := executableCopy()
+		exe, err := c.helperExe()
 		if err != nil {
 			return c.fail(st, "spawn", err)
 		}
@@ -365,7 +370,7 @@ func (c *coordinator) spawn(st *procState) error {
 			return c.fail(st, "spawn", err)
 		}
 		defer unix.Close(path)
-		pid, err := syscall.ForkExec("/proc/self/fd/"+strconv.Itoa(path), argv, &syscall.ProcAttr{Env: helperEnv(), Files: files, Sys: &syscall.SysProcAttr{Setsid: p.Setsid, Setpgid: p.NewGroup}})
+		pid, err := syscall.ForkExec("/proc/self/fd/"+strconv.Itoa(path), argv, &syscall.ProcAttr{Env: helper.Env(), Files: files, Sys: &syscall.SysProcAttr{Setsid: p.Setsid, Setpgid: p.NewGroup}})
 		if err != nil {
 			return c.fail(st, "spawn", err)
 		}
@@ -573,55 +578,6 @@ func (c *coordinator) waitEnd(st *procState) error {
 		}
 		time.Sleep(200 * time.Microsecond)
 	}
-}
-
-var (
-	exeOnce sync.Once
-	exeFD   = -1
-	exeErr  error
-)
-
-// executableCopy returns a memfd holding a copy of the running executable,
-// made once per process. Helpers run from it: their /proc/self/exe then
-// names no file on disk, so no package initialiser (protobuf's detrand, for
-// one) opens the executable and starts the Go netpoller before the helper
-// has reserved the low fd numbers; and the binary on disk may be replaced
-// while a restore runs.
-func executableCopy() (int, error) {
-	exeOnce.Do(func() {
-		src, err := unix.Open("/proc/self/exe", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			exeErr = fmt.Errorf("open own executable: %w", err)
-			return
-		}
-		defer unix.Close(src)
-		var st unix.Stat_t
-		if err := unix.Fstat(src, &st); err != nil {
-			exeErr = err
-			return
-		}
-		mfd, err := unix.MemfdCreate("fdrestore", unix.MFD_CLOEXEC)
-		if err != nil {
-			exeErr = fmt.Errorf("memfd_create: %w", err)
-			return
-		}
-		for left := st.Size; left > 0; {
-			n, err := unix.Sendfile(mfd, src, nil, int(left))
-			if err != nil || n == 0 {
-				unix.Close(mfd)
-				exeErr = fmt.Errorf("copy own executable: %v", err)
-				return
-			}
-			left -= int64(n)
-		}
-		exeFD = mfd
-	})
-	return exeFD, exeErr
-}
-
-// dupAbove returns a CLOEXEC duplicate of fd numbered at least min.
-func dupAbove(fd, min int) (int, error) {
-	return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, min)
 }
 
 // procState1 returns the state letter of /proc/PID/stat.
