@@ -176,7 +176,7 @@ func lastWords(ctl int) string {
 		if err != nil || n <= 0 {
 			break
 		}
-		if m := buf[:n]; len(m) > 0 && m[0] != '{' {
+		if m := buf[:n]; !helper.IsMsg(m) {
 			said = append(said, strings.TrimSpace(string(m)))
 		}
 	}

@@ -2,7 +2,6 @@ package restore
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -274,22 +273,15 @@ func (c *coordinator) recv(st *procState, op string) (*ctlMsg, error) {
 	return r, nil
 }
 
-// relog passes a helper's logrus JSON entry on to the coordinator's logger.
+// relog passes a helper's log entry on to the coordinator's logger.
 func (c *coordinator) relog(st *procState, entry []byte) {
-	var m map[string]any
-	if json.Unmarshal(entry, &m) != nil {
+	lvl, msg, fields, err := helper.DecodeLog(entry)
+	if err != nil {
+		c.log.WithField("proc", st.p.Name()).Warnf("undecodable log entry from the helper: %v", err)
 		return
 	}
-	lvl, err := logrus.ParseLevel(fmt.Sprint(m["level"]))
-	if err != nil {
-		lvl = logrus.InfoLevel
-	}
-	msg := fmt.Sprint(m["msg"])
-	delete(m, "level")
-	delete(m, "msg")
-	delete(m, "time")
-	m["proc"] = st.p.Name()
-	c.log.WithFields(m).Log(lvl, msg)
+	fields["proc"] = st.p.Name()
+	c.log.WithFields(fields).Log(lvl, msg)
 }
 
 // treeOp carries out one tree-building step.

@@ -1,20 +1,21 @@
 package helper
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/fdrestore/fdrestore/files"
 	"github.com/fdrestore/fdrestore/scm"
 	"golang.org/x/sys/unix"
 )
 
 // The control channel between the coordinator and each helper is one
-// SOCK_SEQPACKET socketpair: one JSON message per packet, fds alongside as
-// SCM_RIGHTS. The coordinator sends commands and the helper answers each
+// SOCK_SEQPACKET socketpair: one message per packet (Msg in the binary
+// form of files.Enc: no encoding/json in the helper binary), fds alongside
+// as SCM_RIGHTS. The coordinator sends commands and the helper answers each
 // with "ok" or "err"; in between, a helper may send "log" messages.
 
 // Control operations (Msg.Op).
@@ -44,29 +45,29 @@ const (
 // Msg is one control message, a command or an answer; which fields
 // matter depends on Op.
 type Msg struct {
-	Op       string   `json:"op"`
-	Proc     int      `json:"proc,omitempty"`
-	Setsid   bool     `json:"setsid,omitempty"`
-	NewGroup bool     `json:"newgroup,omitempty"`
-	Task     bool     `json:"task,omitempty"`     // spawn: the child restores a task (has an endpoint)
-	TaskIx   int      `json:"taskix,omitempty"`   // spawn: its task index
-	TempBase int      `json:"tempbase,omitempty"` // spawn: its lowest service fd
-	Arg      int      `json:"arg,omitempty"`
-	Pid      int      `json:"pid,omitempty"`
-	Err      string   `json:"err,omitempty"`
-	Mode     string   `json:"mode,omitempty"`
-	Argv     []string `json:"argv,omitempty"`
-	Path     string   `json:"path,omitempty"` // exec: the file to run (default Argv[0])
+	Op       string
+	Proc     int
+	Setsid   bool
+	NewGroup bool
+	Task     bool // spawn: the child restores a task (has an endpoint)
+	TaskIx   int  // spawn: its task index
+	TempBase int  // spawn: its lowest service fd
+	Arg      int
+	Pid      int
+	Err      string
+	Mode     string
+	Argv     []string
+	Path     string // exec: the file to run (default Argv[0])
 	// KeepCloexec: exec keeps the task's FD_CLOEXEC fds open (flag
 	// cleared) and lists them in CloexecEnv, for programs that adopt
 	// their fds after --exec-recorded.
-	KeepCloexec bool     `json:"keepcloexec,omitempty"`
-	Env         []string `json:"env,omitempty"`
-	Dir         string   `json:"dir,omitempty"`
-	Log         []byte   `json:"log,omitempty"` // a logrus JSON entry
+	KeepCloexec bool
+	Env         []string
+	Dir         string
+	Log         []byte // a log entry (see logFormatter)
 }
 
-// MaxMsg is the largest control message (bytes of JSON).
+// MaxMsg is the largest control message, encoded.
 const MaxMsg = 1 << 16
 
 // ErrPeerGone is wrapped when the other end of a control channel closed.
@@ -74,10 +75,8 @@ var ErrPeerGone = errors.New("control channel closed by the other side")
 
 // Send sends m, with fds as SCM_RIGHTS, on the control socket fd.
 func Send(fd int, m *Msg, fds ...int) error {
-	b, err := json.Marshal(m)
-	if err != nil {
-		return err
-	}
+	b := m.encode()
+	var err error
 	if len(b) > MaxMsg {
 		return fmt.Errorf("control message %s too large (%d bytes)", m.Op, len(b))
 	}
@@ -156,8 +155,7 @@ func Recv(fd int, deadline time.Time) (*Msg, []int, error) {
 		CloseFDs(fds)
 		return nil, nil, fmt.Errorf("control message truncated")
 	}
-	m := new(Msg)
-	if err := json.Unmarshal(buf[:n], m); err != nil {
+	if !IsMsg(buf[:n]) {
 		CloseFDs(fds)
 		// Not a message: the Go runtime's crash report of the helper
 		// (see debug.SetCrashOutput in start), or what a process that
@@ -179,7 +177,91 @@ func Recv(fd int, deadline time.Time) (*Msg, []int, error) {
 		}
 		return nil, nil, fmt.Errorf("helper crashed: %s", strings.Join(said, " "))
 	}
+	m, err := decodeMsg(buf[:n])
+	if err != nil {
+		CloseFDs(fds)
+		return nil, nil, err
+	}
 	return m, fds, nil
+}
+
+// msgMagic starts every encoded Msg: a NUL, which no crash report or other
+// text starts with, and the protocol's tag.
+const msgMagic = "\x00" + Protocol + ":"
+
+// IsMsg reports whether packet b is an encoded Msg (and not, say, a
+// helper's crash report).
+func IsMsg(b []byte) bool { return len(b) >= len(msgMagic) && string(b[:len(msgMagic)]) == msgMagic }
+
+func encInt(e *files.Enc, v int) { e.Uint(uint64(v<<1) ^ uint64(v>>63)) }
+
+func decInt(d *files.Dec) int {
+	u := d.Uint()
+	return int(u>>1) ^ -int(u&1)
+}
+
+func encStrings(e *files.Enc, v []string) {
+	e.Uint(uint64(len(v)))
+	for _, s := range v {
+		e.String(s)
+	}
+}
+
+func decStrings(d *files.Dec) []string {
+	n := d.Uint()
+	if n == 0 || d.Err != nil {
+		return nil
+	}
+	if n > uint64(len(d.B)) {
+		d.Err = errors.New("string list longer than the message")
+		return nil
+	}
+	out := make([]string, 0, n)
+	for i := uint64(0); i < n && d.Err == nil; i++ {
+		out = append(out, d.String())
+	}
+	return out
+}
+
+// encode writes every field of m, in a fixed order. A field added to Msg
+// must be added here and in decodeMsg (TestMsgRoundTrip fails until it is).
+func (m *Msg) encode() []byte {
+	e := files.Enc{B: make([]byte, 0, 64)}
+	e.B = append(e.B, msgMagic...)
+	e.String(m.Op)
+	encInt(&e, m.Proc)
+	e.Bool(m.Setsid)
+	e.Bool(m.NewGroup)
+	e.Bool(m.Task)
+	encInt(&e, m.TaskIx)
+	encInt(&e, m.TempBase)
+	encInt(&e, m.Arg)
+	encInt(&e, m.Pid)
+	e.String(m.Err)
+	e.String(m.Mode)
+	encStrings(&e, m.Argv)
+	e.String(m.Path)
+	e.Bool(m.KeepCloexec)
+	encStrings(&e, m.Env)
+	e.String(m.Dir)
+	e.Bytes(m.Log)
+	return e.B
+}
+
+// decodeMsg parses what encode wrote. Nothing of the result points into b.
+func decodeMsg(b []byte) (*Msg, error) {
+	d := files.Dec{B: b[len(msgMagic):]}
+	m := &Msg{Op: d.String(), Proc: decInt(&d), Setsid: d.Bool(), NewGroup: d.Bool(), Task: d.Bool(),
+		TaskIx: decInt(&d), TempBase: decInt(&d), Arg: decInt(&d), Pid: decInt(&d),
+		Err: d.String(), Mode: d.String(), Argv: decStrings(&d), Path: d.String(),
+		KeepCloexec: d.Bool(), Env: decStrings(&d), Dir: d.String()}
+	if log := d.Bytes(); len(log) > 0 {
+		m.Log = append([]byte(nil), log...)
+	}
+	if err := d.Done(); err != nil {
+		return nil, fmt.Errorf("malformed control message (%d bytes): %w", len(b), err)
+	}
+	return m, nil
 }
 
 // CloseFDs closes every fd of fds that is not negative.

@@ -17,6 +17,7 @@ package helper
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -121,7 +122,12 @@ type helper struct {
 	env      []string // of the helpers it spawns (Env, once)
 	filesBuf []uintptr
 	highBuf  []int
+	envBytes int // estimated garbage of one spawn's environment copies
+	garbage  int // estimated garbage of the spawns since the last collection
 }
+
+// spawnGarbage is how much estimated garbage of spawns a helper collects.
+const spawnGarbage = 256 << 10
 
 // Args returns the argv of a helper: argv[0], Arg, then proc index, run
 // id, task index (-1 for a stand-in), service fd floor, deadline (Unix
@@ -205,7 +211,7 @@ func start(args []string) (*helper, error) {
 	}
 	h.log = logrus.New()
 	h.log.SetLevel(logrus.Level(nums[4]))
-	h.log.SetFormatter(&logrus.JSONFormatter{})
+	h.log.SetFormatter(logFormatter{})
 	h.log.SetOutput(ctlLogWriter{h.ctl})
 	if h.taskIx >= 0 {
 		tr, err := scm.Adopt(h.tempBase+1, h.runID, uint32(h.taskIx), scm.Options{FDFloor: h.tempBase})
@@ -352,11 +358,26 @@ func (h *helper) spawn(m *Msg, fds []int) (int, error) {
 	argv := Args(m.Proc, h.runID, taskIx, m.TempBase, h.deadline, h.log.GetLevel())
 	if h.env == nil {
 		h.env = Env()
+		for _, kv := range h.env {
+			h.envBytes += len(kv) + 1 + 8
+		}
 	}
 	attr := &syscall.ProcAttr{Env: h.env, Files: files, Sys: &syscall.SysProcAttr{Setsid: m.Setsid, Setpgid: m.NewGroup}}
 	pid, err := syscall.ForkExec(helperExe, argv, attr)
 	if err != nil {
 		return 0, fmt.Errorf("start helper for proc %d: %w", m.Proc, err)
+	}
+	// Each spawn leaves garbage: ForkExec's copies of the environment
+	// and the fd list, the messages. A helper that spawns hundreds of
+	// children would grow its heap by megabytes before the runtime's
+	// first collection (its minimum heap goal is 4 MiB), and a heap's
+	// pages stay resident; a collection of a helper's small heap takes
+	// tens of microseconds, but its first ones cost the runtime a few
+	// hundred kilobytes of its own. So collect once the spawns' garbage
+	// reaches spawnGarbage.
+	if h.garbage += h.envBytes + 16*len(files) + 1024; h.garbage >= spawnGarbage {
+		runtime.GC()
+		h.garbage = 0
 	}
 	return pid, nil
 }
