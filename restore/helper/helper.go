@@ -50,7 +50,8 @@ const Protocol = "fdrp1"
 // with Msg.KeepCloexec learns which of its fds had FD_CLOEXEC ("12,20-23").
 const CloexecEnv = "FDRESTORE_CLOEXEC_FDS"
 
-// helperExe is the binary helpers run: the running executable.
+// helperExe is what a helper runs its children and the stopper from: its
+// own executable, the coordinator's memfd copy of the helper binary.
 const helperExe = "/proc/self/exe"
 
 // Files is the fd list for starting a helper whose service area
