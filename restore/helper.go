@@ -183,5 +183,5 @@ func lastWords(ctl int) string {
 	if len(said) == 0 {
 		return ""
 	}
-	return "; it wrote: " + strings.Join(said, " / ")
+	return "; it wrote: " + strings.Join(said, " ")
 }
