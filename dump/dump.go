@@ -6,7 +6,9 @@
 // consume it), writes the images, and then kills the tree or thaws it.
 //
 // Supported fd types: regular files, directories and device nodes other
-// than terminals (CRIU's REG), pipes and FIFOs. A regular file unlinked
+// than terminals (CRIU's REG), pipes and FIFOs, ptys and /dev/tty (tty.go:
+// settings, sessions and the data queued both ways, which is read and
+// written back while the tree is frozen). A regular file unlinked
 // while open is saved with its content as a ghost (ghost.go), up to
 // Options.GhostLimit. A tree that holds anything else is refused before
 // anything is changed.
@@ -37,6 +39,10 @@ type Options struct {
 	// content (ghost-file images); a larger one refuses the dump. Zero
 	// means DefaultGhostLimit (1 MiB).
 	GhostLimit int64
+	// ShellJob dumps a job of a shell: the root need not lead its
+	// session, and a pty slave whose master is outside the tree (the
+	// shell's terminal) is recorded for restore --shell-job.
+	ShellJob bool
 }
 
 // Stats describes a finished dump.
@@ -150,7 +156,7 @@ func Dump(ctx context.Context, pid int, dir string, opts Options) (*Stats, error
 		if err := img.write(dir); err != nil {
 			return abort(err)
 		}
-		if err := checkRestorable(dir); err != nil {
+		if err := checkRestorable(dir, opts.ShellJob); err != nil {
 			return abort(err)
 		}
 		err = fz.kill(func() { st.Frozen = time.Since(frozenAt) })
@@ -176,12 +182,12 @@ var ErrNotRestorable = errors.New("fdrestore cannot restore this tree")
 
 // checkRestorable loads the images just written and plans their restore,
 // so that a tree is never killed for images its own restore refuses.
-func checkRestorable(dir string) error {
+func checkRestorable(dir string, shellJob bool) error {
 	set, err := images.Load(dir)
 	if err != nil {
 		return fmt.Errorf("dump: %w: the images do not load: %v", ErrNotRestorable, err)
 	}
-	p, err := restore.NewPlan(set, restore.PlanOptions{})
+	p, err := restore.NewPlan(set, restore.PlanOptions{ShellJob: shellJob})
 	if err == nil {
 		err = p.Err()
 	}
@@ -259,8 +265,10 @@ func (d *dumper) prescan() error {
 	if err != nil {
 		return fmt.Errorf("dump: %w", err)
 	}
-	if err := checkRootSession(d.root); err != nil {
-		return err
+	if !d.opts.ShellJob {
+		if err := checkRootSession(d.root); err != nil {
+			return err
+		}
 	}
 	var errs []error
 	for _, t := range tasks {
@@ -274,7 +282,7 @@ func (d *dumper) prescan() error {
 				continue // closed meanwhile; the frozen walk decides
 			}
 			typ := unsupportedByLink(link)
-			if typ == "" && isDeletedLink(link) {
+			if typ == "" && isDeletedLink(link) && !isPtsLink(link) {
 				typ = deletedByStat(t.pid, fd, d.opts.ghostLimit())
 			}
 			if typ != "" {
@@ -302,7 +310,7 @@ func checkRootSession(root int) error {
 		where = "its session leader is outside this pid namespace"
 	}
 	return fmt.Errorf("dump: %w, the tree was left running unchanged: root task %d is not a session leader (%s); "+
-		"start it with setsid, restoring into the caller's session (--shell-job) is not supported yet",
+		"start it with setsid, or dump it with --shell-job as a job of the caller's shell",
 		ErrNotRestorable, root, where)
 }
 

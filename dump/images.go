@@ -183,6 +183,14 @@ func (s *state) images() (*imageSet, error) {
 					addFile(&criupb.FileEntry{Type: criupb.FdTypes_PIPE.Enum(), Id: proto.Uint32(id),
 						Pipe: &criupb.PipeEntry{Id: proto.Uint32(id), PipeId: proto.Uint32(uint32(e.st.Ino)),
 							Flags: proto.Uint32(e.flags), Fown: fownEntry(e.fown)}})
+				case kindTTY:
+					regID := nextID
+					nextID++
+					addFile(&criupb.FileEntry{Type: criupb.FdTypes_REG.Enum(), Id: proto.Uint32(regID),
+						Reg: regEntry(regID, ttyPath(e.link), e.flags, 0, &e.st, e.fown)})
+					addFile(&criupb.FileEntry{Type: criupb.FdTypes_TTY.Enum(), Id: proto.Uint32(id),
+						Tty: &criupb.TtyFileEntry{Id: proto.Uint32(id), TtyInfoId: proto.Uint32(e.tty.id()), Flags: proto.Uint32(e.flags),
+							Fown: fownEntry(e.fown), RegfId: proto.Uint32(regID)}})
 				case kindFifo:
 					pipes[e.st.Ino] = true
 					regID := nextID
@@ -191,9 +199,16 @@ func (s *state) images() (*imageSet, error) {
 						Reg: regEntry(regID, e.link, e.flags, e.pos, &e.st, e.fown)})
 					addFile(&criupb.FileEntry{Type: criupb.FdTypes_FIFO.Enum(), Id: proto.Uint32(id),
 						Fifo: &criupb.FifoEntry{Id: proto.Uint32(id), PipeId: proto.Uint32(uint32(e.st.Ino)), RegfId: proto.Uint32(regID)}})
+				default:
+					if fe := anonEntry(e, id); fe != nil {
+						addFile(fe) // event.go
+					}
 				}
 			}
-			typ := map[fdKind]criupb.FdTypes{kindReg: criupb.FdTypes_REG, kindPipe: criupb.FdTypes_PIPE, kindFifo: criupb.FdTypes_FIFO}[e.kind]
+			typ := map[fdKind]criupb.FdTypes{kindReg: criupb.FdTypes_REG, kindPipe: criupb.FdTypes_PIPE, kindFifo: criupb.FdTypes_FIFO, kindTTY: criupb.FdTypes_TTY}[e.kind]
+			if t, ok := anonType(e.kind); ok {
+				typ = t
+			}
 			var fl uint32
 			if e.cloexec {
 				fl = unix.FD_CLOEXEC
@@ -247,6 +262,12 @@ func (s *state) images() (*imageSet, error) {
 	}
 	data("pipes-data.img", "PIPES_DATA", s.pipes)
 	data("fifo-data.img", "FIFO_DATA", s.fifos)
+	if infos, tdata := s.ttyImages(); len(infos) > 0 {
+		is.add("tty-info.img", "TTY_INFO", infos...)
+		if len(tdata) > 0 {
+			is.add("tty-data.img", "TTY_DATA", tdata...)
+		}
+	}
 	is.addGhosts(s, remaps)
 	is.add(ExecImage, "FDRESTORE_EXEC", execs...)
 	return is, nil

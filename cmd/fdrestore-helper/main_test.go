@@ -43,7 +43,9 @@ func TestLeanImports(t *testing.T) {
 			}
 		}
 	}
-	for _, want := range []string{"github.com/fdrestore/fdrestore/files/openers", "github.com/fdrestore/fdrestore/files/pipe", "github.com/fdrestore/fdrestore/files/reg"} {
+	for _, want := range []string{"github.com/fdrestore/fdrestore/files/openers", "github.com/fdrestore/fdrestore/files/pipe", "github.com/fdrestore/fdrestore/files/reg",
+		"github.com/fdrestore/fdrestore/files/epoll", "github.com/fdrestore/fdrestore/files/eventfd", "github.com/fdrestore/fdrestore/files/signalfd",
+		"github.com/fdrestore/fdrestore/files/timerfd", "github.com/fdrestore/fdrestore/files/tty"} {
 		found := false
 		for _, d := range deps {
 			found = found || d == want

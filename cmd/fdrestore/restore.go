@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/fdrestore/fdrestore/files/tty"
 	"github.com/fdrestore/fdrestore/images"
 	"github.com/fdrestore/fdrestore/restore"
 	"github.com/sirupsen/logrus"
@@ -19,7 +20,7 @@ import (
 
 func (a *app) planCmd() *cobra.Command {
 	var dir string
-	var skipFileCheck bool
+	var skipFileCheck, shellJob bool
 	cmd := &cobra.Command{
 		Use:   "plan -D DIR",
 		Short: "Print what a restore of DIR would do, without creating a process",
@@ -33,7 +34,7 @@ be restored.`,
 			if dir == "" {
 				return usagef("plan needs -D DIR")
 			}
-			p, err := loadPlan(dir, skipFileCheck)
+			p, err := loadPlan(dir, restore.PlanOptions{SkipFileCheck: skipFileCheck, ShellJob: shellJob, Terminal: tty.CurrentTTY()})
 			if err != nil {
 				return err
 			}
@@ -43,15 +44,16 @@ be restored.`,
 	}
 	cmd.Flags().StringVarP(&dir, "images-dir", "D", "", "image `DIR`ectory")
 	cmd.Flags().BoolVar(&skipFileCheck, "skip-file-check", false, "do not check the size and mode of regular files")
+	cmd.Flags().BoolVar(&shellJob, "shell-job", false, "plan the restore of a shell job into the caller's session and terminal")
 	return cmd
 }
 
-func loadPlan(dir string, skipFileCheck bool) (*restore.Plan, error) {
+func loadPlan(dir string, opts restore.PlanOptions) (*restore.Plan, error) {
 	set, err := images.Load(dir)
 	if err != nil {
 		return nil, err
 	}
-	return restore.NewPlan(set, restore.PlanOptions{SkipFileCheck: skipFileCheck})
+	return restore.NewPlan(set, opts)
 }
 
 type restoreFlags struct {
@@ -64,6 +66,7 @@ type restoreFlags struct {
 	pidMap        string
 	timeout       time.Duration
 	skipFileCheck bool
+	shellJob      bool
 }
 
 func (a *app) restoreCmd() *cobra.Command {
@@ -92,6 +95,7 @@ and exits with its status. On any failure every process it created is killed.`,
 	fl.StringVar(&f.pidMap, "pid-map", "", `write {"<image pid>": <new pid>, ...} as JSON to `+"`FILE`")
 	fl.DurationVar(&f.timeout, "timeout", 60*time.Second, "give up (and kill the tree) if the restore takes longer")
 	fl.BoolVar(&f.skipFileCheck, "skip-file-check", false, "do not check the size and mode of regular files")
+	fl.BoolVar(&f.shellJob, "shell-job", false, "restore a tree dumped with --shell-job as a job of the caller's shell: its session and its terminal (stdin, stdout or stderr) become the caller's, and its root joins the caller's process group")
 	return cmd
 }
 
@@ -121,7 +125,13 @@ func (a *app) runRestore(cmd *cobra.Command, f *restoreFlags) error {
 	if f.leaveStopped && !f.detach {
 		return usagef("--leave-stopped needs -d: stopped tasks never exit")
 	}
-	p, err := loadPlan(f.dir, f.skipFileCheck)
+	po := restore.PlanOptions{SkipFileCheck: f.skipFileCheck, ShellJob: f.shellJob}
+	if f.shellJob {
+		if po.Terminal = tty.CurrentTTY(); po.Terminal == "" {
+			return usagef("--shell-job needs a terminal on stdin, stdout or stderr")
+		}
+	}
+	p, err := loadPlan(f.dir, po)
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,11 @@
 package openers
 
 import (
-	_ "github.com/fdrestore/fdrestore/files/pipe" // pipes and FIFOs
-	_ "github.com/fdrestore/fdrestore/files/reg"  // regular files, directories, device nodes
+	_ "github.com/fdrestore/fdrestore/files/epoll"    // epoll sets and their registrations
+	_ "github.com/fdrestore/fdrestore/files/eventfd"  // eventfds
+	_ "github.com/fdrestore/fdrestore/files/pipe"     // pipes and FIFOs
+	_ "github.com/fdrestore/fdrestore/files/reg"      // regular files, directories, device nodes
+	_ "github.com/fdrestore/fdrestore/files/signalfd" // signalfds
+	_ "github.com/fdrestore/fdrestore/files/timerfd"  // timerfds
+	_ "github.com/fdrestore/fdrestore/files/tty"      // ptys, controlling terminals, /dev/tty
 )
