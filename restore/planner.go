@@ -5,8 +5,6 @@ import (
 	"slices"
 
 	"github.com/fdrestore/fdrestore/files"
-	"github.com/fdrestore/fdrestore/files/pipe"
-	"github.com/fdrestore/fdrestore/files/reg"
 	"github.com/fdrestore/fdrestore/images"
 	"github.com/fdrestore/fdrestore/proto/criupb"
 )
@@ -146,7 +144,7 @@ func (pl *planner) planFile(f *images.File) error {
 			return nil // a path entry of a FIFO or tty, or cwd/root
 		}
 		c := pl.creator(hs)
-		spec, err := reg.Spec(f, pl.others(hs, c))
+		spec, err := regSpec(f, pl.others(hs, c))
 		return pl.add(c, spec, err)
 	case criupb.FdTypes_PIPE:
 		return pl.planPipe(f.Pipe)
@@ -175,7 +173,7 @@ func (pl *planner) planFile(f *images.File) error {
 		if writeData {
 			pl.fifoData[f.Pipe] = true
 		}
-		spec, err := pipe.FifoSpec(f, writeData, pl.others(hs, c))
+		spec, err := fifoSpec(f, writeData, pl.others(hs, c))
 		return pl.add(c, spec, err)
 	}
 	pl.unsupported(f)
@@ -234,7 +232,7 @@ func (pl *planner) planPipe(pp *images.Pipe) error {
 	if len(pp.Data) > 0 && !hasReadEnd(ends) {
 		p.Warnings = append(p.Warnings, fmt.Sprintf("pipe:[%d] holds %d queued bytes but no task holds its read end", pp.ID, len(pp.Data)))
 	}
-	spec, err := pipe.PipeSpec(pp, ends, routes)
+	spec, err := pipeSpec(pp, ends, routes)
 	return pl.add(c, spec, err)
 }
 

@@ -287,7 +287,7 @@ func (pl *planner) uskRoles(c *uskComp) error {
 		s := &n.sock
 		*s = unixsk.Sock{
 			File: n.f.ID, Ino: e.GetIno(), Type: uint8(e.GetType()), Flags: e.GetFlags(),
-			Fown: files.FownFrom(e.GetFown()), Backlog: e.GetBacklog(),
+			Fown: fownFrom(e.GetFown()), Backlog: e.GetBacklog(),
 			Name: uskPathName(e.GetName()), NameDir: e.GetNameDir(), Deleted: e.GetDeleted(), Shutdown: uint8(e.GetShutdown()),
 			Create: undecided, Partner: -1, Listener: -1, ConnectTo: -1, Pending: -1, Sender: unixsk.SendNone,
 		}

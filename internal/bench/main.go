@@ -167,6 +167,7 @@ type result struct {
 	baseMem   memStats
 	err       error           // the restore failed
 	taskTook  []time.Duration // per-task engine time (-debug)
+	rootPid   int             // of the RSS run
 }
 
 var (
@@ -193,6 +194,11 @@ func main() {
 }
 
 func run() error {
+	if h := os.Getenv(restore.HelperEnv); h != "" {
+		fmt.Fprintf(os.Stderr, "helpers run %s\n", h)
+	} else {
+		fmt.Fprintf(os.Stderr, "%s is not set: restore helpers re-execute the bench binary, not the lean helper (make bench sets it)\n", restore.HelperEnv)
+	}
 	// fds: 18,003 in scenario a's single task, 11,003 per task in b.
 	var rl unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
@@ -452,6 +458,9 @@ func restoreOnce(dir string, rss bool, r *result) (runTimes, memStats, memStats,
 	// The restored tasks' helpers (not the forks seen before their exec,
 	// nor stand-ins).
 	helpers = summarize(peaks, only)
+	if r != nil && rss {
+		r.rootPid = res.RootPid
+	}
 	if rss {
 		buf := make([]byte, 4096)
 		now := map[int]procMem{}
@@ -588,9 +597,15 @@ func report(w io.Writer, results []*result) {
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Memory detail (VmHWM sampled every", *flagInterval, "during Run; the stopper is the re-exec'd end state):")
 	for _, r := range results {
-		a := r.helperMem.AtMax
-		fmt.Fprintf(w, "  %s: helper max %s (RSS at that sample %s = anon %s + file %s + shmem %s); stopped task max %s; baseline task max %s median %s\n",
-			r.sc.name, mib(r.helperMem.Max), mib(a.RSS), mib(a.Anon), mib(a.File), mib(a.Shmem), mib(r.stopMem.Max), mib(r.baseMem.Max), mib(r.baseMem.Median))
+		a, m := r.helperMem.AtMax, r.helperMem.AtMedian
+		who := "a child task"
+		if r.helperMem.MaxPid == r.rootPid {
+			who = "the root task"
+		}
+		fmt.Fprintf(w, "  %s: helper max %s, %s (RSS at that sample %s = anon %s + file %s + shmem %s); median %s (%s = anon %s + file %s + shmem %s); stopped task max %s; baseline task max %s median %s\n",
+			r.sc.name, mib(r.helperMem.Max), who, mib(a.RSS), mib(a.Anon), mib(a.File), mib(a.Shmem),
+			mib(m.HWM), mib(m.RSS), mib(m.Anon), mib(m.File), mib(m.Shmem),
+			mib(r.stopMem.Max), mib(r.baseMem.Max), mib(r.baseMem.Median))
 		if len(r.taskTook) > 0 {
 			s := append([]time.Duration(nil), r.taskTook...)
 			sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
