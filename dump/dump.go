@@ -37,6 +37,10 @@ type Options struct {
 	// content (ghost-file images); a larger one refuses the dump. Zero
 	// means DefaultGhostLimit (1 MiB).
 	GhostLimit int64
+	// ExtUnixSk allows unix datagram sockets connected to a named socket
+	// outside the tree (CRIU's --ext-unix-sk): the peer is recorded as an
+	// external socket (USK_EXTERN) that restore reconnects to by name.
+	ExtUnixSk bool
 }
 
 // Stats describes a finished dump.
@@ -46,6 +50,8 @@ type Stats struct {
 	Files          int   // entries in files.img
 	Pipes          int   // distinct pipes and FIFOs
 	PipeBytes      int64 // queued bytes saved in pipes-data.img and fifo-data.img
+	UnixSockets    int   // unix sockets of the tree (at fds or in flight)
+	SkQueueBytes   int64 // queued bytes saved in sk-queues.img
 	// Freezing is how long it took to freeze the tree; Frozen is how long
 	// the first task stayed frozen (from the moment it was frozen until the
 	// tree was thawed or killed); Total is the wall time of the dump.
@@ -274,6 +280,9 @@ func (d *dumper) prescan() error {
 				continue // closed meanwhile; the frozen walk decides
 			}
 			typ := unsupportedByLink(link)
+			if typ == "socket" {
+				typ = socketByFd(t.pid, fd)
+			}
 			if typ == "" && isDeletedLink(link) {
 				typ = deletedByStat(t.pid, fd, d.opts.ghostLimit())
 			}
