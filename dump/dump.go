@@ -67,11 +67,18 @@ var ErrUnsupported = errors.New("unsupported file")
 // such an fd leaves the tree running and unchanged.
 type UnsupportedError struct {
 	Pid, Fd int
-	Type    string // "socket", "eventpoll", "tty", "deleted file", ...
+	Type    string // "inet socket", "eventpoll", "tty", "deleted file", ...
 	Target  string // readlink of /proc/PID/fd/N
+	// Why, when set, says why this particular file cannot be dumped
+	// although its type can (a unix socket connected outside the tree,
+	// ...).
+	Why string
 }
 
 func (e *UnsupportedError) Error() string {
+	if e.Why != "" {
+		return fmt.Sprintf("pid %d fd %d: %s cannot be dumped: %s", e.Pid, e.Fd, e.Type, e.Why)
+	}
 	return fmt.Sprintf("pid %d fd %d: %s is not supported (%s)", e.Pid, e.Fd, e.Type, e.Target)
 }
 

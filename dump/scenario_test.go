@@ -188,6 +188,8 @@ func scenarioMain() int {
 		}
 	case "unix/root":
 		unixRoot(dir) // unix_test.go
+	case "unixext/root":
+		unixExtRoot()
 	case "pipes/root":
 		n, _ := strconv.Atoi(os.Getenv(envN))
 		must(unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: uint64(2*n + 100), Max: uint64(2*n + 100)}), "setrlimit")

@@ -189,7 +189,7 @@ func uxImages(t *testing.T, dir string) (map[uint32]*criupb.FileEntry, []*criupb
 		fdinfo = append(fdinfo, e.Msg.(*criupb.FdinfoEntry))
 	}
 	_, pkts, err := images.ReadFile(filepath.Join(dir, "sk-queues.img"), nil)
-	if err != nil {
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		t.Fatal(err)
 	}
 	return files, fdinfo, pkts
@@ -529,4 +529,184 @@ func doDumpOpts(t *testing.T, pid int, dir string, opts Options) *Stats {
 		t.Fatalf("dump pid %d: %v", pid, err)
 	}
 	return st
+}
+
+// unixExtRoot: sockets connected outside the tree (FDR_DUMP_N says which)
+// or a pending connection holding data.
+//
+//	dgram:  10 dgram socket connected to the test's @NAME-ext-d, 11 a
+//	        socketpair end whose peer (12) is in the tree
+//	stream: 10 stream socket connected to the test's listener @NAME-ext-l
+//	        (not accepted)
+//	icon:   10 listener @NAME-icon, 11 its pending client with 4 bytes sent
+func unixExtRoot() {
+	ppid := os.Getppid()
+	switch os.Getenv(envN) {
+	case "dgram":
+		s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM, 0)
+		must(err, "socket")
+		must(unix.Connect(s, uxAddr(uxName(ppid, "ext-d"))), "connect")
+		moveFd(s, 10, false)
+		uxPair(unix.SOCK_DGRAM, 11, 12)
+	case "stream":
+		s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+		must(err, "socket")
+		must(unix.Connect(s, uxAddr(uxName(ppid, "ext-l"))), "connect")
+		moveFd(s, 10, false)
+	case "icon":
+		l, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+		must(err, "socket")
+		must(unix.Bind(l, uxAddr(uxName(ppid, "icon"))), "bind")
+		must(unix.Listen(l, 4), "listen")
+		moveFd(l, 10, false)
+		c, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+		must(err, "socket")
+		must(unix.Connect(c, uxAddr(uxName(ppid, "icon"))), "connect")
+		moveFd(c, 11, false)
+		writeAll(11, []byte("lost"))
+	default:
+		die("FDR_DUMP_N %q", os.Getenv(envN))
+	}
+	signalReady(3)
+}
+
+func uxServer(t *testing.T, typ int, suffix string) int {
+	t.Helper()
+	s, err := unix.Socket(unix.AF_UNIX, typ|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(s) })
+	if err := unix.Bind(s, uxAddr(uxName(os.Getpid(), suffix))); err != nil {
+		t.Fatal(err)
+	}
+	if typ == unix.SOCK_STREAM {
+		if err := unix.Listen(s, 4); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return s
+}
+
+func uxRefused(t *testing.T, err error, pid, fd int, want string) {
+	t.Helper()
+	var ue *UnsupportedError
+	if !errors.As(err, &ue) || !errors.Is(err, ErrUnsupported) {
+		t.Fatalf("dump: %v, want a refusal", err)
+	}
+	prefix := fmt.Sprintf("pid %d fd %d: unix socket:[", pid, fd)
+	if msg := err.Error(); !strings.Contains(msg, prefix) || !strings.Contains(msg, want) {
+		t.Errorf("refusal %q does not say %q ... %q", msg, prefix, want)
+	}
+	t.Logf("refused: %v", err)
+}
+
+func TestDumpUnixExternalDgram(t *testing.T) {
+	srv := uxServer(t, unix.SOCK_DGRAM, "ext-d")
+	tr := startScenario(t, "unixext", t.TempDir(), envN+"=dgram")
+	img := filepath.Join(t.TempDir(), "img")
+	_, err := Dump(context.Background(), tr.pid, img, Options{LeaveRunning: true, Timeout: 20 * time.Second})
+	uxRefused(t, err, tr.pid, 10, "outside the dumped tree (dump with --ext-unix-sk")
+	if _, err := os.Stat(filepath.Join(img, "inventory.img")); err == nil {
+		t.Error("a refused dump wrote images")
+	}
+
+	doDumpOpts(t, tr.pid, img, Options{LeaveRunning: true, ExtUnixSk: true})
+	critCheck(t, img)
+	files, fdinfo, _ := uxImages(t, img)
+	var st unix.Stat_t
+	if err := unix.Fstat(srv, &st); err != nil {
+		t.Fatal(err)
+	}
+	var ext, client *criupb.UnixSkEntry
+	for _, fe := range files {
+		if u := fe.GetUsk(); u != nil && u.GetIno() == uint32(st.Ino) {
+			ext = u
+		}
+	}
+	for _, fi := range fdinfo {
+		if fi.GetFd() == 10 {
+			client = files[fi.GetId()].GetUsk()
+		}
+	}
+	if ext == nil || client == nil {
+		t.Fatalf("external entry %v, client %v", ext, client)
+	}
+	if ext.GetUflags() != uskExtern || ext.GetType() != unix.SOCK_DGRAM || ext.GetState() != tcpListen || ext.GetPeer() != 0 ||
+		string(ext.GetName()) != uxName(os.Getpid(), "ext-d") || ext.GetOpts() == nil || ext.GetFown() == nil {
+		t.Errorf("external entry %v", ext)
+	}
+	if client.GetPeer() != ext.GetIno() || client.GetUflags() != 0 {
+		t.Errorf("client entry %v", client)
+	}
+	for _, fi := range fdinfo {
+		if fi.GetId() == ext.GetId() {
+			t.Errorf("the external socket is at fd %d", fi.GetFd())
+		}
+	}
+	// files.img order: the external entry comes right before the sockets
+	// connected to it, at the end, with the highest id.
+	_, fes, _ := images.ReadFile(filepath.Join(img, "files.img"), nil)
+	n := len(fes)
+	if last := fes[n-1].Msg.(*criupb.FileEntry); last.GetUsk().GetId() != client.GetId() || fes[n-2].Msg.(*criupb.FileEntry).GetUsk().GetId() != ext.GetId() {
+		t.Errorf("files.img does not end with the external entry and its client")
+	}
+	for _, e := range fes {
+		if e.Msg.(*criupb.FileEntry).GetId() > ext.GetId() {
+			t.Errorf("id %d after the external socket's %d", e.Msg.(*criupb.FileEntry).GetId(), ext.GetId())
+		}
+	}
+	// Still connected: a datagram sent from the tree reaches the server.
+	pidfd, err := unix.PidfdOpen(tr.pid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pidfd)
+	c, err := unix.PidfdGetfd(pidfd, 10, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(c)
+	if _, err := unix.Write(c, []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 16)
+	if n, _, err := unix.Recvfrom(srv, b, unix.MSG_DONTWAIT); err != nil || string(b[:n]) != "after" {
+		t.Errorf("server got %q, %v", b[:n], err)
+	}
+}
+
+func TestDumpUnixExternalStream(t *testing.T) {
+	uxServer(t, unix.SOCK_STREAM, "ext-l")
+	tr := startScenario(t, "unixext", t.TempDir(), envN+"=stream")
+	img := filepath.Join(t.TempDir(), "img")
+	_, err := Dump(context.Background(), tr.pid, img, Options{LeaveRunning: true, ExtUnixSk: true, Timeout: 20 * time.Second})
+	uxRefused(t, err, tr.pid, 10, "pending connection to socket:[")
+}
+
+func TestDumpUnixPendingWithData(t *testing.T) {
+	tr := startScenario(t, "unixext", t.TempDir(), envN+"=icon")
+	img := filepath.Join(t.TempDir(), "img")
+	_, err := Dump(context.Background(), tr.pid, img, Options{Timeout: 20 * time.Second})
+	uxRefused(t, err, tr.pid, 11, "which was not accepted yet")
+	// Left running with the data still there.
+	pidfd, err := unix.PidfdOpen(tr.pid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pidfd)
+	l, err := unix.PidfdGetfd(pidfd, 10, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(l)
+	a, _, err := unix.Accept4(l, unix.SOCK_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(a)
+	b := make([]byte, 16)
+	if n, _ := unix.Read(a, b); string(b[:n]) != "lost" {
+		t.Errorf("pending connection after the refused dump: %q", b[:n])
+	}
 }

@@ -533,7 +533,11 @@ func rightsOf(oob []byte) ([]int, error) {
 // refuses them.
 func (s *state) resolveUnix() []error {
 	var errs []error
-	icons := map[uint32]*unixSock{} // client ino -> listener
+	// Pending connections, by client inode: to the tree's listeners, and
+	// to any other listener of the namespaces seen (a client of one is
+	// connected outside the tree).
+	icons := map[uint32]*unixSock{}
+	outIcons := map[uint32]*unixDiag{}
 	for _, sk := range s.sockList {
 		for _, c := range sk.diag.icons {
 			if c == 0 {
@@ -541,6 +545,18 @@ func (s *state) resolveUnix() []error {
 				continue
 			}
 			icons[c] = sk
+		}
+	}
+	for _, tab := range s.diags {
+		for _, d := range tab {
+			if s.socks[d.ino] != nil {
+				continue
+			}
+			for _, c := range d.icons {
+				if s.socks[c] != nil {
+					outIcons[c] = d
+				}
+			}
 		}
 	}
 	ext := map[uint32]*unixDiag{}
@@ -568,10 +584,10 @@ func (s *state) resolveUnix() []error {
 			}
 			what := fmt.Sprintf("its peer socket:[%d] %s is outside the dumped tree", sk.peer, describeName(pd.name))
 			switch {
-			case !s.extUnix:
-				errs = append(errs, sk.refuse(what+" (dump with --ext-unix-sk to keep a connection to a named datagram socket)"))
 			case pd.typ != unix.SOCK_DGRAM:
-				errs = append(errs, sk.refuse(what+": half of a stream or seqpacket connection cannot be dumped, even with --ext-unix-sk"))
+				errs = append(errs, sk.refuse(what+": half of a stream or seqpacket connection cannot be dumped"))
+			case !s.extUnix && len(pd.name) > 0:
+				errs = append(errs, sk.refuse(what+" (dump with --ext-unix-sk to record it as external and reconnect to it by name)"))
 			case len(pd.name) == 0:
 				errs = append(errs, sk.refuse(what+" and has no name to reconnect to"))
 			default:
@@ -581,14 +597,18 @@ func (s *state) resolveUnix() []error {
 		case d.state == tcpEstablished && sk.typ != unix.SOCK_DGRAM:
 			l := icons[sk.ino]
 			if l == nil {
+				if od := outIcons[sk.ino]; od != nil {
+					errs = append(errs, sk.refuse(fmt.Sprintf("it is a pending connection to socket:[%d] %s outside the dumped tree", od.ino, describeName(od.name))))
+					continue
+				}
 				if d.shutdown != 3 {
 					errs = append(errs, sk.refuse("a connected socket without a peer that is not shut down both ways (a dangling connection)"))
 				}
 				continue
 			}
 			if d.wqlen != 0 {
-				errs = append(errs, sk.refuse(fmt.Sprintf("it holds %d bytes written into a connection to socket:[%d] that was not accepted yet; "+
-					"they cannot be read without accepting it", d.wqlen, l.ino)))
+				errs = append(errs, sk.refuse(fmt.Sprintf("it sent data (%d bytes of buffers) into its connection to socket:[%d] %s, which was not accepted yet; "+
+					"that data cannot be read without accepting the connection", d.wqlen, l.ino, describeName(l.diag.name))))
 				continue
 			}
 			sk.peer = l.ino
@@ -599,8 +619,8 @@ func (s *state) resolveUnix() []error {
 
 // refuse is the refusal of socket sk, naming the fd it was found at.
 func (sk *unixSock) refuse(why string) error {
-	e := sk.first.unsupported(fmt.Sprintf("unix socket:[%d] %s: %s", sk.ino, describeName(sk.diag.name), why))
-	e.Target = sk.first.link
+	e := sk.first.unsupported(fmt.Sprintf("unix socket:[%d] %s", sk.ino, describeName(sk.diag.name)))
+	e.Why = why
 	return e
 }
 
