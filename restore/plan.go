@@ -32,6 +32,10 @@ type PlanOptions struct {
 	// SkipFileCheck restores regular files even when their size or mode
 	// changed since the dump.
 	SkipFileCheck bool
+	// ExtUnixSk allows unix sockets whose peer is outside the dumped tree
+	// (USK_EXTERN): they connect to the peer's recorded name, as CRIU's
+	// --ext-unix-sk does. Without it such a peer is an error.
+	ExtUnixSk bool
 }
 
 // Plan is what a restore will do: the processes and the steps that build
@@ -104,7 +108,7 @@ func NewPlan(set *images.Set, opts PlanOptions) (*Plan, error) {
 		}
 	}
 
-	pl := &planner{p: p, set: set, taskIx: taskIx}
+	pl := &planner{p: p, set: set, taskIx: taskIx, extUnixSk: opts.ExtUnixSk}
 	if err := pl.planInflight(); err != nil {
 		return nil, err
 	}

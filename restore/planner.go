@@ -33,6 +33,11 @@ type planner struct {
 	// deliveries are descriptions a task needs without holding them
 	// itself (an epoll's targets, a queue's files in flight).
 	deliveries []delivery
+
+	// usk holds the unix sockets grouped into components (spec_unix.go);
+	// extUnixSk allows peers outside the tree (--ext-unix-sk).
+	usk       *uskState
+	extUnixSk bool
 }
 
 // delivery asks that description file be present in task.
@@ -109,10 +114,19 @@ func (pl *planner) deliver(task int, file uint32) {
 }
 
 // planInflight finds the files that exist only in flight and the task
-// that will hold each. Until unix sockets are planned, such files cannot
-// be restored and are reported by planFile.
+// that will hold each: the unix sockets are grouped into components (one
+// task creates each, see spec_unix.go), and every file carried in a
+// component's queues is held by the component's creator, recursively,
+// since a socket in flight may carry files in its own queue. Files in
+// flight of any type are then created by that task through the normal
+// planner (holders returns it).
 func (pl *planner) planInflight() error {
-	return nil
+	st, err := pl.unixSockets()
+	if err != nil || st == nil {
+		return err
+	}
+	pl.usk = st
+	return pl.planUnixInflight()
 }
 
 // planFile plans one description of files.img.
@@ -129,6 +143,8 @@ func (pl *planner) planFile(f *images.File) error {
 		return pl.add(c, spec, err)
 	case criupb.FdTypes_PIPE:
 		return pl.planPipe(f.Pipe)
+	case criupb.FdTypes_UNIXSK:
+		return pl.planUnix(f)
 	case criupb.FdTypes_FIFO:
 		if len(hs) == 0 {
 			p.Unsupported = append(p.Unsupported, fmt.Sprintf("FIFO file id %d exists only in flight (in a unix socket queue)", f.ID))
@@ -257,7 +273,7 @@ func (pl *planner) resolveDeliveries() error {
 		tp := p.TaskPlans[d.task]
 		tp.Hold = append(tp.Hold, d.file)
 		held[d.task][d.file] = true
-		if src.task != d.task {
+		if src.task != d.task && !slices.Contains(p.TaskPlans[src.task].Opens[src.open].SendTo[src.file], uint32(d.task)) {
 			spec := &p.TaskPlans[src.task].Opens[src.open]
 			// Copy before appending: SendTo lists may share an arena.
 			spec.SendTo[src.file] = append(slices.Clip(spec.SendTo[src.file]), uint32(d.task))
