@@ -44,7 +44,7 @@ const (
 
 var (
 	uxDgrams = []string{"x", "dgram", "twelve bytes"}
-	uxRecs   = []string{"rec-one", "record-two!"}
+	uxRecs   = []string{"rec-one", "record-two!", ""}
 )
 
 // uxName is an abstract name unique to the test process testPid.
@@ -71,7 +71,7 @@ func unixRoot(dir string) {
 	}
 	uxPair(unix.SOCK_SEQPACKET, 14, 15)
 	for _, r := range uxRecs {
-		writeAll(15, []byte(r))
+		must(unix.Sendto(15, []byte(r), 0, nil), "send a record")
 	}
 
 	l, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)

@@ -10,6 +10,11 @@ import (
 // Unix socket scenarios (one per case of issue 6's unix part).
 
 // unix-pairs: socketpairs of each type with data queued both ways.
+// (No empty datagram or record: once a zero-length packet has been peeked
+// at an offset, as the suite's first dump with --leave-running does, the
+// kernel hides it from later peeks at an offset, so a second dump of the
+// same tree cannot see it. The dump tests cover empty records on a first
+// dump.)
 // 3/4 stream ("s-to-3" in two writes at 3, "s-to-4" at 4), 5/6 dgram (two
 // datagrams each way), 7/8 seqpacket (two records each way).
 func init() {
@@ -24,7 +29,7 @@ func init() {
 				}
 				for _, m := range [][2]any{{4, "s-to"}, {4, "-3"}, {3, "s-to-4"},
 					{6, "d1-to-5"}, {6, "d2-to-5!"}, {5, "d1-to-6"}, {5, "d2"},
-					{8, "r1-to-7"}, {8, "r2-to-7.."}, {7, "r1-to-8"}, {7, ""}} {
+					{8, "r1-to-7"}, {8, "r2-to-7.."}, {7, "r1-to-8"}, {7, "r"}} {
 					if err := Send(m[0].(int), m[1].(string)); err != nil {
 						return err
 					}
@@ -50,7 +55,7 @@ func init() {
 				t.CheckRecv(7, "r1-to-7")
 				t.CheckRecv(7, "r2-to-7..")
 				t.CheckRecv(8, "r1-to-8")
-				t.CheckRecv(8, "") // an empty record
+				t.CheckRecv(8, "r")
 				for _, p := range [][2]int{{3, 4}, {5, 6}, {7, 8}} {
 					t.CheckQueueEmpty(p[0])
 					t.CheckQueueEmpty(p[1])
