@@ -254,3 +254,24 @@ func parseUnixDiag(b []byte) (*unixDiag, error) {
 	}
 	return d, nil
 }
+
+// UnixPeers returns, for every unix socket of the network namespace of
+// task pid, the inode of its peer (0 when it has none or its peer is the
+// embryo of a pending connection), from one sock_diag dump. The test
+// suite uses it to check connections from outside.
+func UnixPeers(pid int) (map[uint64]uint64, error) {
+	ns, err := unix.Open(fmt.Sprintf("/proc/%d/ns/net", pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("netns of pid %d: %w", pid, err)
+	}
+	defer unix.Close(ns)
+	tab, err := unixDiagDump(ns)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[uint64]uint64, len(tab))
+	for ino, d := range tab {
+		out[uint64(ino)] = uint64(d.peer)
+	}
+	return out, nil
+}
