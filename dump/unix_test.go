@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -35,7 +36,9 @@ import (
 //	      and "peekoff" queued at 29
 //	31    dgram socket bound to DIR/gone.sock, which was unlinked
 //	32    dgram socket bound to the relative name rel.sock (cwd DIR)
-//	33    the peer of the socket in flight in 25's queue
+//	33    the peer of the socket in flight in 25's queue (which holds
+//	      "inner" then "nested" carrying a pipe read end with "Q")
+//	34/35 stream pair; 34 has an owner and "me" queued, carrying 34 itself
 const (
 	uxPing  = "ping#10"
 	uxPong  = "pong-to-11"
@@ -121,6 +124,13 @@ func unixRoot(dir string) {
 	in, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
 	must(err, "socketpair")
 	writeAll(in[1], []byte(uxInner))
+	// Nested: the socket in flight holds a pipe in flight in its own queue.
+	var q [2]int
+	must(unix.Pipe2(q[:], 0), "pipe")
+	writeAll(q[1], []byte("Q"))
+	must(unix.Sendmsg(in[1], []byte("nested"), unix.UnixRights(q[0]), nil, 0), "sendmsg nested")
+	unix.Close(q[0])
+	unix.Close(q[1])
 	must(unix.Sendmsg(26, []byte("FD:2"), unix.UnixRights(p[0], in[0]), nil, 0), "sendmsg")
 	unix.Close(p[0])
 	unix.Close(in[0])
@@ -162,6 +172,12 @@ func unixRoot(dir string) {
 	must(err, "socket")
 	must(unix.Bind(s, uxAddr("rel.sock")), "bind relative")
 	moveFd(s, 32, false)
+
+	// 34 carries itself in its own queue; it has an owner (F_SETOWN).
+	uxPair(unix.SOCK_STREAM, 34, 35)
+	must(unix.Sendmsg(35, []byte("me"), unix.UnixRights(34), nil, 0), "sendmsg self")
+	_, err = unix.FcntlInt(34, unix.F_SETOWN, os.Getpid())
+	must(err, "F_SETOWN")
 	signalReady(3)
 }
 
@@ -200,6 +216,7 @@ func TestDumpUnixSockets(t *testing.T) {
 	tr := startScenario(t, "unix", dir)
 	img := filepath.Join(t.TempDir(), "img")
 	st := doDumpOpts(t, tr.pid, img, Options{LeaveRunning: true})
+	pid := tr.pid
 	critCheck(t, img)
 	files, fdinfo, pkts := uxImages(t, img)
 
@@ -216,8 +233,8 @@ func TestDumpUnixSockets(t *testing.T) {
 			byFd[int(fi.GetFd())] = fe.GetUsk()
 		}
 	}
-	if len(byFd) != 24 {
-		t.Fatalf("%d socket fds in fdinfo, want 24", len(byFd))
+	if len(byFd) != 26 {
+		t.Fatalf("%d socket fds in fdinfo, want 26", len(byFd))
 	}
 	byIno := map[uint32]*criupb.UnixSkEntry{}
 	for _, fe := range files {
@@ -387,20 +404,32 @@ func TestDumpUnixSockets(t *testing.T) {
 	if inner == nil || inner.GetPeer() != ino(33) || byFd[33].GetPeer() != inner.GetIno() {
 		t.Fatalf("second file in flight: %v, want the peer of fd 33", skFe)
 	}
-	checkQueue2 := func(id uint32, want string) {
-		q := queue(id)
-		if len(q) != 1 || string(q[0].Trailer) != want {
-			t.Errorf("in-flight socket queue: %d packets, want %q", len(q), want)
-		}
+	iq := queue(inner.GetId())
+	// A stream read glues the plain bytes to the message with fds that
+	// follows them (from the same sender), and a peek does the same.
+	if len(iq) != 1 || string(iq[0].Trailer) != uxInner+"nested" {
+		t.Fatalf("in-flight socket queue: %d packets, want one %q", len(iq), uxInner+"nested")
 	}
-	checkQueue2(inner.GetId(), uxInner)
+	nested := iq[0].Msg.(*criupb.SkPacketEntry).GetScm()
+	if len(nested) != 1 || len(nested[0].GetRights()) != 1 || files[nested[0].GetRights()[0]].GetType() != criupb.FdTypes_PIPE {
+		t.Errorf("nested packet scm %v, want one pipe", nested)
+	}
+	// 34 carries its own description.
+	sq := queue(byFd[34].GetId())
+	if len(sq) != 1 || len(sq[0].Msg.(*criupb.SkPacketEntry).GetScm()) != 1 ||
+		!slices.Equal(sq[0].Msg.(*criupb.SkPacketEntry).GetScm()[0].GetRights(), []uint32{byFd[34].GetId()}) {
+		t.Errorf("fd 34 queue: %v, want \"me\" carrying fd 34's own file id", sq)
+	}
+	if f := byFd[34].GetFown(); f.GetPid() != uint32(pid) || f.GetPidType() != 1 {
+		t.Errorf("fd 34 fown %v, want pid %d (PIDTYPE_TGID)", f, pid)
+	}
 	for _, fi := range fdinfo {
 		if fi.GetId() == inner.GetId() || fi.GetId() == pipeFe.GetId() {
 			t.Errorf("a file in flight is at fd %d", fi.GetFd())
 		}
 	}
-	if st.UnixSockets != 25 {
-		t.Errorf("stats: %d unix sockets, want 25 (24 at fds, 1 in flight)", st.UnixSockets)
+	if st.UnixSockets != 27 {
+		t.Errorf("stats: %d unix sockets, want 27 (26 at fds, 1 in flight)", st.UnixSockets)
 	}
 
 	// --leave-running left every queue, peek offset and connection as
@@ -484,8 +513,15 @@ func uxCheckAfter(t *testing.T, pid int, dir string) {
 	if n, _ := unix.Read(fds[0], b); string(b[:n]) != "P|\n" {
 		t.Errorf("pipe in flight: %q", b[:n])
 	}
-	if n, _ := unix.Read(fds[1], b); string(b[:n]) != uxInner {
-		t.Errorf("socket in flight: %q", b[:n])
+	got, nfds := recv(fds[1])
+	if string(got) != uxInner+"nested" || len(nfds) != 1 {
+		t.Errorf("socket in flight: %q with %d fds, want %q with 1", got, len(nfds), uxInner+"nested")
+	}
+	for _, f := range nfds {
+		if n, _ := unix.Read(f, b); string(b[:n]) != "Q" {
+			t.Errorf("nested pipe: %q", b[:n])
+		}
+		unix.Close(f)
 	}
 	if _, err := unix.Write(fds[1], []byte("to33")); err != nil {
 		t.Error(err)
@@ -564,6 +600,12 @@ func unixExtRoot() {
 		must(unix.Connect(c, uxAddr(uxName(ppid, "icon"))), "connect")
 		moveFd(c, 11, false)
 		writeAll(11, []byte("lost"))
+	case "inflight-eventfd":
+		uxPair(unix.SOCK_STREAM, 10, 11)
+		efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+		must(err, "eventfd")
+		must(unix.Sendmsg(11, []byte("E"), unix.UnixRights(efd), nil, 0), "sendmsg")
+		unix.Close(efd)
 	default:
 		die("FDR_DUMP_N %q", os.Getenv(envN))
 	}
@@ -709,4 +751,39 @@ func TestDumpUnixPendingWithData(t *testing.T) {
 	if n, _ := unix.Read(a, b); string(b[:n]) != "lost" {
 		t.Errorf("pending connection after the refused dump: %q", b[:n])
 	}
+}
+
+func TestDumpUnixInflightUnsupported(t *testing.T) {
+	tr := startScenario(t, "unixext", t.TempDir(), envN+"=inflight-eventfd")
+	img := filepath.Join(t.TempDir(), "img")
+	_, err := Dump(context.Background(), tr.pid, img, Options{Timeout: 20 * time.Second})
+	var ue *UnsupportedError
+	if !errors.As(err, &ue) {
+		t.Fatalf("dump: %v, want a refusal", err)
+	}
+	want := fmt.Sprintf("pid %d fd 10: eventfd in flight (SCM_RIGHTS) in the queue of socket:[", tr.pid)
+	if !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "(anon_inode:[eventfd])") {
+		t.Errorf("refusal %q, want %q...", err, want)
+	}
+	// Nothing was consumed: the eventfd still arrives.
+	pidfd, err := unix.PidfdOpen(tr.pid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pidfd)
+	s, err := unix.PidfdGetfd(pidfd, 10, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(s)
+	buf, oob := make([]byte, 8), make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := unix.Recvmsg(s, buf, oob, unix.MSG_DONTWAIT)
+	if err != nil || string(buf[:n]) != "E" {
+		t.Fatalf("after the refused dump: %q, %v", buf[:n], err)
+	}
+	fds, err := rightsOf(oob[:oobn])
+	if err != nil || len(fds) != 1 {
+		t.Fatalf("after the refused dump: %d fds, %v", len(fds), err)
+	}
+	unix.Close(fds[0])
 }
