@@ -188,6 +188,8 @@ func scenarioMain() int {
 		}
 	case "unix/root":
 		unixRoot(dir) // unix_test.go
+	case "unixfx/root":
+		unixFixtureRoot(dir) // unixfx_test.go
 	case "unixext/root":
 		unixExtRoot()
 	case "pipes/root":
