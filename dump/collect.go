@@ -123,6 +123,7 @@ type state struct {
 	sockList []*unixSock
 	inflight []int
 	extUnix  bool
+	skBuf    []byte // peekQueue's scratch buffer
 }
 
 // collect reads every task of the frozen tree. An unsupported fd anywhere

@@ -190,6 +190,8 @@ func scenarioMain() int {
 		unixRoot(dir) // unix_test.go
 	case "unixfx/root":
 		unixFixtureRoot(dir) // unixfx_test.go
+	case "unixmany/root":
+		unixManyRoot()
 	case "unixext/root":
 		unixExtRoot()
 	case "pipes/root":

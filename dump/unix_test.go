@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -786,4 +787,82 @@ func TestDumpUnixInflightUnsupported(t *testing.T) {
 		t.Fatalf("after the refused dump: %d fds, %v", len(fds), err)
 	}
 	unix.Close(fds[0])
+}
+
+// unixManyRoot: FDR_DUMP_N socketpairs (stream, dgram, seqpacket in
+// turn) with a packet queued each way, and one stream pair with a full
+// queue and one dgram pair with 1000 datagrams.
+func unixManyRoot() {
+	n, _ := strconv.Atoi(os.Getenv(envN))
+	must(unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: uint64(2*n + 100), Max: uint64(2*n + 100)}), "setrlimit")
+	types := []int{unix.SOCK_STREAM, unix.SOCK_DGRAM, unix.SOCK_SEQPACKET}
+	for i := 0; i < n; i++ {
+		sp, err := unix.Socketpair(unix.AF_UNIX, types[i%3], 0)
+		must(err, "socketpair")
+		writeAll(sp[0], []byte("a"))
+		writeAll(sp[1], []byte("bb"))
+	}
+	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK, 0)
+	must(err, "socketpair")
+	big := make([]byte, 1<<20)
+	for i := range big {
+		big[i] = byte(i * 13)
+	}
+	for off := 0; off < len(big); {
+		m, err := unix.Write(sp[1], big[off:])
+		if err == unix.EAGAIN {
+			break
+		}
+		must(err, "fill")
+		off += m
+	}
+	sp, err = unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM, 0)
+	must(err, "socketpair")
+	must(unix.SetsockoptInt(sp[1], unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<20), "SO_SNDBUF")
+	for i := 0; i < 1000; i++ {
+		writeAll(sp[1], []byte(strconv.Itoa(i)))
+	}
+	signalReady(3)
+}
+
+func TestDumpUnixScale(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	const n = 3000
+	tr := startScenario(t, "unixmany", t.TempDir(), fmt.Sprintf("%s=%d", envN, n))
+	img := filepath.Join(t.TempDir(), "img")
+	st := doDumpOpts(t, tr.pid, img, Options{LeaveRunning: true})
+	t.Logf("%d unix sockets, %d bytes queued: freezing %.2f ms, frozen %.2f ms, total %.2f ms",
+		st.UnixSockets, st.SkQueueBytes, ms(st.Freezing), ms(st.Frozen), ms(st.Total))
+	if st.UnixSockets != 2*n+4 {
+		t.Errorf("%d unix sockets, want %d", st.UnixSockets, 2*n+4)
+	}
+	_, pkts, err := images.ReadFile(filepath.Join(img, "sk-queues.img"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dgrams int
+	var big int64
+	for _, p := range pkts {
+		switch l := p.Msg.(*criupb.SkPacketEntry).GetLength(); {
+		case l > 2:
+			big += int64(l)
+		case l >= 1:
+			if len(p.Trailer) == 0 {
+				t.Fatal("packet without data")
+			}
+		}
+	}
+	for _, p := range pkts {
+		if s := string(p.Trailer); len(s) > 0 && s[0] >= '0' && s[0] <= '9' {
+			dgrams++
+		}
+	}
+	if dgrams < 1000 || big < 100000 {
+		t.Errorf("%d numbered datagrams (want 1000), %d bytes in the full stream (want > 100000)", dgrams, big)
+	}
+	if _, err := images.Load(img); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -209,7 +209,7 @@ func (s *state) readUnix(e *fdEnt, local int, depth int) (*UnsupportedError, err
 	if d.state == tcpListen {
 		return nil, nil // its queue holds pending connections (icons)
 	}
-	raw, err := peekQueue(local, sk.typ, d.shutdown&1 != 0)
+	raw, err := peekQueue(local, sk.typ, d.shutdown&1 != 0, &s.skBuf)
 	if err != nil {
 		return nil, fmt.Errorf("socket:[%d]: peek the queue: %w", ino, err)
 	}
@@ -427,8 +427,9 @@ const maxPackets = 1 << 22
 // it: the peek offset is set to 0 and every packet is read with MSG_PEEK,
 // which advances it; afterwards the socket's own peek offset is put back.
 // Datagram and seqpacket boundaries are kept. shutRcv says the socket
-// cannot receive any more (then an empty read means the end).
-func peekQueue(fd, typ int, shutRcv bool) (pkts []rawPacket, err error) {
+// cannot receive any more (then an empty read means the end). scratch is
+// a buffer kept from one call to the next (grown as needed).
+func peekQueue(fd, typ int, shutRcv bool, scratch *[]byte) (pkts []rawPacket, err error) {
 	orig, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PEEK_OFF)
 	if err != nil {
 		return nil, fmt.Errorf("getsockopt SO_PEEK_OFF: %w", err)
@@ -454,8 +455,12 @@ func peekQueue(fd, typ int, shutRcv bool) (pkts []rawPacket, err error) {
 	if inq, err := unix.IoctlGetInt(fd, unix.SIOCINQ); err == nil && inq > size {
 		size = inq
 	}
-	buf := make([]byte, size)
-	oob := make([]byte, unix.CmsgSpace(253*4)+unix.CmsgSpace(unix.SizeofUcred)+unix.CmsgSpace(64))
+	if len(*scratch) < size {
+		*scratch = make([]byte, size)
+	}
+	buf := *scratch
+	var oobArr [1536]byte // room for 253 fds, credentials and more
+	oob := oobArr[:]
 	flags := unix.MSG_PEEK | unix.MSG_DONTWAIT | unix.MSG_CMSG_CLOEXEC
 	if !stream {
 		flags |= unix.MSG_TRUNC // return a datagram's real length
@@ -491,7 +496,8 @@ func peekQueue(fd, typ int, shutRcv bool) (pkts []rawPacket, err error) {
 			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PEEK_OFF, off); err != nil {
 				return pkts, fmt.Errorf("setsockopt SO_PEEK_OFF %d: %w", off, err)
 			}
-			buf = make([]byte, n)
+			*scratch = make([]byte, n)
+			buf = *scratch
 			continue
 		}
 		if n == 0 && len(fds) == 0 && (stream || shutRcv) {
