@@ -6,10 +6,13 @@
 // consume it), writes the images, and then kills the tree or thaws it.
 //
 // Supported fd types: regular files, directories and device nodes other
-// than terminals (CRIU's REG), pipes and FIFOs. A regular file unlinked
-// while open is saved with its content as a ghost (ghost.go), up to
-// Options.GhostLimit. A tree that holds anything else is refused before
-// anything is changed.
+// than terminals (CRIU's REG), pipes and FIFOs, and unix sockets (unixsk.go:
+// state from sock_diag, options, bound files, queues peeked with
+// SO_PEEK_OFF, pending connections, files in flight in the queues). A
+// regular file unlinked while open is saved with its content as a ghost
+// (ghost.go), up to Options.GhostLimit. A tree that holds anything else,
+// or a unix socket connected outside the tree (see Options.ExtUnixSk), is
+// refused and left running.
 package dump
 
 import (
