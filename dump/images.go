@@ -247,7 +247,9 @@ func (s *state) images() (*imageSet, error) {
 	}
 	// Datagram sockets connected to sockets outside the tree
 	// (--ext-unix-sk): the outside sockets come last.
-	uw.external(func() uint32 { id := nextID; nextID++; return id })
+	if err := uw.external(func() uint32 { id := nextID; nextID++; return id }); err != nil {
+		return nil, err
+	}
 	is.nfiles = len(files.entries)
 	is.pipes = len(pipes)
 	is.unixSockets = len(s.sockList)

@@ -601,6 +601,11 @@ func unixExtRoot() {
 		must(unix.Connect(c, uxAddr(uxName(ppid, "icon"))), "connect")
 		moveFd(c, 11, false)
 		writeAll(11, []byte("lost"))
+	case "oob":
+		uxPair(unix.SOCK_STREAM, 10, 11)
+		writeAll(11, []byte("ab"))
+		must(unix.Sendto(11, []byte("X"), unix.MSG_OOB, nil), "send MSG_OOB")
+		writeAll(11, []byte("cd"))
 	case "inflight-eventfd":
 		uxPair(unix.SOCK_STREAM, 10, 11)
 		efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
@@ -865,4 +870,20 @@ func TestDumpUnixScale(t *testing.T) {
 	if _, err := images.Load(img); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func TestDumpUnixRefusesOOB(t *testing.T) {
+	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = unix.Sendto(sp[0], []byte("X"), unix.MSG_OOB, nil)
+	unix.Close(sp[0])
+	unix.Close(sp[1])
+	if err != nil {
+		t.Skipf("no MSG_OOB on unix sockets here (CONFIG_AF_UNIX_OOB): %v", err)
+	}
+	tr := startScenario(t, "unixext", t.TempDir(), envN+"=oob")
+	_, err = Dump(context.Background(), tr.pid, filepath.Join(t.TempDir(), "img"), Options{Timeout: 20 * time.Second})
+	uxRefused(t, err, tr.pid, 10, "urgent data (MSG_OOB)")
 }

@@ -1,6 +1,8 @@
 package dump
 
 import (
+	"fmt"
+
 	"github.com/fdrestore/fdrestore/images"
 	"github.com/fdrestore/fdrestore/proto/criupb"
 	"golang.org/x/sys/unix"
@@ -72,8 +74,9 @@ func (w *unixWriter) flush(ino uint32) {
 }
 
 // external writes the outside peers (USK_EXTERN) and the sockets
-// connected to them; newID hands out file ids.
-func (w *unixWriter) external(newID func() uint32) {
+// connected to them; newID hands out file ids. Every entry must have been
+// written by then.
+func (w *unixWriter) external(newID func() uint32) error {
 	for _, d := range w.extList {
 		id := newID()
 		w.add(&criupb.FileEntry{Type: criupb.FdTypes_UNIXSK.Enum(), Id: proto.Uint32(id), Usk: &criupb.UnixSkEntry{
@@ -86,6 +89,10 @@ func (w *unixWriter) external(newID func() uint32) {
 		}})
 		w.flush(d.ino)
 	}
+	for ino, l := range w.waiting {
+		return fmt.Errorf("dump: %d unix socket entries wait for socket:[%d], which was never dumped (first: file id %d)", len(l), ino, l[0].GetId())
+	}
+	return nil
 }
 
 // entry is socket e's unix_sk_entry.

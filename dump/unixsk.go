@@ -209,6 +209,15 @@ func (s *state) readUnix(e *fdEnt, local int, depth int) (*UnsupportedError, err
 	if d.state == tcpListen {
 		return nil, nil // its queue holds pending connections (icons)
 	}
+	if sk.typ == unix.SOCK_STREAM {
+		// Urgent data (MSG_OOB) would be peeked as ordinary bytes and
+		// restored inline: refuse it. A peek does not consume it; EINVAL
+		// means there is none.
+		var b [1]byte
+		if n, _, err := unix.Recvfrom(local, b[:], unix.MSG_OOB|unix.MSG_PEEK|unix.MSG_DONTWAIT); err == nil && n == 1 {
+			return sk.refuse("it holds urgent data (MSG_OOB), which cannot be dumped"), nil
+		}
+	}
 	raw, err := peekQueue(local, sk.typ, d.shutdown&1 != 0, &s.skBuf)
 	if err != nil {
 		return nil, fmt.Errorf("socket:[%d]: peek the queue: %w", ino, err)
@@ -624,7 +633,7 @@ func (s *state) resolveUnix() []error {
 }
 
 // refuse is the refusal of socket sk, naming the fd it was found at.
-func (sk *unixSock) refuse(why string) error {
+func (sk *unixSock) refuse(why string) *UnsupportedError {
 	e := sk.first.unsupported(fmt.Sprintf("unix socket:[%d] %s", sk.ino, describeName(sk.diag.name)))
 	e.Why = why
 	return e
