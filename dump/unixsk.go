@@ -215,7 +215,7 @@ func (s *state) readUnix(e *fdEnt, local int, depth int) (*UnsupportedError, err
 		// means there is none.
 		var b [1]byte
 		if n, _, err := unix.Recvfrom(local, b[:], unix.MSG_OOB|unix.MSG_PEEK|unix.MSG_DONTWAIT); err == nil && n == 1 {
-			return sk.refuse("it holds urgent data (MSG_OOB), which cannot be dumped"), nil
+			return sk.refuse("it holds urgent data (MSG_OOB), which a restore would deliver inline"), nil
 		}
 	}
 	raw, err := peekQueue(local, sk.typ, d.shutdown&1 != 0, &s.skBuf)
