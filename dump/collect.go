@@ -67,6 +67,15 @@ func (e *fdEnt) kcmpRef() (int, int) {
 	return e.t.pid, e.fd
 }
 
+// kcmpRefTask is the pid of the task that holds e, or whose queue holds
+// it in flight.
+func (e *fdEnt) kcmpRefTask() int {
+	if e.t == nil {
+		return e.carrier.t.pid
+	}
+	return e.t.pid
+}
+
 // where names e in errors: the task's fd, or where it is in flight.
 func (e *fdEnt) where() string {
 	if e.t == nil {

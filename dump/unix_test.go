@@ -40,6 +40,7 @@ import (
 //	33    the peer of the socket in flight in 25's queue (which holds
 //	      "inner" then "nested" carrying a pipe read end with "Q")
 //	34/35 stream pair; 34 has an owner and "me" queued, carrying 34 itself
+//	36    dgram socket bound to DIR/moved-from.sock, renamed since
 const (
 	uxPing  = "ping#10"
 	uxPong  = "pong-to-11"
@@ -174,6 +175,12 @@ func unixRoot(dir string) {
 	must(unix.Bind(s, uxAddr("rel.sock")), "bind relative")
 	moveFd(s, 32, false)
 
+	s, err = unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM, 0)
+	must(err, "socket")
+	must(unix.Bind(s, uxAddr(dir+"/moved-from.sock")), "bind moved")
+	must(unix.Rename(dir+"/moved-from.sock", dir+"/moved-to.sock"), "rename")
+	moveFd(s, 36, false)
+
 	// 34 carries itself in its own queue; it has an owner (F_SETOWN).
 	uxPair(unix.SOCK_STREAM, 34, 35)
 	must(unix.Sendmsg(35, []byte("me"), unix.UnixRights(34), nil, 0), "sendmsg self")
@@ -234,8 +241,8 @@ func TestDumpUnixSockets(t *testing.T) {
 			byFd[int(fi.GetFd())] = fe.GetUsk()
 		}
 	}
-	if len(byFd) != 26 {
-		t.Fatalf("%d socket fds in fdinfo, want 26", len(byFd))
+	if len(byFd) != 27 {
+		t.Fatalf("%d socket fds in fdinfo, want 27", len(byFd))
 	}
 	byIno := map[uint32]*criupb.UnixSkEntry{}
 	for _, fe := range files {
@@ -354,6 +361,12 @@ func TestDumpUnixSockets(t *testing.T) {
 	if !byFd[31].GetDeleted() || byFd[31].GetFilePerms() == nil {
 		t.Errorf("fd 31: deleted %v perms %v, want deleted with perms", byFd[31].Deleted, byFd[31].GetFilePerms())
 	}
+	if !byFd[36].GetDeleted() || string(byFd[36].GetName()) != dir+"/moved-from.sock\x00" {
+		t.Errorf("fd 36: deleted %v name %q, want the old name, deleted (the file was renamed)", byFd[36].Deleted, byFd[36].GetName())
+	}
+	if byFd[32].Deleted != nil {
+		t.Errorf("fd 32: deleted %v", byFd[32].GetDeleted())
+	}
 	if got := byFd[32].GetNameDir(); got != dir {
 		t.Errorf("fd 32: name_dir %q, want %q", got, dir)
 	}
@@ -429,8 +442,8 @@ func TestDumpUnixSockets(t *testing.T) {
 			t.Errorf("a file in flight is at fd %d", fi.GetFd())
 		}
 	}
-	if st.UnixSockets != 27 {
-		t.Errorf("stats: %d unix sockets, want 27 (26 at fds, 1 in flight)", st.UnixSockets)
+	if st.UnixSockets != 28 {
+		t.Errorf("stats: %d unix sockets, want 28 (27 at fds, 1 in flight)", st.UnixSockets)
 	}
 
 	// --leave-running left every queue, peek offset and connection as

@@ -202,7 +202,8 @@ func (s *state) readUnix(e *fdEnt, local int, depth int) (*UnsupportedError, err
 		return nil, err
 	}
 	if len(d.name) > 0 && d.name[0] != 0 {
-		if err := sk.readBoundFile(local); err != nil {
+		pid := e.kcmpRefTask()
+		if err := sk.readBoundFile(local, pid); err != nil {
 			return nil, fmt.Errorf("socket:[%d] bound to %q: %w", ino, d.name, err)
 		}
 	}
@@ -282,8 +283,10 @@ func (s *state) readInflight(fd int, carrier *fdEnt, via uint32, depth int) (*fd
 }
 
 // readBoundFile records the owner, mode and state of the file a path-bound
-// socket is bound to, as seen through SIOCUNIXFILE.
-func (sk *unixSock) readBoundFile(local int) error {
+// socket is bound to, as seen through SIOCUNIXFILE. The file counts as
+// deleted when it was unlinked, or when the name no longer leads to it
+// from the root of task pid (it was renamed, or replaced).
+func (sk *unixSock) readBoundFile(local, pid int) error {
 	r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(local), siocUnixFile, 0)
 	if e != 0 {
 		return fmt.Errorf("SIOCUNIXFILE: %w", e)
@@ -304,6 +307,13 @@ func (sk *unixSock) readBoundFile(local int) error {
 		path = strings.TrimSuffix(path, deletedSuffix)
 	}
 	name := strings.TrimRight(string(sk.diag.name), "\x00")
+	if strings.HasPrefix(name, "/") && !sk.deleted {
+		var at unix.Stat_t
+		err := unix.Stat(fmt.Sprintf("/proc/%d/root%s", pid, name), &at)
+		if err != nil || at.Dev != st.Dev || at.Ino != st.Ino {
+			sk.deleted = true
+		}
+	}
 	if !strings.HasPrefix(name, "/") {
 		dir, ok := strings.CutSuffix(path, "/"+strings.TrimPrefix(name, "./"))
 		if !ok {
