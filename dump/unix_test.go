@@ -160,6 +160,11 @@ func unixRoot(dir string) {
 	must(unix.SetsockoptInt(29, unix.SOL_SOCKET, unix.SO_MARK, 7), "SO_MARK")
 	must(unix.SetsockoptTimeval(29, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 1, Usec: 500000}), "SO_RCVTIMEO")
 	must(unix.SetsockoptInt(29, unix.SOL_SOCKET, unix.SO_PEEK_OFF, 3), "SO_PEEK_OFF")
+	// The peer of 29 passes pidfds: peeking 29's queue must not leave
+	// any in the dumper.
+	if err := unix.SetsockoptInt(29, unix.SOL_SOCKET, unix.SO_PASSPIDFD, 1); err != nil && err != unix.ENOPROTOOPT {
+		die("SO_PASSPIDFD: %v", err)
+	}
 	_, err = unix.FcntlInt(29, unix.F_SETFL, unix.O_RDWR|unix.O_NONBLOCK)
 	must(err, "F_SETFL")
 	writeAll(30, []byte("peekoff"))
@@ -223,7 +228,11 @@ func TestDumpUnixSockets(t *testing.T) {
 	dir := t.TempDir()
 	tr := startScenario(t, "unix", dir)
 	img := filepath.Join(t.TempDir(), "img")
+	fdsBefore := countFds(t)
 	st := doDumpOpts(t, tr.pid, img, Options{LeaveRunning: true})
+	if n := countFds(t); n != fdsBefore {
+		t.Errorf("the dumper has %d fds after the dump, %d before", n, fdsBefore)
+	}
 	pid := tr.pid
 	critCheck(t, img)
 	files, fdinfo, pkts := uxImages(t, img)
@@ -899,4 +908,13 @@ func TestDumpUnixRefusesOOB(t *testing.T) {
 	tr := startScenario(t, "unixext", t.TempDir(), envN+"=oob")
 	_, err = Dump(context.Background(), tr.pid, filepath.Join(t.TempDir(), "img"), Options{Timeout: 20 * time.Second})
 	uxRefused(t, err, tr.pid, 10, "urgent data (MSG_OOB)")
+}
+
+func countFds(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
 }

@@ -1,6 +1,7 @@
 package dump
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -540,12 +541,22 @@ func rightsOf(oob []byte) ([]int, error) {
 	}
 	var fds []int
 	for _, m := range msgs {
-		if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_RIGHTS {
+		if m.Header.Level != unix.SOL_SOCKET {
+			continue
+		}
+		switch m.Header.Type {
+		case unix.SCM_RIGHTS:
 			f, err := unix.ParseUnixRights(&m)
 			if err != nil {
 				return fds, fmt.Errorf("SCM_RIGHTS: %w", err)
 			}
 			fds = append(fds, f...)
+		case unix.SCM_PIDFD:
+			// SO_PASSPIDFD hands the dumper a pidfd of the sender
+			// with every packet: not part of the queue, close it.
+			if len(m.Data) >= 4 {
+				unix.Close(int(int32(binary.NativeEndian.Uint32(m.Data))))
+			}
 		}
 	}
 	return fds, nil
