@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -623,6 +624,17 @@ func unixExtRoot() {
 		must(unix.Connect(c, uxAddr(uxName(ppid, "icon"))), "connect")
 		moveFd(c, 11, false)
 		writeAll(11, []byte("lost"))
+	case "netns":
+		// Sockets of another network namespace than the dumper's.
+		runtime.LockOSThread()
+		must(unix.Unshare(unix.CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+		uxPair(unix.SOCK_STREAM, 10, 11)
+		writeAll(11, []byte("in-netns"))
+		l, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+		must(err, "socket")
+		must(unix.Bind(l, uxAddr(uxName(ppid, "netns"))), "bind")
+		must(unix.Listen(l, 3), "listen")
+		moveFd(l, 12, false)
 	case "oob":
 		uxPair(unix.SOCK_STREAM, 10, 11)
 		writeAll(11, []byte("ab"))
@@ -917,4 +929,47 @@ func countFds(t *testing.T) int {
 		t.Fatal(err)
 	}
 	return len(ents)
+}
+
+func TestDumpUnixOtherNetns(t *testing.T) {
+	tr := startScenario(t, "unixext", t.TempDir(), envN+"=netns")
+	pidfd, err := unix.PidfdOpen(tr.pid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pidfd)
+	s, err := unix.PidfdGetfd(pidfd, 10, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(s)
+	r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(s), unix.SIOCGSKNS, 0)
+	if e != 0 {
+		t.Fatal(e)
+	}
+	var theirs, ours unix.Stat_t
+	unix.Fstat(int(r), &theirs)
+	unix.Close(int(r))
+	if err := unix.Stat("/proc/self/ns/net", &ours); err != nil {
+		t.Fatal(err)
+	}
+	if theirs.Ino == ours.Ino {
+		t.Fatal("the scenario's sockets are in the test's network namespace")
+	}
+	img := filepath.Join(t.TempDir(), "img")
+	doDumpOpts(t, tr.pid, img, Options{LeaveRunning: true})
+	files, fdinfo, pkts := uxImages(t, img)
+	var names []string
+	for _, fi := range fdinfo {
+		if u := files[fi.GetId()].GetUsk(); u != nil {
+			names = append(names, fmt.Sprintf("%d:%d:%q", fi.GetFd(), u.GetState(), u.GetName()))
+		}
+	}
+	want := []string{"10:1:\"\"", "11:1:\"\"", fmt.Sprintf("12:10:%q", uxName(os.Getpid(), "netns"))}
+	if !slices.Equal(names, want) {
+		t.Errorf("sockets %v, want %v", names, want)
+	}
+	if len(pkts) != 1 || string(pkts[0].Trailer) != "in-netns" {
+		t.Errorf("%d packets, want in-netns", len(pkts))
+	}
 }
