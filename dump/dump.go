@@ -166,7 +166,7 @@ func Dump(ctx context.Context, pid int, dir string, opts Options) (*Stats, error
 		if err := img.write(dir); err != nil {
 			return abort(err)
 		}
-		if err := checkRestorable(dir); err != nil {
+		if err := checkRestorable(dir, opts.ExtUnixSk); err != nil {
 			return abort(err)
 		}
 		err = fz.kill(func() { st.Frozen = time.Since(frozenAt) })
@@ -190,14 +190,15 @@ func Dump(ctx context.Context, pid int, dir string, opts Options) (*Stats, error
 // could not restore the images it would leave; the tree keeps running.
 var ErrNotRestorable = errors.New("fdrestore cannot restore this tree")
 
-// checkRestorable loads the images just written and plans their restore,
-// so that a tree is never killed for images its own restore refuses.
-func checkRestorable(dir string) error {
+// checkRestorable loads the images just written and plans their restore
+// (with --ext-unix-sk when the dump had it), so that a tree is never
+// killed for images its own restore refuses.
+func checkRestorable(dir string, extUnixSk bool) error {
 	set, err := images.Load(dir)
 	if err != nil {
 		return fmt.Errorf("dump: %w: the images do not load: %v", ErrNotRestorable, err)
 	}
-	p, err := restore.NewPlan(set, restore.PlanOptions{})
+	p, err := restore.NewPlan(set, restore.PlanOptions{ExtUnixSk: extUnixSk})
 	if err == nil {
 		err = p.Err()
 	}

@@ -756,6 +756,10 @@ func TestDumpUnixExternalDgram(t *testing.T) {
 	if n, _, err := unix.Recvfrom(srv, b, unix.MSG_DONTWAIT); err != nil || string(b[:n]) != "after" {
 		t.Errorf("server got %q, %v", b[:n], err)
 	}
+	// A dump that kills the tree checks that restore (with
+	// --ext-unix-sk) accepts the images.
+	doDumpOpts(t, tr.pid, filepath.Join(t.TempDir(), "img2"), Options{ExtUnixSk: true})
+	waitGone(t, tr.pid)
 }
 
 func TestDumpUnixExternalStream(t *testing.T) {

@@ -20,6 +20,10 @@ type spec struct {
 	// crfailError ({pid:ROLE} = pid of the task running ROLE).
 	crfail      bool
 	crfailError string
+	// extPeer: the runner binds a datagram socket outside the tree for
+	// the scenario (see Config.ExtPeer); extUnixSk: dumps and restores
+	// get --ext-unix-sk.
+	extPeer, extUnixSk bool
 	// unsupported: a state fdrestore does not handle yet. When the run
 	// fails with an error matching it, the scenario is reported as
 	// skipped with that error; any other failure is a failure, and a
@@ -55,6 +59,12 @@ var scenarios = []spec{
 	{name: "unix-scm"},
 	{name: "unix-deleted"},
 	{name: "unix-shared"},
+	// The restore command has no --ext-unix-sk yet (its planner has).
+	{name: "unix-ext-dgram", extPeer: true, extUnixSk: true, unsupported: `unknown flag: --ext-unix-sk`},
+	{name: "crfail-unix-ext", extPeer: true, crfail: true,
+		crfailError: `^fdrestore: dump refused, the tree was left running unchanged: ` +
+			`pid {pid:root} fd 3: unix socket:\[\d+\] \(unnamed\) cannot be dumped: its peer socket:\[\d+\] ".*/crfail-unix-ext\.ext\.sock" ` +
+			`is outside the dumped tree \(dump with --ext-unix-sk to record it as external and reconnect to it by name\)$`},
 	{name: "crfail-unix-pending-data", crfail: true,
 		crfailError: `^fdrestore: dump refused, the tree was left running unchanged: ` +
 			`pid {pid:root} fd 4: unix socket:\[\d+\] \(unnamed\) cannot be dumped: it sent data \(\d+ bytes of buffers\) ` +
@@ -155,7 +165,8 @@ func TestZdtm(t *testing.T) {
 			for _, fl := range flavors() {
 				t.Run(fl, func(t *testing.T) {
 					t.Parallel()
-					res := runDriver(t, Config{Scenario: sc.name, Flavor: fl, CRFail: sc.crfail, CRFailError: sc.crfailError})
+					res := runDriver(t, Config{Scenario: sc.name, Flavor: fl, CRFail: sc.crfail, CRFailError: sc.crfailError,
+						ExtPeer: sc.extPeer, ExtUnixSk: sc.extUnixSk})
 					if res.Status == "fail" && sc.unsupported != "" && regexp.MustCompile(sc.unsupported).MatchString(res.Reason) {
 						res.Status, res.Reason = "skip", "not supported yet: "+res.Reason
 					}
@@ -201,7 +212,7 @@ func TestScenarioSanity(t *testing.T) {
 	for _, sc := range scenarios {
 		t.Run(sc.name, func(t *testing.T) {
 			t.Parallel()
-			res := runDriver(t, Config{Scenario: sc.name, Flavor: FlavorNoCR})
+			res := runDriver(t, Config{Scenario: sc.name, Flavor: FlavorNoCR, ExtPeer: sc.extPeer})
 			if res.Status != "pass" {
 				t.Errorf("%s without C/R: %s", sc.name, res.Reason)
 			}

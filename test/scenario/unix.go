@@ -823,3 +823,42 @@ func init() {
 		},
 	})
 }
+
+// unix-ext-dgram: a dgram socket (3) connected to a socket outside the
+// tree (the runner binds WORKDIR/unix-ext-dgram.ext.sock and keeps it), one
+// datagram sent to it; and a dgram pair 4/5 with "in-tree" queued at 4.
+// Dumped and restored with --ext-unix-sk; crfail-unix-ext is the same
+// state dumped without it, which must refuse.
+func init() {
+	register("unix-ext-dgram", extDgramRoles())
+	register("crfail-unix-ext", extDgramRoles())
+}
+
+func extDgramRoles() map[string]*Role {
+	return map[string]*Role{
+		"root": {
+			Fds: std(3, 4, 5),
+			Setup: func(t *T) error {
+				if err := t.SocketAt(unix.SOCK_DGRAM, 3); err != nil {
+					return err
+				}
+				if err := unix.Connect(3, SockAddr(t.Path("ext.sock"))); err != nil {
+					return fmt.Errorf("connect to the runner's socket: %w", err)
+				}
+				if err := Send(3, "to-outside"); err != nil {
+					return err
+				}
+				if err := t.PairAt(unix.SOCK_DGRAM, 4, 5); err != nil {
+					return err
+				}
+				return Send(5, "in-tree")
+			},
+			Verify: func(t *T) {
+				t.CheckSock(3, unix.SOCK_DGRAM, false, "", t.Path("ext.sock"))
+				t.Check(Send(3, "again-to-outside"), "send to the outside socket")
+				t.CheckRecv(4, "in-tree")
+				t.CheckPingPong(4, 5)
+			},
+		},
+	}
+}
