@@ -19,7 +19,7 @@ import (
 
 func (a *app) planCmd() *cobra.Command {
 	var dir string
-	var skipFileCheck bool
+	var skipFileCheck, extUnixSk bool
 	cmd := &cobra.Command{
 		Use:   "plan -D DIR",
 		Short: "Print what a restore of DIR would do, without creating a process",
@@ -33,7 +33,7 @@ be restored.`,
 			if dir == "" {
 				return usagef("plan needs -D DIR")
 			}
-			p, err := loadPlan(dir, skipFileCheck)
+			p, err := loadPlan(dir, restore.PlanOptions{SkipFileCheck: skipFileCheck, ExtUnixSk: extUnixSk})
 			if err != nil {
 				return err
 			}
@@ -43,15 +43,18 @@ be restored.`,
 	}
 	cmd.Flags().StringVarP(&dir, "images-dir", "D", "", "image `DIR`ectory")
 	cmd.Flags().BoolVar(&skipFileCheck, "skip-file-check", false, "do not check the size and mode of regular files")
+	cmd.Flags().BoolVar(&extUnixSk, "ext-unix-sk", false, extUnixSkHelp)
 	return cmd
 }
 
-func loadPlan(dir string, skipFileCheck bool) (*restore.Plan, error) {
+const extUnixSkHelp = "connect unix sockets whose peer is outside the dumped tree to the peer's recorded name"
+
+func loadPlan(dir string, opts restore.PlanOptions) (*restore.Plan, error) {
 	set, err := images.Load(dir)
 	if err != nil {
 		return nil, err
 	}
-	return restore.NewPlan(set, restore.PlanOptions{SkipFileCheck: skipFileCheck})
+	return restore.NewPlan(set, opts)
 }
 
 type restoreFlags struct {
@@ -64,6 +67,7 @@ type restoreFlags struct {
 	pidMap        string
 	timeout       time.Duration
 	skipFileCheck bool
+	extUnixSk     bool
 }
 
 func (a *app) restoreCmd() *cobra.Command {
@@ -92,6 +96,7 @@ and exits with its status. On any failure every process it created is killed.`,
 	fl.StringVar(&f.pidMap, "pid-map", "", `write {"<image pid>": <new pid>, ...} as JSON to `+"`FILE`")
 	fl.DurationVar(&f.timeout, "timeout", 60*time.Second, "give up (and kill the tree) if the restore takes longer")
 	fl.BoolVar(&f.skipFileCheck, "skip-file-check", false, "do not check the size and mode of regular files")
+	fl.BoolVar(&f.extUnixSk, "ext-unix-sk", false, extUnixSkHelp)
 	return cmd
 }
 
@@ -121,7 +126,7 @@ func (a *app) runRestore(cmd *cobra.Command, f *restoreFlags) error {
 	if f.leaveStopped && !f.detach {
 		return usagef("--leave-stopped needs -d: stopped tasks never exit")
 	}
-	p, err := loadPlan(f.dir, f.skipFileCheck)
+	p, err := loadPlan(f.dir, restore.PlanOptions{SkipFileCheck: f.skipFileCheck, ExtUnixSk: f.extUnixSk})
 	if err != nil {
 		return err
 	}
