@@ -59,8 +59,7 @@ var scenarios = []spec{
 	{name: "unix-scm"},
 	{name: "unix-deleted"},
 	{name: "unix-shared"},
-	// The restore command has no --ext-unix-sk yet (its planner has).
-	{name: "unix-ext-dgram", extPeer: true, extUnixSk: true, unsupported: `unknown flag: --ext-unix-sk`},
+	{name: "unix-ext-dgram", extPeer: true, extUnixSk: true},
 	{name: "crfail-unix-ext", extPeer: true, crfail: true,
 		crfailError: `^fdrestore: dump refused, the tree was left running unchanged: ` +
 			`pid {pid:root} fd 3: unix socket:\[\d+\] \(unnamed\) cannot be dumped: its peer socket:\[\d+\] ".*/crfail-unix-ext\.ext\.sock" ` +
