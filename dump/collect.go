@@ -67,9 +67,9 @@ func (e *fdEnt) kcmpRef() (int, int) {
 	return e.t.pid, e.fd
 }
 
-// kcmpRefTask is the pid of the task that holds e, or whose queue holds
+// ownerPid is the pid of the task that holds e, or whose queue holds
 // it in flight.
-func (e *fdEnt) kcmpRefTask() int {
+func (e *fdEnt) ownerPid() int {
 	if e.t == nil {
 		return e.carrier.t.pid
 	}

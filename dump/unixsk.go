@@ -203,7 +203,7 @@ func (s *state) readUnix(e *fdEnt, local int, depth int) (*UnsupportedError, err
 		return nil, err
 	}
 	if len(d.name) > 0 && d.name[0] != 0 {
-		pid := e.kcmpRefTask()
+		pid := e.ownerPid()
 		if err := sk.readBoundFile(local, pid); err != nil {
 			return nil, fmt.Errorf("socket:[%d] bound to %q: %w", ino, d.name, err)
 		}
