@@ -49,6 +49,7 @@ type fdEnt struct {
 	fown    [5]uint32
 	desc    *fdEnt     // the first fd (in dump order) of the same description
 	ghost   *ghostFile // a regular file unlinked while open (ghost.go)
+	anon    *anonInfo  // epoll, eventfd, signalfd, timerfd state (event.go)
 	usk     *unixSock  // a unix socket (unixsk.go)
 
 	// A file found in flight in a unix socket queue (t is nil, fd -1):
@@ -177,6 +178,13 @@ func (d *dumper) collect(tasks []*task) (*imageSet, error) {
 	defer func() { d.log.WithField("took", time.Since(t0)).Debug("descriptions and ids matched") }()
 	if err := s.shareDescriptions(); err != nil {
 		return nil, fmt.Errorf("dump: %w", err)
+	}
+	refused, err := s.resolveEpolls()
+	if err != nil {
+		return nil, fmt.Errorf("dump: %w", err)
+	}
+	if err := refusal(refused); err != nil {
+		return nil, err
 	}
 	if err := s.kobjIDs(); err != nil {
 		return nil, fmt.Errorf("dump: %w", err)
@@ -308,11 +316,26 @@ func (s *state) readFd(t *task, pidfd, fd int) (*fdEnt, *UnsupportedError, error
 }
 
 // inspect reads what e is through the dumper's fd local of it (e.st is
-// filled): its kind, owner, queued pipe data, deleted-file content, or
-// unix socket state and queue (files in flight there are read at depth+1).
+// filled): its kind, owner, queued pipe data, deleted-file content,
+// anon-inode state (event.go), or unix socket state and queue (files in
+// flight there are read at depth+1).
 func (s *state) inspect(e *fdEnt, local int, depth int) (*UnsupportedError, error) {
 	var err error
 	link := e.link
+	if k, ok := anonKinds[link]; ok {
+		if e.t == nil {
+			// Their state is read from the holder's fdinfo, and an
+			// epoll set's targets are the holder's fd numbers.
+			return e.unsupported(strings.TrimSuffix(strings.TrimPrefix(link, "anon_inode:["), "]")), nil
+		}
+		if err := readAnon(e, k); err != nil {
+			return nil, err
+		}
+		if e.fown, err = readFown(local); err != nil {
+			return nil, err
+		}
+		return nil, nil
+	}
 	if (e.st.Mode&unix.S_IFMT == unix.S_IFREG && e.st.Nlink == 0) || isDeletedLink(link) {
 		if bad, err := s.readGhost(e, local); bad != nil || err != nil {
 			return bad, err

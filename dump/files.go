@@ -101,6 +101,8 @@ func unsupportedByLink(link string) string {
 	switch {
 	case strings.HasPrefix(link, "socket:"):
 		return "socket"
+	case anonKinds[link] != 0:
+		return "" // event.go
 	case strings.HasPrefix(link, "anon_inode:"):
 		t := strings.TrimPrefix(link, "anon_inode:")
 		t = strings.TrimSuffix(strings.TrimPrefix(t, "["), "]")

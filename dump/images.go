@@ -201,6 +201,10 @@ func (s *state) images() (*imageSet, error) {
 				Fifo: &criupb.FifoEntry{Id: proto.Uint32(id), PipeId: proto.Uint32(uint32(e.st.Ino)), RegfId: proto.Uint32(regID)}})
 		case kindUnix:
 			uw.dump(e, id, fileID)
+		default:
+			if fe := anonEntry(e, id); fe != nil {
+				addFile(fe) // event.go
+			}
 		}
 		return id
 	}
@@ -209,6 +213,9 @@ func (s *state) images() (*imageSet, error) {
 		for _, e := range t.fds {
 			id := fileID(e)
 			typ := map[fdKind]criupb.FdTypes{kindReg: criupb.FdTypes_REG, kindPipe: criupb.FdTypes_PIPE, kindFifo: criupb.FdTypes_FIFO, kindUnix: criupb.FdTypes_UNIXSK}[e.kind]
+			if t, ok := anonType(e.kind); ok {
+				typ = t
+			}
 			var fl uint32
 			if e.cloexec {
 				fl = unix.FD_CLOEXEC

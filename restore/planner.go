@@ -38,6 +38,11 @@ type planner struct {
 	// extUnixSk allows peers outside the tree (--ext-unix-sk).
 	usk       *uskState
 	extUnixSk bool
+	epolls    []*epollPlan // spec_epoll.go
+
+	// unsup holds the ids of files listed as unsupported: a delivery of
+	// one is not an error (the plan cannot run anyway).
+	unsup map[uint32]bool
 }
 
 // delivery asks that description file be present in task.
@@ -145,6 +150,14 @@ func (pl *planner) planFile(f *images.File) error {
 		return pl.planPipe(f.Pipe)
 	case criupb.FdTypes_UNIXSK:
 		return pl.planUnix(f)
+	case criupb.FdTypes_EVENTPOLL:
+		return pl.planEpoll(f)
+	case criupb.FdTypes_EVENTFD:
+		return pl.planEventfd(f)
+	case criupb.FdTypes_SIGNALFD:
+		return pl.planSignalfd(f)
+	case criupb.FdTypes_TIMERFD:
+		return pl.planTimerfd(f)
 	case criupb.FdTypes_FIFO:
 		if len(hs) == 0 {
 			p.Unsupported = append(p.Unsupported, fmt.Sprintf("FIFO file id %d exists only in flight (in a unix socket queue)", f.ID))
@@ -168,6 +181,10 @@ func (pl *planner) planFile(f *images.File) error {
 // unsupported lists every fd of f as not restorable.
 func (pl *planner) unsupported(f *images.File) {
 	p := pl.p
+	if pl.unsup == nil {
+		pl.unsup = map[uint32]bool{}
+	}
+	pl.unsup[f.ID] = true
 	if len(f.Fds) == 0 {
 		p.Unsupported = append(p.Unsupported, fmt.Sprintf("%s: type %s is not supported yet (it exists only in flight)", f.Name(), f.Type))
 	}
@@ -264,6 +281,9 @@ func (pl *planner) resolveDeliveries() error {
 	pl.deliveries = slices.Compact(pl.deliveries)
 	for _, d := range pl.deliveries {
 		src, ok := published[d.file]
+		if !ok && pl.unsup[d.file] {
+			continue // listed in Unsupported
+		}
 		if !ok {
 			return fmt.Errorf("plan: task %d needs file id %d, which no task creates", pl.set.Tasks[d.task].Pid, d.file)
 		}

@@ -54,48 +54,6 @@ func init() {
 	})
 }
 
-// crfail-epoll: the root holds an epoll instance (fd 3) watching the read
-// end (4) of a pipe (4/5) with one byte queued.
-func init() {
-	register("crfail-epoll", map[string]*Role{
-		"root": {
-			Fds: std(3, 4, 5),
-			Setup: func(t *T) error {
-				if err := t.PipeAt(4, 5, 0); err != nil {
-					return err
-				}
-				ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-				if err != nil {
-					return err
-				}
-				if ep, err = t.hi(ep); err != nil {
-					return err
-				}
-				if err := t.Place(ep, 3); err != nil {
-					return err
-				}
-				ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: 4}
-				if err := unix.EpollCtl(3, unix.EPOLL_CTL_ADD, 4, &ev); err != nil {
-					return err
-				}
-				return WriteAll(5, []byte("x"))
-			},
-			Verify: func(t *T) {
-				t.CheckType(3, "anon_inode:[eventpoll]")
-				evs := make([]unix.EpollEvent, 4)
-				n, err := unix.EpollWait(3, evs, 1000)
-				if t.Check(err, "epoll_wait") && (n != 1 || evs[0].Fd != 4 || evs[0].Events&unix.EPOLLIN == 0) {
-					t.Fail("epoll_wait: %d events %+v, want EPOLLIN on fd 4", n, evs[:max(n, 0)])
-				}
-				b, err := ReadFull(4, 1)
-				if t.Check(err, "read the queued byte") && string(b) != "x" {
-					t.Fail("queued byte %q, want x", b)
-				}
-			},
-		},
-	})
-}
-
 // crfail-pty: the root holds a pty master (fd 3, opened through ptmx) and
 // its slave (fd 4, opened with TIOCGPTPEER, not as a controlling tty),
 // with 3 bytes written to the master waiting at the slave.
