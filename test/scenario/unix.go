@@ -862,3 +862,71 @@ func extDgramRoles() map[string]*Role {
 		},
 	}
 }
+
+// unix-epoll: an epoll set (3) watching a unix stream socket (4, "ready"
+// queued, EPOLLIN) and a listener (6, EPOLLIN|EPOLLET, no pending
+// connection); 5 is 4's peer.
+func init() {
+	register("unix-epoll", map[string]*Role{
+		"root": {
+			Fds: std(3, 4, 5, 6),
+			Setup: func(t *T) error {
+				ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+				if err != nil {
+					return err
+				}
+				if ep, err = t.hi(ep); err != nil {
+					return err
+				}
+				if err := t.Place(ep, 3); err != nil {
+					return err
+				}
+				if err := t.PairAt(unix.SOCK_STREAM, 4, 5); err != nil {
+					return err
+				}
+				if err := t.SocketAt(unix.SOCK_STREAM, 6); err != nil {
+					return err
+				}
+				if err := unix.Bind(6, SockAddr(t.Abstract("l"))); err != nil {
+					return err
+				}
+				if err := unix.Listen(6, 2); err != nil {
+					return err
+				}
+				for _, r := range []struct {
+					fd     int
+					events uint32
+				}{{4, unix.EPOLLIN}, {6, unix.EPOLLIN | unix.EPOLLET}} {
+					ev := unix.EpollEvent{Events: r.events, Fd: int32(r.fd)}
+					if err := unix.EpollCtl(3, unix.EPOLL_CTL_ADD, r.fd, &ev); err != nil {
+						return fmt.Errorf("EPOLL_CTL_ADD %d: %w", r.fd, err)
+					}
+				}
+				return Send(5, "ready")
+			},
+			Verify: func(t *T) {
+				t.CheckType(3, "anon_inode:[eventpoll]")
+				evs := make([]unix.EpollEvent, 4)
+				n, err := unix.EpollWait(3, evs, 5000)
+				if t.Check(err, "epoll_wait") && (n != 1 || evs[0].Fd != 4 || evs[0].Events&unix.EPOLLIN == 0) {
+					t.Fail("epoll_wait: %d events %+v, want EPOLLIN on fd 4 only", n, evs[:max(n, 0)])
+				}
+				t.CheckStream(4, "ready")
+				// A new connection wakes the listener's registration.
+				c, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+				if !t.Check(err, "socket") {
+					return
+				}
+				defer unix.Close(c)
+				if !t.Check(unix.Connect(c, SockAddr(t.Abstract("l"))), "connect") {
+					return
+				}
+				n, err = unix.EpollWait(3, evs, 5000)
+				if t.Check(err, "epoll_wait") && (n != 1 || evs[0].Fd != 6) {
+					t.Fail("epoll_wait after connect: %d events %+v, want fd 6", n, evs[:max(n, 0)])
+				}
+				t.CheckPingPong(4, 5)
+			},
+		},
+	})
+}
