@@ -11,11 +11,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/fdrestore/fdrestore/images"
 	"github.com/fdrestore/fdrestore/proto/criupb"
+	"github.com/fdrestore/fdrestore/restore"
 	"golang.org/x/sys/unix"
 )
 
@@ -975,5 +977,49 @@ func TestDumpUnixOtherNetns(t *testing.T) {
 	}
 	if len(pkts) != 1 || string(pkts[0].Trailer) != "in-netns" {
 		t.Errorf("%d packets, want in-netns", len(pkts))
+	}
+}
+
+// TestDumpRestoreRedumpUnix dumps the unix scenario (killing it), restores
+// it stopped, dumps the restored tree and compares the images, inodes
+// aside.
+func TestDumpRestoreRedumpUnix(t *testing.T) {
+	dir := t.TempDir()
+	tr := startScenario(t, "unix", dir)
+	img1 := filepath.Join(t.TempDir(), "img1")
+	doDump(t, tr.pid, img1, false)
+	tr.cmd.Wait()
+	set, err := images.Load(img1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := restore.NewPlan(set, restore.PlanOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	res, err := restore.Run(ctx, plan, restore.Options{End: restore.EndStop, Timeout: 60 * time.Second})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	var pids []int
+	for _, p := range res.PidMap {
+		pids = append(pids, p)
+	}
+	t.Cleanup(func() {
+		for _, p := range pids {
+			syscall.Kill(p, syscall.SIGKILL)
+		}
+		var ws syscall.WaitStatus
+		syscall.Wait4(res.RootPid, &ws, 0, nil)
+	})
+	img2 := filepath.Join(t.TempDir(), "img2")
+	doDump(t, res.RootPid, img2, false)
+	waitGone(t, pids...)
+	critCheck(t, img2)
+	a, b := canon(t, img1), canon(t, img2)
+	if a != b {
+		t.Errorf("images of the restored tree differ from the original's:\n%s", diffLines(a, b))
 	}
 }
