@@ -37,7 +37,7 @@ import (
 //	27    stream socket whose peer was closed, "orphan" queued
 //	28    dgram socket @NAME-s connected to itself, "self" queued
 //	29/30 stream pair with options at 29 (and O_NONBLOCK), SO_PEEK_OFF 3
-//	      and "peekoff" queued at 29
+//	      and "peekoff" queued at 29; a BPF filter on 30
 //	31    dgram socket bound to DIR/gone.sock, which was unlinked
 //	32    dgram socket bound to the relative name rel.sock (cwd DIR)
 //	33    the peer of the socket in flight in 25's queue (which holds
@@ -171,6 +171,9 @@ func unixRoot(dir string) {
 	_, err = unix.FcntlInt(29, unix.F_SETFL, unix.O_RDWR|unix.O_NONBLOCK)
 	must(err, "F_SETFL")
 	writeAll(30, []byte("peekoff"))
+	// A classic BPF filter on 30: accept everything.
+	prog := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0xffffffff}}
+	must(unix.SetsockoptSockFprog(30, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &unix.SockFprog{Len: 1, Filter: &prog[0]}), "SO_ATTACH_FILTER")
 
 	s, err = unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM, 0)
 	must(err, "socket")
@@ -365,6 +368,12 @@ func TestDumpUnixSockets(t *testing.T) {
 	if o.GetSoSndbuf() != 100000 || !o.GetSoPasscred() || o.GetSoPriority() != 3 || o.GetSoRcvlowat() != 2 || o.GetSoMark() != 7 ||
 		o.GetSoRcvTmoSec() != 1 || o.GetSoRcvTmoUsec() != 500000 {
 		t.Errorf("fd 29 options: %v", o)
+	}
+	if f := byFd[30].GetOpts().GetSoFilter(); len(f) != 1 || f[0] != uint64(unix.BPF_RET|unix.BPF_K)<<48|0xffffffff {
+		t.Errorf("fd 30: so_filter %#x, want the one accept-all instruction", f)
+	}
+	if len(byFd[29].GetOpts().GetSoFilter()) != 0 {
+		t.Errorf("fd 29: so_filter %v, want none", byFd[29].GetOpts().GetSoFilter())
 	}
 	// Bound files.
 	if fp := byFd[20].GetFilePerms(); fp == nil || fp.GetMode() != unix.S_IFSOCK|0o751 || fp.GetUid() != 0 || byFd[20].Deleted != nil {

@@ -411,9 +411,9 @@ func readSkOpts(fd int, o *skOpts) error {
 	return errors.Join(errs...)
 }
 
-// socketFilter reads an attached classic BPF filter (SO_GET_FILTER): each
-// instruction as one 64-bit word, the way sk_opts_entry.so_filter holds
-// them.
+// socketFilter reads an attached classic BPF filter (SO_GET_FILTER), each
+// instruction encoded the way sk_opts_entry.so_filter holds it, the same
+// on every architecture: code << 48 | jt << 40 | jf << 32 | k.
 func socketFilter(fd int) ([]uint64, error) {
 	var n uint32 // 0: ask for the number of instructions
 	_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_GET_FILTER, 0, uintptr(unsafe.Pointer(&n)), 0)
@@ -423,13 +423,18 @@ func socketFilter(fd int) ([]uint64, error) {
 	if n == 0 {
 		return nil, nil
 	}
-	words := make([]uint64, n)
-	ln := n
-	_, _, e = unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_GET_FILTER, uintptr(unsafe.Pointer(&words[0])), uintptr(unsafe.Pointer(&ln)), 0)
+	prog := make([]unix.SockFilter, n)
+	ln := n // in instructions, not bytes
+	_, _, e = unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_GET_FILTER, uintptr(unsafe.Pointer(&prog[0])), uintptr(unsafe.Pointer(&ln)), 0)
 	if e != 0 {
 		return nil, fmt.Errorf("getsockopt SO_GET_FILTER: %w", e)
 	}
-	return words[:min(ln, n)], nil
+	out := make([]uint64, min(ln, n))
+	for i := range out {
+		f := prog[i]
+		out[i] = uint64(f.Code)<<48 | uint64(f.Jt)<<40 | uint64(f.Jf)<<32 | uint64(f.K)
+	}
+	return out, nil
 }
 
 // rawPacket is one peeked packet with the fds it carries (new fds of the
