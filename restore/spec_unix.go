@@ -22,7 +22,24 @@ import (
 // holders, or, for a component no fd refers to (it exists only in flight),
 // the task that refills the queue carrying it. planInflight finds the
 // components and their creators, following files in flight recursively (a
-// socket in flight may itself carry files); planUnix writes the openers.
+// socket in flight may itself carry files); planUnix writes the openers:
+// unixsk-pair for a plain socketpair, unixsk for any other component, plus
+// unixsk-queue when its queues carry files (its Needs are those files).
+//
+// Checked here, before any process exists: every peer inode resolves (a
+// peer outside the tree needs PlanOptions.ExtUnixSk), stream peers point
+// at each other or at a listener (a cycle of them is named in full), no
+// packet is queued on a listener or where no socket could have sent it,
+// names fit a sockaddr_un. The component's order (bind and listen before
+// connect, accepted before pending connections, carried files before the
+// refill, both queue directions before flags and shutdown) goes into the
+// stage graph for every component but plain socketpairs, which have no
+// order to keep and would only cost nodes (a task may hold thousands).
+//
+// Not restored: mount and network namespaces of names (names are bound in
+// the restoring task's), data a client wrote before its connection was
+// accepted (not in CRIU's images), SCM_CREDENTIALS and sender addresses
+// (not in the images either).
 
 // uflags bits of unix_sk_entry.
 const (
@@ -48,6 +65,7 @@ type uskNode struct {
 	idx    int
 	sock   unixsk.Sock
 	listen *uskNode // an accepted socket's listener (same name), if alive
+	byName bool     // a mutual datagram pair connected by name, not made by socketpair
 }
 
 type uskComp struct {
@@ -55,6 +73,7 @@ type uskComp struct {
 	creator int // task index, -1 until known
 	planned bool
 	carried []uint32 // files carried by the component's queues
+	order   []int32  // datagram sockets, in refill and connect order
 }
 
 // uskState is the planner's view of every unix socket.
@@ -145,8 +164,9 @@ func (pl *planner) unixSockets() (*uskState, error) {
 		if u := e.GetUflags() & (uskService | uskCallback); u != 0 {
 			pl.p.Unsupported = append(pl.p.Unsupported, fmt.Sprintf("%s: uflags %#x (CRIU service or plugin socket)", uskName(n), u))
 		}
-		if e.GetNsId() != 0 || e.GetMntId() > 0 {
-			// Names are bound in the restoring task's namespaces.
+		if nm := uskPathName(e.GetName()); len(nm) > 108 || len(nm) == 108 && nm[0] != 0 {
+			l := len(nm)
+			return nil, fmt.Errorf("files.img: %s: name of %d bytes does not fit a sockaddr_un", uskName(n), l)
 		}
 		if pi := e.GetPeer(); pi != 0 {
 			p := byIno[pi]
@@ -298,11 +318,29 @@ func (pl *planner) uskRoles(c *uskComp) error {
 			s.Create, s.Bind, s.Listen = unixsk.CreatePlain, true, true
 		}
 	}
+	// A datagram socket another one connects to, besides its own peer:
+	// when it is one end of a mutual pair, the pair cannot be a
+	// socketpair (that connect would be refused), the two connect by name.
+	thirdParty := map[*uskNode]bool{}
+	for _, m := range c.socks {
+		if p := m.peer; p != nil && !m.stream() && p != m && p.peer != m {
+			thirdParty[p] = true
+		}
+	}
 	for _, n := range c.socks {
 		if !n.mutual() || n.sock.Create != undecided || n.peer.sock.Create != undecided {
 			continue
 		}
 		a, b := n, n.peer
+		if !a.stream() && (thirdParty[a] || thirdParty[b]) {
+			if !named(a) || !named(b) {
+				return fmt.Errorf("files.img: %s and %s are connected to each other and another socket is connected to one of them: without names for both, no connect order can restore that", uskName(a), uskName(b))
+			}
+			a.byName, b.byName = true, true
+			a.sock.Create, a.sock.Bind = unixsk.CreatePlain, true
+			b.sock.Create, b.sock.Bind = unixsk.CreatePlain, true
+			continue
+		}
 		acc, cl := (*uskNode)(nil), (*uskNode)(nil)
 		if a.stream() && a.e.GetState() == uskEstablished {
 			switch {
@@ -356,7 +394,7 @@ func (pl *planner) uskRoles(c *uskComp) error {
 	// Datagram connects.
 	for _, n := range c.socks {
 		s := &n.sock
-		if n.stream() || n.mutual() {
+		if n.stream() || n.mutual() && !n.byName {
 			continue
 		}
 		switch {
@@ -387,13 +425,23 @@ func (pl *planner) uskRoles(c *uskComp) error {
 		if n.listening() {
 			return fmt.Errorf("sk-queues.img: %d packets queued on %s, which is listening", len(pkts), uskName(n))
 		}
+		// A connected datagram socket takes datagrams from its peer only:
+		// one whose queue came from others is refilled before its connect
+		// (see Params.Order).
+		connected := !n.stream() && n.peer != n && !n.mutual() && (s.ConnectTo >= 0 || len(s.ExtName) > 0)
 		switch {
 		case n.mutual():
 			s.Sender = int32(n.peer.idx)
+		case n.peer == n:
+			s.Sender = int32(n.idx) // connected to itself: from itself
 		case pointing[n] != nil:
 			s.Sender = int32(pointing[n].idx)
 		case s.Create == unixsk.CreateTmpPair:
 			s.Sender = unixsk.SendTmp
+		case connected && s.Create == unixsk.CreatePlain && named(n):
+			s.Sender = unixsk.SendName
+		case connected:
+			return fmt.Errorf("sk-queues.img: %d packets queued on %s, which is connected to another socket and has no name they could have been sent to", len(pkts), uskName(n))
 		case !n.stream() && s.Create == unixsk.CreatePlain:
 			s.Create, s.Sender = unixsk.CreateTmpPair, unixsk.SendTmp
 			if n.peer == nil && n.ext == nil {
@@ -401,6 +449,9 @@ func (pl *planner) uskRoles(c *uskComp) error {
 			}
 		default:
 			return fmt.Errorf("sk-queues.img: %d packets queued on %s, which no socket can send to (a connection not yet accepted?)", len(pkts), uskName(n))
+		}
+		if connected && (s.Create == unixsk.CreatePair || s.Create == unixsk.CreatePairEnd) && s.ConnectTo != s.Partner {
+			return fmt.Errorf("sk-queues.img: %d packets queued on %s, which a socketpair connects to %s and which then connects elsewhere: the connect would drop them", len(pkts), uskName(n), uskName(c.socks[s.Partner]))
 		}
 		for _, pk := range pkts {
 			p := unixsk.Packet{Data: pk.Data}
@@ -411,6 +462,77 @@ func (pl *planner) uskRoles(c *uskComp) error {
 			s.Packets = append(s.Packets, p)
 		}
 	}
+	return uskOrder(c)
+}
+
+// orderEdge reports whether n's connect must come before its peer's: it
+// must unless the peer connects back to n (a pair connected by name).
+func orderEdge(c *uskComp, n *uskNode) bool {
+	t := n.sock.ConnectTo
+	return t >= 0 && int(t) != n.idx && c.socks[t].sock.ConnectTo != int32(n.idx)
+}
+
+// uskOrder orders the component's datagram sockets so that a socket that
+// connects to another comes before it: a datagram socket accepts a
+// connect only while it is unconnected (or connected back). Sockets that
+// connect in a cycle cannot be restored (nor could they have been made);
+// the error names them all.
+func uskOrder(c *uskComp) error {
+	var dg []*uskNode
+	indeg := make(map[*uskNode]int)
+	for _, n := range c.socks {
+		if n.stream() {
+			continue
+		}
+		dg = append(dg, n)
+		if orderEdge(c, n) {
+			indeg[c.socks[n.sock.ConnectTo]]++
+		}
+	}
+	if len(dg) == 0 {
+		return nil
+	}
+	order := make([]int32, 0, len(dg))
+	var queue []*uskNode
+	for _, n := range dg {
+		if indeg[n] == 0 {
+			queue = append(queue, n)
+		}
+	}
+	for len(queue) > 0 {
+		n := queue[0]
+		queue = queue[1:]
+		order = append(order, int32(n.idx))
+		if orderEdge(c, n) {
+			m := c.socks[n.sock.ConnectTo]
+			if indeg[m]--; indeg[m] == 0 {
+				queue = append(queue, m)
+			}
+		}
+	}
+	if len(order) < len(dg) {
+		// Every socket left is on a cycle or leads into one: walk from
+		// one on the cycle.
+		var start *uskNode
+		for _, n := range dg {
+			if indeg[n] > 0 {
+				start = n
+				break
+			}
+		}
+		seen := map[*uskNode]bool{}
+		for !seen[start] {
+			seen[start] = true
+			start = c.socks[start.sock.ConnectTo]
+		}
+		names := []string{uskName(start)}
+		for m := c.socks[start.sock.ConnectTo]; m != start; m = c.socks[m.sock.ConnectTo] {
+			names = append(names, uskName(m))
+		}
+		names = append(names, uskName(start))
+		return fmt.Errorf("files.img: unix datagram sockets are connected in a cycle, which no connect order can restore: %s", strings.Join(names, " -> "))
+	}
+	c.order = order
 	return nil
 }
 
@@ -434,7 +556,7 @@ func (pl *planner) planUnix(f *images.File) error {
 		pl.p.Unsupported = append(pl.p.Unsupported, fmt.Sprintf("%s: exists only in flight, in no queue that is restored", strings.Join(names, ", ")))
 		return nil
 	}
-	params := unixsk.Params{Socks: make([]unixsk.Sock, len(c.socks)), Split: len(c.carried) > 0}
+	params := unixsk.Params{Socks: make([]unixsk.Sock, len(c.socks)), Split: len(c.carried) > 0, Order: c.order}
 	ids := make([]uint32, len(c.socks))
 	sendTo := make([][]uint32, len(c.socks))
 	for i, m := range c.socks {
@@ -444,13 +566,19 @@ func (pl *planner) planUnix(f *images.File) error {
 			sendTo[i] = pl.others(pl.holders(m.f), c.creator)
 		}
 	}
+	var name string
+	if len(c.socks) > 1 {
+		name = uskIDs(ids)
+	} else {
+		name = uskName(c.socks[0])
+	}
+	if pp, ok := unixsk.PairOf(&params); ok {
+		data, err := pp.MarshalBinary()
+		return pl.add(c.creator, files.OpenSpec{Type: unixsk.PairType, Files: ids, SendTo: sendTo, Data: data, Name: name}, err)
+	}
 	data, err := params.MarshalBinary()
 	if err != nil {
 		return err
-	}
-	name := uskName(c.socks[0])
-	if len(c.socks) > 1 {
-		name = fmt.Sprintf("unix sockets file ids %v", ids)
 	}
 	if err := pl.add(c.creator, files.OpenSpec{Type: unixsk.Type, Files: ids, SendTo: sendTo, Data: data, Name: name}, nil); err != nil {
 		return err
@@ -478,6 +606,20 @@ func uskPathName(name []byte) []byte {
 		return name[:i]
 	}
 	return name
+}
+
+// uskIDs is "unix sockets file ids [a b ...]", built without fmt: a plan
+// names every socketpair.
+func uskIDs(ids []uint32) string {
+	b := make([]byte, 0, 24+8*len(ids))
+	b = append(b, "unix sockets file ids ["...)
+	for i, id := range ids {
+		if i > 0 {
+			b = append(b, ' ')
+		}
+		b = strconv.AppendUint(b, uint64(id), 10)
+	}
+	return string(append(b, ']'))
 }
 
 func dedupe(ids []uint32) []uint32 {
@@ -509,6 +651,18 @@ func (pl *planner) uskEdges(g *files.Graph, c *uskComp) error {
 			}
 		}
 	}
+	// Who connects to each socket, and each listener's accepted sockets:
+	// one pass, not one per socket (a server may have thousands).
+	connectsTo := map[int32][]*uskNode{}
+	accepted := map[int32][]*uskNode{}
+	for _, m := range c.socks {
+		if orderEdge(c, m) {
+			connectsTo[m.sock.ConnectTo] = append(connectsTo[m.sock.ConnectTo], m)
+		}
+		if m.sock.Create == unixsk.CreateAccepted && m.sock.Listener >= 0 {
+			accepted[m.sock.Listener] = append(accepted[m.sock.Listener], m)
+		}
+	}
 	for _, n := range c.socks {
 		s := &n.sock
 		created := node(n, files.StageCreated)
@@ -528,10 +682,8 @@ func (pl *planner) uskEdges(g *files.Graph, c *uskComp) error {
 		switch {
 		case s.Pending >= 0:
 			g.Need(connected, node(c.socks[s.Pending], files.StageListening), "connect to the listener (not accepted yet)")
-			for _, m := range c.socks {
-				if m.sock.Create == unixsk.CreateAccepted && m.sock.Listener == s.Pending {
-					g.Need(connected, node(m, files.StageConnected), "pending connections after the accepted ones")
-				}
+			for _, m := range accepted[s.Pending] {
+				g.Need(connected, node(m, files.StageConnected), "pending connections after the accepted ones")
 			}
 		case s.ConnectTo >= 0 && int(s.ConnectTo) != n.idx:
 			p := c.socks[s.ConnectTo]
@@ -542,7 +694,17 @@ func (pl *planner) uskEdges(g *files.Graph, c *uskComp) error {
 			g.Need(connected, node(c.socks[s.Partner], files.StageCreated), "created together")
 		}
 		restored := node(n, files.StageRestored)
-		g.Need(restored, connected, "refill after connect")
+		if !n.stream() && s.ConnectTo != int32(n.idx) && !n.byName && (s.ConnectTo >= 0 || len(s.ExtName) > 0) {
+			g.Need(restored, ready, "refill after bind")
+			g.Need(connected, restored, "a connected datagram socket takes only its peer's datagrams: connect after the refill")
+		} else {
+			g.Need(restored, connected, "refill after connect")
+		}
+		if !n.stream() && (s.ConnectTo >= 0 || len(s.ExtName) > 0) {
+			for _, m := range connectsTo[int32(n.idx)] {
+				g.Need(connected, node(m, files.StageConnected), "a datagram socket accepts connects only while unconnected")
+			}
+		}
 		if s.Sender >= 0 {
 			g.Need(restored, node(c.socks[s.Sender], files.StageConnected), "refilled by sending from this socket")
 		}
@@ -562,6 +724,7 @@ func (pl *planner) uskEdges(g *files.Graph, c *uskComp) error {
 		}
 		flags := node(n, files.StageFlagsSet)
 		g.Need(flags, restored, "flags and shutdown after the refill")
+		g.Need(flags, connected, "flags and shutdown after the connect")
 		if n.peer != nil {
 			g.Need(flags, node(n.peer, files.StageRestored), "shutdown after the peer's queue is refilled")
 		}

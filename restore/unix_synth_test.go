@@ -1,6 +1,7 @@
 package restore_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -165,8 +166,26 @@ func TestUnixPeerless(t *testing.T) {
 	b.Packet(me, []byte("self-22"))
 	lone := b.UnixSocket(synth.Dgram, synth.Established, nil)
 	b.Packet(lone, []byte("lone"))
+	// Datagram sockets that received data, then connected elsewhere: one
+	// has a client connected to it, the other none.
+	fname, fstr := abstractName(t, "fwd")
+	far := b.UnixSocket(synth.Dgram, synth.Established, fname)
+	r1name, r1str := abstractName(t, "r1")
+	r1 := b.UnixSocket(synth.Dgram, synth.Established, r1name)
+	b.Connect(r1, far)
+	r1cl := b.UnixSocket(synth.Dgram, synth.Established, nil)
+	b.Connect(r1cl, r1)
+	b.Packet(r1, []byte("r1-from-client"))
+	r2name, r2str := abstractName(t, "r2")
+	r2 := b.UnixSocket(synth.Dgram, synth.Established, r2name)
+	b.Connect(r2, far)
+	b.Packet(r2, []byte("r2-a"))
+	b.Packet(r2, []byte("r2-bb"))
 	for i, d := range append([]*synth.Desc{orphan, srv, me, lone}, cls...) {
 		b.Share(d, tk, uint32(3+i))
+	}
+	for i, d := range []*synth.Desc{far, r1, r1cl, r2} {
+		b.Share(d, tk, uint32(20+i))
 	}
 	c := restoreSynth(t, b)
 	dg := unix.SOCK_DGRAM
@@ -190,13 +209,24 @@ func TestUnixPeerless(t *testing.T) {
 		c.wantMessages(ref{100, fd})
 	}
 	c.linked(ref{100, 5}, ref{100, 5})
+	c.wantSock(ref{100, 21}, dg, r1str, fstr, false)
+	c.wantSock(ref{100, 22}, dg, "", r1str, false)
+	c.wantSock(ref{100, 23}, dg, r2str, fstr, false)
+	c.wantMessages(ref{100, 21}, "r1-from-client")
+	c.wantMessages(ref{100, 23}, "r2-a", "r2-bb")
+	c.linked(ref{100, 21}, ref{100, 20})
+	c.linked(ref{100, 23}, ref{100, 20})
+	// r1 is connected to far now: its client's datagrams are refused.
+	if err := c.send(ref{100, 22}, "x"); err != unix.EPERM {
+		t.Errorf("send from r1's client after r1 connected elsewhere: %v, want EPERM", err)
+	}
 }
 
 // TestUnixDeletedPath: a datagram server bound to a path that was then
 // unlinked, with a client connected to it and data queued.
 func TestUnixDeletedPath(t *testing.T) {
 	dir := t.TempDir()
-	path := filepath.Join(dir, "gone.sock")
+	path := filepath.Join(dir, "gone-dir", "sub", "gone.sock") // its directories went too
 	b := synth.New()
 	tk := b.Task(100)
 	b.Stdio(tk)
@@ -210,21 +240,45 @@ func TestUnixDeletedPath(t *testing.T) {
 	l := b.UnixSocket(synth.Stream, synth.Listening, []byte(live))
 	l.Usk().Backlog = proto.Uint32(4)
 	l.Usk().FilePerms = &criupb.FilePermsEntry{Mode: proto.Uint32(0o140600), Uid: proto.Uint32(0), Gid: proto.Uint32(0)}
+	// A relative name, bound from its recorded directory.
+	rel := b.UnixSocket(synth.Dgram, synth.Established, []byte("rel.sock"))
+	rel.Usk().NameDir = proto.String(dir)
+	// A deleted name now taken by a regular file, which stays.
+	reused := filepath.Join(dir, "reused")
+	if err := os.WriteFile(reused, []byte("other"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv2 := b.UnixSocket(synth.Dgram, synth.Established, []byte(reused))
+	srv2.Usk().Deleted = proto.Bool(true)
+	cl2 := b.UnixSocket(synth.Dgram, synth.Established, nil)
+	b.Connect(cl2, srv2)
 	b.Share(srv, tk, 3)
 	b.Share(cl, tk, 4)
 	b.Share(l, tk, 5)
+	b.Share(rel, tk, 6)
+	b.Share(srv2, tk, 7)
+	b.Share(cl2, tk, 8)
 	stale, _ := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err := unix.Bind(stale, &unix.SockaddrUnix{Name: live}); err != nil {
 		t.Fatal(err)
 	}
 	unix.Close(stale)
 	c := restoreSynth(t, b)
-	if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("%s exists after restore (%v), want it deleted", path, err)
+	if _, err := os.Lstat(filepath.Join(dir, "gone-dir")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s exists after restore (%v), want it and its directories deleted", path, err)
 	}
 	c.wantSock(ref{100, 3}, unix.SOCK_DGRAM, path, "-", false)
 	c.wantSock(ref{100, 4}, unix.SOCK_DGRAM, "", path, false)
 	c.wantSock(ref{100, 5}, unix.SOCK_STREAM, live, "-", true)
+	c.wantSock(ref{100, 6}, unix.SOCK_DGRAM, "rel.sock", "-", false)
+	c.wantSock(ref{100, 8}, unix.SOCK_DGRAM, "", reused, false)
+	c.linked(ref{100, 8}, ref{100, 7})
+	if b, err := os.ReadFile(reused); err != nil || string(b) != "other" {
+		t.Errorf("%s after restore: %q, %v; want the regular file back", reused, b, err)
+	}
+	if err := unix.Lstat(filepath.Join(dir, "rel.sock"), new(unix.Stat_t)); err != nil {
+		t.Errorf("relative name: %v", err)
+	}
 	c.wantMessages(ref{100, 3}, "before")
 	c.linked(ref{100, 4}, ref{100, 3})
 	var st unix.Stat_t
@@ -276,7 +330,9 @@ func TestUnixPathTaken(t *testing.T) {
 
 // TestUnixInFlight: one SCM_RIGHTS message carries several files that
 // exist only in flight: a pipe read end with data, a socket whose own
-// queue holds data and whose peer is restored, and /dev/null.
+// queue holds data and whose peer is restored in another task (so the
+// socket is created there and sent to the task that refills the queue),
+// and /dev/null.
 func TestUnixInFlight(t *testing.T) {
 	b := synth.New()
 	tk := b.Task(100)
@@ -294,11 +350,11 @@ func TestUnixInFlight(t *testing.T) {
 	b.Packet(a, []byte("tail"))
 	b.Share(a, kid, 3) // the receiver lives in the child
 	b.Share(bb, tk, 3)
-	b.Share(y, tk, 4)
+	b.Share(y, kid, 4) // x's component is created by the child
 	c := restoreSynth(t, b)
 	c.check(&wantTree{tasks: []wantTask{{100, 0, 100, 100}, {101, 100, 100, 100}},
-		fds: append(append(stdio(100), sockFD(100, 3, "b", 0, false), sockFD(100, 4, "y", 0, false)),
-			append(ownStdio(101), sockFD(101, 3, "a", 0, false))...)})
+		fds: append(append(stdio(100), sockFD(100, 3, "b", 0, false)),
+			append(ownStdio(101), sockFD(101, 3, "a", 0, false), sockFD(101, 4, "y", 0, false))...)})
 	fd := c.getfd(ref{101, 3})
 	buf := make([]byte, 64)
 	oob := make([]byte, unix.CmsgSpace(3*4))
@@ -331,13 +387,13 @@ func TestUnixInFlight(t *testing.T) {
 	if _, _, err := unix.Recvfrom(fds[1], buf, unix.MSG_DONTWAIT); err != unix.EAGAIN {
 		t.Errorf("socket in flight: more queued than recorded (%v)", err)
 	}
-	if _, err := unix.Write(c.getfd(ref{100, 4}), []byte("y->x")); err != nil {
+	if _, err := unix.Write(c.getfd(ref{101, 4}), []byte("y->x")); err != nil {
 		t.Fatal(err)
 	}
 	if n, _, err := unix.Recvfrom(fds[1], buf, unix.MSG_DONTWAIT); err != nil || string(buf[:n]) != "y->x" {
-		t.Errorf("socket in flight is not the peer of task 100 fd 4: %q, %v", buf[:n], err)
+		t.Errorf("socket in flight is not the peer of task 101 fd 4: %q, %v", buf[:n], err)
 	}
-	c.wantMessages(ref{100, 4}, "to-y")
+	c.wantMessages(ref{101, 4}, "to-y")
 	if target, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fds[2])); err != nil || target != "/dev/null" {
 		t.Errorf("third fd in flight: %q (%v), want /dev/null", target, err)
 	}
@@ -498,7 +554,12 @@ func TestUnixExternalPeer(t *testing.T) {
 	if err != nil {
 		t.Fatalf("plan with ExtUnixSk: %v", err)
 	}
-	_ = dir
+	if out, err := exec.Command(cliBinary(t), "plan", "--ext-unix-sk", "-D", dir).CombinedOutput(); err != nil {
+		t.Errorf("fdrestore plan --ext-unix-sk: %v\n%s", err, out)
+	}
+	if out, err := exec.Command(cliBinary(t), "plan", "-D", dir).CombinedOutput(); err == nil || !strings.Contains(string(out), "--ext-unix-sk") {
+		t.Errorf("fdrestore plan without --ext-unix-sk: %v\n%s", err, out)
+	}
 	res, err := restore.Run(context.Background(), p, restore.Options{End: restore.EndStop, Timeout: 20 * time.Second, Log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -513,5 +574,140 @@ func TestUnixExternalPeer(t *testing.T) {
 	n, _, err := unix.Recvfrom(srv, buf, unix.MSG_DONTWAIT)
 	if err != nil || string(buf[:n]) != "out" {
 		t.Errorf("external server got %q, %v", buf[:n], err)
+	}
+}
+
+// TestUnixBigQueues: queues larger than the default buffers are refilled
+// (buffers raised for the refill) and the recorded buffer sizes are back
+// afterwards, through both the socketpair and the component openers.
+func TestUnixBigQueues(t *testing.T) {
+	b := synth.New()
+	tk := b.Task(100)
+	b.Stdio(tk)
+	chunk := patternBytes(65536)
+	var big []byte
+	var fds []*synth.Desc
+	for _, plain := range []bool{true, false} {
+		sa, sb := b.UnixPair(synth.Stream)
+		da, db := b.UnixPair(synth.Dgram)
+		if !plain {
+			sb.Usk().Opts.SoPasscred = proto.Bool(true)
+			db.Usk().Opts.SoPasscred = proto.Bool(true)
+		}
+		big = big[:0]
+		for range 48 { // 3 MiB
+			b.Packet(sa, chunk)
+			big = append(big, chunk...)
+		}
+		for i := range 300 {
+			b.Packet(da, []byte(fmt.Sprintf("%04d:%s", i, strings.Repeat("d", 1000))))
+		}
+		fds = append(fds, sa, sb, da, db)
+	}
+	for i, d := range fds {
+		b.Share(d, tk, uint32(3+i))
+	}
+	c := restoreSynth(t, b)
+	for k := range 2 {
+		base := 3 + 4*k
+		sa, sb, da, db := ref{100, base}, ref{100, base + 1}, ref{100, base + 2}, ref{100, base + 3}
+		for _, r := range []ref{sa, sb, da, db} {
+			for _, o := range []int{unix.SO_SNDBUF, unix.SO_RCVBUF} {
+				if got := c.sockOpt(r, o); got != synth.DefaultBuf {
+					t.Errorf("%s: buffer option %d is %d after the refill, want the recorded %d", r, o, got, synth.DefaultBuf)
+				}
+			}
+		}
+		if n := c.queued(sa); n != len(big) {
+			t.Errorf("%s: %d bytes queued, want %d", sa, n, len(big))
+		}
+		got := bytes.Join(c.recvAll(sa), nil)
+		if !bytes.Equal(got, big) {
+			t.Errorf("%s: queued data differs (%d bytes, want %d)", sa, len(got), len(big))
+		}
+		msgs := c.recvAll(da)
+		if len(msgs) != 300 {
+			t.Errorf("%s: %d datagrams, want 300", da, len(msgs))
+		}
+		for i, m := range msgs {
+			if want := fmt.Sprintf("%04d:%s", i, strings.Repeat("d", 1000)); string(m) != want {
+				t.Errorf("%s: datagram %d is %d bytes %.8q, want %.8q", da, i, len(m), m, want)
+				break
+			}
+		}
+	}
+}
+
+// TestUnixAcrossTasks: a listener, its accepted connection and the client
+// held by three tasks (the client by two): the root creates the whole
+// component and sends each socket where it belongs.
+func TestUnixAcrossTasks(t *testing.T) {
+	lname, lstr := abstractName(t, "tasks")
+	b := synth.New()
+	root := b.Task(100)
+	k1 := b.Child(root, 101)
+	k2 := b.Child(root, 102)
+	for _, tk := range []*synth.Task{root, k1, k2} {
+		b.Stdio(tk)
+	}
+	l := b.UnixSocket(synth.Stream, synth.Listening, lname)
+	l.Usk().Backlog = proto.Uint32(3)
+	acc := b.UnixSocket(synth.Stream, synth.Established, lname)
+	cl := b.UnixSocket(synth.Stream, synth.Established, nil)
+	b.Connect(acc, cl)
+	b.Connect(cl, acc)
+	b.Packet(acc, []byte("hello-acc"))
+	b.Share(l, k1, 7)
+	b.Share(acc, k2, 4)
+	b.Share(cl, root, 5)
+	b.Share(cl, k2, 9)
+	c := restoreSynth(t, b)
+	fds := append(stdio(100), sockFD(100, 5, "cl", 0, false))
+	fds = append(fds, ownStdio(101)...)
+	fds = append(fds, sockFD(101, 7, "l", 0, false))
+	fds = append(fds, ownStdio(102)...)
+	fds = append(fds, sockFD(102, 4, "acc", 0, false), sockFD(102, 9, "cl", 0, false))
+	c.check(&wantTree{tasks: []wantTask{{100, 0, 100, 100}, {101, 100, 100, 100}, {102, 100, 100, 100}}, fds: fds})
+	st := unix.SOCK_STREAM
+	c.wantSock(ref{101, 7}, st, lstr, "-", true)
+	c.wantSock(ref{102, 4}, st, lstr, "", false)
+	c.wantSock(ref{100, 5}, st, "", lstr, false)
+	c.wantStream(ref{102, 4}, "hello-acc")
+	c.linked(ref{102, 9}, ref{102, 4})
+	c.linked(ref{102, 4}, ref{100, 5})
+}
+
+// TestUnixPeerInOwnQueue: the only reference to a socketpair end is in
+// flight in its peer's queue (a socket sent over its own connection).
+func TestUnixPeerInOwnQueue(t *testing.T) {
+	b := synth.New()
+	tk := b.Task(100)
+	b.Stdio(tk)
+	p, q := b.UnixPair(synth.Dgram)
+	b.Packet(p, []byte("here-is-q"), q)
+	b.Packet(q, []byte("for-q"))
+	b.Share(p, tk, 3)
+	c := restoreSynth(t, b)
+	c.check(&wantTree{tasks: []wantTask{{100, 0, 100, 100}}, fds: append(stdio(100), sockFD(100, 3, "p", 0, false))})
+	fd := c.getfd(ref{100, 3})
+	buf := make([]byte, 64)
+	oob := make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := unix.Recvmsg(fd, buf, oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+	if err != nil || string(buf[:n]) != "here-is-q" {
+		t.Fatalf("recvmsg: %q, %v", buf[:n], err)
+	}
+	fds := parseRights(t, oob[:oobn])
+	if len(fds) != 1 {
+		t.Fatalf("%d fds, want 1", len(fds))
+	}
+	defer unix.Close(fds[0])
+	if n, _, err := unix.Recvfrom(fds[0], buf, unix.MSG_DONTWAIT); err != nil || string(buf[:n]) != "for-q" {
+		t.Errorf("q's queue: %q, %v", buf[:n], err)
+	}
+	if _, err := unix.Write(fds[0], []byte("q->p")); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.recvWait(ref{100, 3}); got != "q->p" {
+		t.Errorf("p got %q from q, want %q", got, "q->p")
 	}
 }

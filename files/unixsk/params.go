@@ -40,6 +40,7 @@ const (
 const (
 	SendNone = -1 // nothing queued
 	SendTmp  = -2 // the socket's temporary pair end
+	SendName = -3 // a temporary unconnected socket, to the socket's name
 )
 
 // Opts are the socket options of sk_opts_entry that apply to unix sockets.
@@ -110,6 +111,13 @@ type Sock struct {
 // datagram server with its clients. One task creates a whole component.
 type Params struct {
 	Socks []Sock
+	// Order lists the component's datagram sockets in the order they are
+	// refilled and connected (ConnectTo, ExtName): a socket that connects
+	// to another comes before it, since a connected datagram socket
+	// accepts connects and datagrams from its peer only. Each one's queue
+	// is refilled right before its own connect (right after, when it is
+	// connected to itself).
+	Order []int32
 	// Split says the component's queues carry files: the component
 	// opener creates and publishes the sockets, and the queue opener
 	// (QueueType), run once every carried file is present, refills the
@@ -121,6 +129,10 @@ type Params struct {
 func (p *Params) MarshalBinary() ([]byte, error) {
 	e := files.Enc{B: make([]byte, 0, 32+len(p.Socks)*48)}
 	e.Bool(p.Split)
+	e.Uint(uint64(len(p.Order)))
+	for _, i := range p.Order {
+		e.Uint(uint64(i))
+	}
 	e.Uint(uint64(len(p.Socks)))
 	for i := range p.Socks {
 		s := &p.Socks[i]
@@ -161,7 +173,7 @@ func (p *Params) MarshalBinary() ([]byte, error) {
 		e.Bytes(s.ExtName)
 		e.String(s.ExtDir)
 		e.Bool(s.Disconnect)
-		e.Uint(uint64(s.Sender + 2))
+		e.Uint(uint64(s.Sender + 3))
 		e.Uint(uint64(len(s.Packets)))
 		for _, pk := range s.Packets {
 			e.Bytes(pk.Data)
@@ -190,6 +202,12 @@ func (p *Params) UnmarshalBinary(b []byte) error {
 	}
 	idx := func() int32 { return int32(d.Uint32()) - 2 }
 	p.Split = d.Bool()
+	if n := count(); n > 0 {
+		p.Order = make([]int32, n)
+		for i := range p.Order {
+			p.Order[i] = int32(d.Uint32())
+		}
+	}
 	p.Socks = make([]Sock, count())
 	for i := range p.Socks {
 		s := &p.Socks[i]
@@ -217,7 +235,7 @@ func (p *Params) UnmarshalBinary(b []byte) error {
 		s.ConnectTo, s.Pending = idx(), idx()
 		s.ExtName, s.ExtDir = d.Bytes(), d.String()
 		s.Disconnect = d.Bool()
-		s.Sender = idx()
+		s.Sender = int32(d.Uint32()) - 3
 		if n := count(); n > 0 {
 			s.Packets = make([]Packet, n)
 			for j := range s.Packets {
@@ -245,6 +263,13 @@ func (p *Params) UnmarshalBinary(b []byte) error {
 func (p *Params) check() error {
 	n := int32(len(p.Socks))
 	in := func(i int32) bool { return i >= 0 && i < n }
+	ordered := make([]bool, n)
+	for _, i := range p.Order {
+		if !in(i) || ordered[i] || p.Socks[i].Type != TypeDgram {
+			return fmt.Errorf("unix socket parameters: order names socket %d twice, out of range or not a datagram socket", i)
+		}
+		ordered[i] = true
+	}
 	opt := func(i int32) bool { return i == -1 || in(i) }
 	for i := range p.Socks {
 		s := &p.Socks[i]
@@ -270,8 +295,14 @@ func (p *Params) check() error {
 		if s.Create == CreatePair && p.Socks[s.Partner].Create != CreatePairEnd {
 			return bad("socketpair partner is not a pair end")
 		}
-		if !opt(s.ConnectTo) || !opt(s.Pending) || !(s.Sender == SendNone || s.Sender == SendTmp || in(s.Sender)) {
+		if !opt(s.ConnectTo) || !opt(s.Pending) || !(s.Sender == SendNone || s.Sender == SendTmp || s.Sender == SendName || in(s.Sender)) {
 			return bad("connect, pending or sender index out of range")
+		}
+		if s.Sender == SendName && len(s.Name) == 0 {
+			return bad("refilled through its name, but it has none")
+		}
+		if s.Type == TypeDgram && !ordered[i] {
+			return bad("datagram socket missing from the order")
 		}
 		if s.Sender == SendTmp && s.Create != CreateTmpPair {
 			return bad("refilled by a temporary socket it does not have")
@@ -283,4 +314,13 @@ func (p *Params) check() error {
 		}
 	}
 	return nil
+}
+
+// plain reports whether every option but the buffer sizes is a fresh
+// socket's.
+func (o *Opts) plain() bool {
+	return o.SndTmoSec == 0 && o.SndTmoUsec == 0 && o.RcvTmoSec == 0 && o.RcvTmoUsec == 0 &&
+		o.Priority == 0 && o.Rcvlowat <= 1 && o.Mark == 0 && !o.Passcred && !o.Passsec &&
+		!o.Reuseaddr && !o.Reuseport && !o.Dontroute && !o.Broadcast && !o.Keepalive &&
+		o.Oobinline == 0 && o.Linger == 0 && o.BufLock == 0 && o.BoundDev == "" && len(o.Filter) == 0
 }

@@ -20,13 +20,16 @@
 //     listener accepts, so that the accepted socket shares the listener's
 //     name as it did at dump (when the listener is gone, a temporary
 //     listener bound to the same name is used and closed);
-//  4. datagram connects by address, and AF_UNSPEC disconnects of sockets
-//     that had no peer (before any queue is refilled: a disconnect purges
-//     the queue);
+//  4. AF_UNSPEC disconnects of socketpair ends that had no peer (before
+//     any queue is refilled: a disconnect purges the queue);
 //  5. connections not yet accepted at dump connect to their listener,
 //     after every accepted one, so that they stay in its queue;
 //  6. queues are refilled, each from the socket's peer, from a socket
-//     connected to it, or from its temporary pair end: one sendmsg per
+//     connected to it, from its temporary pair end, or from a temporary
+//     socket to its name; datagram sockets are refilled and then
+//     connected to their peer by address, in an order where a socket
+//     connects before its peer does (a connected datagram socket accepts
+//     connects and datagrams from its peer only): one sendmsg per
 //     packet, so datagram and seqpacket boundaries are kept, with the
 //     carried files as SCM_RIGHTS (all of a packet's files in one
 //     message, in order); buffers are raised only when a send would
@@ -37,8 +40,11 @@
 //     and shutdown last, once both directions of every queue are
 //     refilled.
 //
-// When no packet of the component carries a file, one opener (Type) does
-// all of it before publishing the sockets. Otherwise the component opener
+// A component that is a plain socketpair (no name, option, flag, owner or
+// shutdown beyond a fresh one's, data without files) gets the compact
+// PairType opener: socketpair, refill, publish. Any other component whose
+// packets carry no file gets one opener (Type) that does all of the above
+// before publishing the sockets. Otherwise the component opener
 // publishes the sockets after step 5 and the queue opener (QueueType),
 // whose Needs are the carried files, does steps 6 and 7 once every one of
 // them is present in the task: the carried files may themselves need the
@@ -83,8 +89,8 @@ const statusMask = unix.O_APPEND | unix.O_ASYNC | unix.O_DIRECT | unix.O_NOATIME
 // state is what the component opener leaves to the queue opener: the
 // temporary pair ends (moved above the target range).
 type state struct {
-	tmp []int
-	nb  []bool
+	tmp, opath []int
+	nb         []bool
 }
 
 var (
@@ -102,11 +108,12 @@ type opener struct {
 	ids   []uint32
 	queue bool // the queue opener of a split component
 
-	fd    []int  // current fd of each socket (-1: none yet)
-	tmp   []int  // temporary pair ends (-1: none)
-	opath []int  // O_PATH fds of sockets bound to a deleted name
-	nb    []bool // created with O_NONBLOCK
-	raise []bool // buffers raised for the refill
+	fd     []int  // current fd of each socket (-1: none yet)
+	tmp    []int  // temporary pair ends (-1: none)
+	opath  []int  // O_PATH fds of sockets bound to a deleted name
+	nb     []bool // created with O_NONBLOCK
+	raise  []bool // buffers raised for the refill
+	raised []int  // times the buffers of each receiving socket were raised
 }
 
 func newOpener(spec *files.OpenSpec, queue bool) (files.Opener, error) {
@@ -156,7 +163,7 @@ func (o *opener) closeAll() {
 func (o *opener) Open(c *files.Context) (bool, error) {
 	n := len(o.p.Socks)
 	o.fd, o.tmp, o.opath = fill(n), fill(n), fill(n)
-	o.nb, o.raise = make([]bool, n), make([]bool, n)
+	o.nb, o.raise, o.raised = make([]bool, n), make([]bool, n), make([]int, n)
 	if o.queue {
 		return true, o.finishQueued(c)
 	}
@@ -176,38 +183,37 @@ func (o *opener) Open(c *files.Context) (bool, error) {
 		o.closeAll()
 		return false, err
 	}
-	for i, fd := range o.opath {
-		if fd >= 0 {
-			unix.Close(fd)
-			o.opath[i] = -1
-		}
-	}
 	if !o.p.Split {
 		if err := o.finish(c); err != nil {
 			o.closeAll()
 			return false, err
 		}
+		closeFDs(o.opath)
 		if same {
 			return true, c.AdoptCloexec(o.ids, o.fd, ce)
 		}
 		return true, c.Adopt(o.ids, o.fd)
 	}
-	// Split: keep the temporary ends above the target range, publish.
-	st := &state{tmp: o.tmp, nb: o.nb}
-	for i, fd := range o.tmp {
-		if fd < 0 {
-			continue
+	// Split: keep the temporary ends (and O_PATH fds) above the target
+	// range, publish.
+	st := &state{tmp: o.tmp, opath: o.opath, nb: o.nb}
+	for _, set := range [][]int{o.tmp, o.opath} {
+		for i, fd := range set {
+			if fd < 0 {
+				continue
+			}
+			nfd, err := c.Temp(fd)
+			if err != nil {
+				set[i] = -1
+				o.closeAll()
+				return false, fmt.Errorf("%s: move temporary fd: %w", o.sockName(i), err)
+			}
+			set[i] = nfd
 		}
-		nfd, err := c.Temp(fd)
-		if err != nil {
-			o.tmp[i] = -1
-			o.closeAll()
-			return false, fmt.Errorf("%s: move temporary socket: %w", o.sockName(i), err)
-		}
-		o.tmp[i] = nfd
 	}
 	if err := c.Adopt(o.ids, o.fd); err != nil {
 		closeFDs(o.tmp)
+		closeFDs(o.opath)
 		return false, err
 	}
 	statesMu.Lock()
@@ -227,16 +233,15 @@ func (o *opener) finishQueued(c *files.Context) error {
 	if st == nil {
 		return errors.New("queue refill ran before its sockets were created")
 	}
-	o.tmp, o.nb = st.tmp, st.nb
+	o.tmp, o.opath, o.nb = st.tmp, st.opath, st.nb
+	defer closeFDs(o.opath)
+	defer closeFDs(o.tmp)
 	for i, s := range o.p.Socks {
 		if o.fd[i] = c.FD(s.File); o.fd[i] < 0 {
-			closeFDs(o.tmp)
 			return fmt.Errorf("%s: not present for the queue refill", o.sockName(i))
 		}
 	}
-	err := o.finish(c)
-	closeFDs(o.tmp)
-	return err
+	return o.finish(c)
 }
 
 func fill(n int) []int {
@@ -304,10 +309,10 @@ func (o *opener) create(cloexec bool) error {
 			}
 		}
 	}
-	// 2. Names and listens.
+	// 2. Names and listens (an accepted connection's client binds in 3).
 	for i := range ss {
 		s := &ss[i]
-		if s.Bind {
+		if s.Bind && s.Create != CreateClient {
 			if err := o.bind(i, o.fd[i], true); err != nil {
 				return err
 			}
@@ -326,19 +331,11 @@ func (o *opener) create(cloexec bool) error {
 			}
 		}
 	}
-	// 4. Datagram connects and disconnects.
+	// 4. Disconnects of the socketpair ends that had no peer (before
+	// any refill: a disconnect purges the queue). Datagram connects come
+	// with the refill, in Order.
 	for i := range ss {
-		s := &ss[i]
-		switch {
-		case s.ConnectTo >= 0:
-			if err := o.connectTo(i, int(s.ConnectTo)); err != nil {
-				return err
-			}
-		case len(s.ExtName) > 0:
-			if err := withDir(s.ExtDir, s.ExtName, func(name []byte) error { return connectRaw(o.fd[i], name) }); err != nil {
-				return fmt.Errorf("%s: connect to the external peer %s: %w", o.sockName(i), printable(s.ExtName), err)
-			}
-		case s.Disconnect:
+		if ss[i].Disconnect {
 			if err := disconnect(o.fd[i]); err != nil {
 				return fmt.Errorf("%s: drop the temporary peer (connect AF_UNSPEC): %w", o.sockName(i), err)
 			}
@@ -351,6 +348,18 @@ func (o *opener) create(cloexec bool) error {
 				return err
 			}
 		}
+	}
+	return nil
+}
+
+// connect connects datagram socket i to its peer, in the tree or outside.
+func (o *opener) connect(i int) error {
+	s := &o.p.Socks[i]
+	if s.ConnectTo >= 0 {
+		return o.connectTo(i, int(s.ConnectTo))
+	}
+	if err := withDir(s.ExtDir, s.ExtName, func(name []byte) error { return connectRaw(o.fd[i], name) }); err != nil {
+		return fmt.Errorf("%s: connect to the external peer %s: %w", o.sockName(i), printable(s.ExtName), err)
 	}
 	return nil
 }
@@ -441,6 +450,15 @@ func (o *opener) bind(i, fd int, keep bool) error {
 			return nil
 		}
 		path := string(name)
+		if s.Deleted {
+			// The directories of a deleted name may be gone too:
+			// make them for the bind, remove them after.
+			made, err := mkParents(path)
+			defer rmDirs(made)
+			if err != nil {
+				return err
+			}
+		}
 		var st unix.Stat_t
 		switch err := unix.Lstat(path, &st); {
 		case err == nil && st.Mode&unix.S_IFMT == unix.S_IFSOCK:
@@ -490,6 +508,49 @@ func (o *opener) bind(i, fd int, keep bool) error {
 	return nil
 }
 
+// mkParents creates the missing directories above path and returns them,
+// deepest last.
+func mkParents(path string) ([]string, error) {
+	var missing []string
+	for dir := parentDir(path); dir != "" && dir != "/" && dir != "."; dir = parentDir(dir) {
+		if err := unix.Access(dir, unix.F_OK); err == nil {
+			break
+		}
+		missing = append(missing, dir)
+	}
+	var made []string
+	for i := len(missing) - 1; i >= 0; i-- {
+		if err := unix.Mkdir(missing[i], 0o755); err != nil && err != unix.EEXIST {
+			return made, fmt.Errorf("create directory %s for the deleted name: %w", missing[i], err)
+		}
+		made = append(made, missing[i])
+	}
+	return made, nil
+}
+
+func rmDirs(made []string) {
+	for i := len(made) - 1; i >= 0; i-- {
+		unix.Rmdir(made[i])
+	}
+}
+
+func parentDir(p string) string {
+	for len(p) > 1 && p[len(p)-1] == '/' {
+		p = p[:len(p)-1]
+	}
+	i := len(p) - 1
+	for i >= 0 && p[i] != '/' {
+		i--
+	}
+	switch {
+	case i < 0:
+		return "."
+	case i == 0:
+		return "/"
+	}
+	return p[:i]
+}
+
 // withDir calls fn with name, from inside dir when name is a relative
 // path and dir is set, so that the bound name is the recorded one.
 func withDir(dir string, name []byte, fn func([]byte) error) error {
@@ -526,7 +587,7 @@ func printable(name []byte) string {
 // any byte, a path gets its terminating NUL).
 func rawAddr(name []byte) (*unix.RawSockaddrUnix, uintptr, error) {
 	var sa unix.RawSockaddrUnix
-	if len(name) >= len(sa.Path) || (name[0] == 0 && len(name) > len(sa.Path)) {
+	if len(name) > len(sa.Path) || len(name) == len(sa.Path) && name[0] != 0 {
 		return nil, 0, fmt.Errorf("name of %d bytes does not fit a sockaddr_un", len(name))
 	}
 	sa.Family = unix.AF_UNIX
@@ -574,24 +635,53 @@ func disconnect(fd int) error {
 	return nil
 }
 
-// finish runs steps 6 and 7 on o.fd (and o.tmp).
+// finish runs steps 6 and 7 on o.fd (and o.tmp): the queues of stream
+// and seqpacket sockets, then the datagram sockets in Order, each refilled
+// and connected, then the final state.
 func (o *opener) finish(c *files.Context) error {
 	ss := o.p.Socks
 	for i := range ss {
+		if ss[i].Type != TypeDgram {
+			if err := o.refill(c, i); err != nil {
+				return err
+			}
+		}
+	}
+	done := make([]bool, len(ss))
+	for _, i := range o.p.Order {
 		s := &ss[i]
-		if len(s.Packets) == 0 {
+		self := s.ConnectTo == i
+		if j := s.ConnectTo; j >= 0 && !self && ss[j].ConnectTo == i {
+			// A pair connected by name: both connect, at the later of
+			// the two, then both are refilled from each other.
+			done[i] = true
+			if !done[j] {
+				continue
+			}
+			for _, k := range []int{int(i), int(j)} {
+				if err := o.connect(k); err != nil {
+					return err
+				}
+			}
+			for _, k := range []int{int(i), int(j)} {
+				if err := o.refill(c, k); err != nil {
+					return err
+				}
+			}
 			continue
 		}
-		from := o.tmp[i]
-		if s.Sender >= 0 {
-			from = o.fd[s.Sender]
+		done[i] = true
+		if self {
+			if err := o.connect(int(i)); err != nil {
+				return err
+			}
 		}
-		if from < 0 {
-			return fmt.Errorf("%s: %d packets queued and no socket to send them from", o.sockName(i), len(s.Packets))
+		if err := o.refill(c, int(i)); err != nil {
+			return err
 		}
-		for k := range s.Packets {
-			if err := o.send(c, i, int(s.Sender), from, &s.Packets[k]); err != nil {
-				return fmt.Errorf("%s: refill packet %d of %d (%d bytes): %w", o.sockName(i), k+1, len(s.Packets), len(s.Packets[k].Data), err)
+		if !self && (s.ConnectTo >= 0 || len(s.ExtName) > 0) {
+			if err := o.connect(int(i)); err != nil {
+				return err
 			}
 		}
 	}
@@ -604,9 +694,47 @@ func (o *opener) finish(c *files.Context) error {
 	return nil
 }
 
+// refill queues socket i's packets.
+func (o *opener) refill(c *files.Context, i int) error {
+	s := &o.p.Socks[i]
+	if len(s.Packets) == 0 {
+		return nil
+	}
+	from := o.tmp[i]
+	var to []byte
+	var dir string
+	switch {
+	case s.Sender >= 0:
+		from = o.fd[s.Sender]
+	case s.Sender == SendName:
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("%s: temporary sender: %w", o.sockName(i), err)
+		}
+		// Closed before the opener returns: it never meets a target.
+		defer unix.Close(fd)
+		from = fd
+		to, dir = o.addr(i)
+	}
+	if from < 0 {
+		return fmt.Errorf("%s: %d packets queued and no socket to send them from", o.sockName(i), len(s.Packets))
+	}
+	for k := range s.Packets {
+		err := withDir(dir, to, func(to []byte) error { return o.send(c, i, int(s.Sender), from, to, &s.Packets[k]) })
+		if err != nil {
+			return fmt.Errorf("%s: refill packet %d of %d (%d bytes): %w", o.sockName(i), k+1, len(s.Packets), len(s.Packets[k].Data), err)
+		}
+	}
+	return nil
+}
+
 // send queues one packet on socket i, sent from fd from (socket sender, or
-// a temporary end when sender < 0).
-func (o *opener) send(c *files.Context, i, sender, from int, pk *Packet) error {
+// a temporary socket when sender < 0) to address to when set.
+func (o *opener) send(c *files.Context, i, sender, from int, to []byte, pk *Packet) error {
+	var sa unix.Sockaddr
+	if len(to) > 0 {
+		sa = &unix.SockaddrUnix{Name: string(to)}
+	}
 	var oob []byte
 	if len(pk.Fds) > 0 {
 		fds := make([]int, len(pk.Fds))
@@ -619,21 +747,23 @@ func (o *opener) send(c *files.Context, i, sender, from int, pk *Packet) error {
 	}
 	data := pk.Data
 	stream := o.p.Socks[i].Type == TypeStream
-	raised := false
 	for {
-		n, err := unix.SendmsgN(from, data, oob, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+		n, err := unix.SendmsgN(from, data, oob, sa, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
 		switch {
 		case err == unix.EINTR:
 			continue
-		case (err == unix.EAGAIN || err == unix.ENOBUFS || err == unix.EMSGSIZE) && !raised:
-			// The default buffers are too small for this queue.
-			raised = true
-			need := 2*len(pk.Data) + 1<<20
+		case err == unix.EAGAIN || err == unix.ENOBUFS || err == unix.EMSGSIZE:
+			// The buffers are too small for this queue.
+			queue := 0
 			for _, q := range o.p.Socks[i].Packets {
-				need += len(q.Data) + 1024
+				queue += len(q.Data) + 1024
 			}
-			setBuf(from, unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, need)
-			setBuf(o.fd[i], unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, need)
+			if !raise(from, o.fd[i], queue, &o.raised[i]) {
+				if err == unix.EAGAIN && !stream && sender != int(o.p.Socks[i].Partner) {
+					return fmt.Errorf("%w (a datagram queue filled by other sockets than the receiver's peer is limited by net.unix.max_dgram_qlen)", err)
+				}
+				return err
+			}
 			o.raise[i] = true
 			if sender >= 0 {
 				o.raise[sender] = true
