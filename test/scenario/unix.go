@@ -67,12 +67,13 @@ func init() {
 }
 
 // unix-listen-path: a stream listener (3, backlog 7) bound to a file in
-// the work directory with mode 0751 and owner 4321:4322, and a dgram
-// socket (4) bound to another path with mode 0600.
+// the work directory with mode 0751 and owner 4321:4322, a dgram socket
+// (4) bound to another path with mode 0600, and a dgram socket (5) bound
+// to a name relative to the working directory (the work directory).
 func init() {
 	register("unix-listen-path", map[string]*Role{
 		"root": {
-			Fds: std(3, 4),
+			Fds: std(3, 4, 5),
 			Setup: func(t *T) error {
 				path, dpath := t.Path("listen.sock"), t.Path("dgram.sock")
 				unix.Unlink(path)
@@ -98,7 +99,18 @@ func init() {
 				if err := unix.Bind(4, SockAddr(dpath)); err != nil {
 					return fmt.Errorf("bind %s: %w", dpath, err)
 				}
-				return unix.Chmod(dpath, 0o600)
+				if err := unix.Chmod(dpath, 0o600); err != nil {
+					return err
+				}
+				rel := t.Sc.Name + ".rel.sock"
+				unix.Unlink(rel)
+				if err := t.SocketAt(unix.SOCK_DGRAM, 5); err != nil {
+					return err
+				}
+				if err := unix.Bind(5, SockAddr(rel)); err != nil {
+					return fmt.Errorf("bind %s: %w", rel, err)
+				}
+				return nil
 			},
 			Verify: func(t *T) {
 				path, dpath := t.Path("listen.sock"), t.Path("dgram.sock")
@@ -135,12 +147,16 @@ func init() {
 				}
 				defer unix.Close(a)
 				t.CheckPingPong(a, c)
-				// The dgram socket receives at its path.
+				// The dgram sockets receive at their paths.
+				t.CheckSock(5, unix.SOCK_DGRAM, false, t.Sc.Name+".rel.sock", "-")
 				d, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 				if t.Check(err, "socket") {
 					defer unix.Close(d)
 					if t.Check(unix.Sendto(d, []byte("to-path"), 0, SockAddr(dpath)), "sendto "+dpath) {
 						t.CheckRecv(4, "to-path")
+					}
+					if t.Check(unix.Sendto(d, []byte("to-rel"), 0, SockAddr(t.Path("rel.sock"))), "sendto "+t.Path("rel.sock")) {
+						t.CheckRecv(5, "to-rel")
 					}
 				}
 			},
