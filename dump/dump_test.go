@@ -436,7 +436,10 @@ func canon(t *testing.T, dir string) string {
 	}
 	sort.Strings(per)
 	names = append(names, per...)
-	var out strings.Builder
+	// Blocks by file name after pids are mapped: the raw names sort by
+	// pid digits, which differ between the original and restored trees.
+	blocks := map[string]*strings.Builder{}
+	var order []string
 	for _, n := range names {
 		_, entries, err := images.ReadFile(filepath.Join(dir, n), nil)
 		if errors.Is(err, os.ErrNotExist) {
@@ -454,6 +457,11 @@ func canon(t *testing.T, dir string) string {
 				name = fmt.Sprintf("%sP%d.img", pfx, pid)
 			}
 		}
+		out := &strings.Builder{}
+		if _, ok := blocks[name]; !ok {
+			order = append(order, name)
+		}
+		blocks[name] = out
 		for _, e := range entries {
 			m := proto.Clone(e.Msg)
 			switch m := m.(type) {
@@ -487,14 +495,30 @@ func canon(t *testing.T, dir string) string {
 				pipe(m.PipeId)
 			}
 			j, _ := protojson.MarshalOptions{UseProtoNames: true}.Marshal(m)
-			fmt.Fprintf(&out, "%s %s", name, j)
+			fmt.Fprintf(out, "%s %s", name, j)
 			if e.Trailer != nil {
-				fmt.Fprintf(&out, " data sha256 %x", sha256.Sum256(e.Trailer))
+				fmt.Fprintf(out, " data sha256 %x", sha256.Sum256(e.Trailer))
 			}
 			out.WriteString("\n")
 		}
 	}
-	return out.String()
+	// The shared images first, in their fixed order, then the per-task
+	// ones by mapped name.
+	shared := order[:0:0]
+	var per2 []string
+	for _, n := range order {
+		if strings.HasPrefix(n, "fdinfo-") || strings.HasPrefix(n, "ids-") || strings.HasPrefix(n, "fs-") {
+			per2 = append(per2, n)
+		} else {
+			shared = append(shared, n)
+		}
+	}
+	sort.Strings(per2)
+	var all strings.Builder
+	for _, n := range append(shared, per2...) {
+		all.WriteString(blocks[n].String())
+	}
+	return all.String()
 }
 
 func diffLines(a, b string) string {
