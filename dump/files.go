@@ -87,6 +87,7 @@ const (
 	kindPipe
 	kindFifo
 	kindTTY // ptys and /dev/tty (tty.go)
+	kindUnix
 )
 
 // Terminal-ish character device majors: tty/ttyS (4), tty/console/ptmx

@@ -32,6 +32,8 @@ type planner struct {
 	// itself (an epoll's targets, a queue's files in flight).
 	deliveries []delivery
 
+	// usk holds the unix sockets grouped into components (spec_unix.go).
+	usk    *uskState
 	epolls []*epollPlan // spec_epoll.go
 
 	// unsup holds the ids of files listed as unsupported: a delivery of
@@ -40,9 +42,6 @@ type planner struct {
 
 	ttyDone bool        // planTTYs ran (spec_tty.go)
 	opts    PlanOptions // ShellJob, Terminal (spec_tty.go), ExtUnixSk (spec_unix.go)
-
-	// usk holds the unix sockets grouped into components (spec_unix.go).
-	usk *uskState
 }
 
 // delivery asks that description file be present in task.

@@ -53,6 +53,10 @@ type Config struct {
 	// SkipExec stops after the outside comparison of each restore (no
 	// self-verification), for runs that only test the comparison.
 	SkipExec bool
+	// ExtPeer: the driver binds a datagram socket at
+	// WORKDIR/SCENARIO.ext.sock, outside the tree, for the scenario to
+	// connect to; ExtUnixSk passes --ext-unix-sk to dumps and restores.
+	ExtPeer, ExtUnixSk bool
 }
 
 // Result is a driver's report, printed as one JSON line on stdout.
@@ -124,9 +128,40 @@ func (d *driver) run() {
 	}
 	d.reaper = StartReaper()
 	defer d.cleanup()
+	if d.cfg.ExtPeer {
+		fd, err := d.extPeer()
+		if err != nil {
+			d.failf("outside peer: %v", err)
+			return
+		}
+		defer unix.Close(fd)
+	}
 	if err := d.cycle(); err != nil {
 		d.failf("%v", err)
 	}
+}
+
+// extPeer binds the datagram socket outside the tree that ExtPeer
+// scenarios connect to.
+func (d *driver) extPeer() (int, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	path := filepath.Join(d.cfg.WorkDir, d.cfg.Scenario+".ext.sock")
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("bind %s: %w", path, err)
+	}
+	return fd, nil
+}
+
+// extArgs are the extra options of dumps and restores.
+func (d *driver) extArgs(args ...string) []string {
+	if d.cfg.ExtUnixSk {
+		args = append(args, "--ext-unix-sk")
+	}
+	return args
 }
 
 // cleanup kills everything the run started and waits until it is gone.
@@ -391,7 +426,7 @@ func (d *driver) dump(it int, img string, root int, keys PidKeys) error {
 	}
 	log := filepath.Join(d.cfg.WorkDir, fmt.Sprintf("dump-%d.log", it))
 	before := DumpCgroups(0)
-	res, err := d.reaper.Run(d.fdrestore("-vv", "-o", log, "dump", "-t", strconv.Itoa(root), "-D", img), d.runEnv(), d.cfg.WorkDir, d.deadline(60*time.Second))
+	res, err := d.reaper.Run(d.fdrestore(d.extArgs("-vv", "-o", log, "dump", "-t", strconv.Itoa(root), "-D", img)...), d.runEnv(), d.cfg.WorkDir, d.deadline(60*time.Second))
 	if err != nil {
 		return err
 	}
@@ -426,7 +461,7 @@ func (d *driver) dumpLeaveRunning(root int, keys PidKeys) error {
 	}
 	log := filepath.Join(d.cfg.WorkDir, "dump-leave-running.log")
 	before := DumpCgroups(0)
-	res, err := d.reaper.Run(d.fdrestore("-vv", "-o", log, "dump", "--leave-running", "-t", strconv.Itoa(root), "-D", img), d.runEnv(), d.cfg.WorkDir, d.deadline(60*time.Second))
+	res, err := d.reaper.Run(d.fdrestore(d.extArgs("-vv", "-o", log, "dump", "--leave-running", "-t", strconv.Itoa(root), "-D", img)...), d.runEnv(), d.cfg.WorkDir, d.deadline(60*time.Second))
 	if err != nil {
 		return err
 	}
@@ -485,7 +520,7 @@ func readPidMap(path string, keys PidKeys) (PidKeys, int, error) {
 func (d *driver) restoreStopped(it int, img string, keys PidKeys) error {
 	mapFile := filepath.Join(d.cfg.WorkDir, fmt.Sprintf("pids-%d-stopped.json", it))
 	log := filepath.Join(d.cfg.WorkDir, fmt.Sprintf("restore-%d-stopped.log", it))
-	res, err := d.reaper.Run(d.fdrestore("-vv", "-o", log, "restore", "-D", img, "--leave-stopped", "-d", "--pid-map", mapFile), d.runEnv(), d.cfg.WorkDir, d.deadline(60*time.Second))
+	res, err := d.reaper.Run(d.fdrestore(d.extArgs("-vv", "-o", log, "restore", "-D", img, "--leave-stopped", "-d", "--pid-map", mapFile)...), d.runEnv(), d.cfg.WorkDir, d.deadline(60*time.Second))
 	if err != nil {
 		return err
 	}
@@ -521,7 +556,7 @@ func (d *driver) restoreStopped(it int, img string, keys PidKeys) error {
 func (d *driver) restoreExec(it int, img string, keys PidKeys) (int, PidKeys, error) {
 	mapFile := filepath.Join(d.cfg.WorkDir, fmt.Sprintf("pids-%d.json", it))
 	log := filepath.Join(d.cfg.WorkDir, fmt.Sprintf("restore-%d.log", it))
-	res, err := d.reaper.Run(d.fdrestore("-vv", "-o", log, "restore", "-D", img, "--exec-recorded", "-d", "--pid-map", mapFile), d.runEnv(), d.cfg.WorkDir, d.deadline(60*time.Second))
+	res, err := d.reaper.Run(d.fdrestore(d.extArgs("-vv", "-o", log, "restore", "-D", img, "--exec-recorded", "-d", "--pid-map", mapFile)...), d.runEnv(), d.cfg.WorkDir, d.deadline(60*time.Second))
 	if err != nil {
 		return 0, nil, err
 	}
@@ -604,7 +639,7 @@ func (d *driver) crfail(root int, keys PidKeys) error {
 	img := filepath.Join(d.cfg.WorkDir, "img-0")
 	os.MkdirAll(img, 0o755)
 	before := DumpCgroups(0)
-	res, err := d.reaper.Run(d.fdrestore("dump", "-t", strconv.Itoa(root), "-D", img), d.runEnv(), d.cfg.WorkDir, d.deadline(60*time.Second))
+	res, err := d.reaper.Run(d.fdrestore(d.extArgs("dump", "-t", strconv.Itoa(root), "-D", img)...), d.runEnv(), d.cfg.WorkDir, d.deadline(60*time.Second))
 	if err != nil {
 		return err
 	}
