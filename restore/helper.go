@@ -18,6 +18,7 @@ import (
 	// The opener types a helper can restore.
 	_ "github.com/fdrestore/fdrestore/files/pipe"
 	_ "github.com/fdrestore/fdrestore/files/reg"
+	_ "github.com/fdrestore/fdrestore/files/tcp"
 )
 
 // HelperArg is argv[1] of a restore helper process: the fdrestore binary
@@ -86,6 +87,7 @@ type helper struct {
 	deadline time.Time
 	log      *logrus.Logger
 	plan     *files.TaskPlan
+	engine   *files.Engine // for its after-tree steps
 }
 
 // helperArgs are the arguments after HelperArg: proc index, run id, task
@@ -356,6 +358,7 @@ func (h *helper) restore(fds []int) error {
 		return err
 	}
 	log.WithField("fds", len(plan.Fles)).WithField("took", time.Since(start)).Debug("fds restored")
+	h.engine = e
 	return nil
 }
 
@@ -402,6 +405,13 @@ func (h *helper) keepCloexec(env []string) ([]string, error) {
 func (h *helper) end(m *ctlMsg) error {
 	if h.plan == nil {
 		return fmt.Errorf("end before the fds were restored")
+	}
+	// Every task is restored: the openers' after-tree steps (TCP repair
+	// off, ...) run now, before the fd table is checked.
+	if h.engine != nil {
+		if err := h.engine.RunAfterTree(); err != nil {
+			return err
+		}
 	}
 	// The stopper counts the task's fds after its exec, which leaves
 	// less to check here (see PrepareExec).

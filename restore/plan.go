@@ -32,6 +32,11 @@ type PlanOptions struct {
 	// SkipFileCheck restores regular files even when their size or mode
 	// changed since the dump.
 	SkipFileCheck bool
+	// TCPEstablished restores established TCP connections with TCP
+	// repair; without it (or TCPClose) images holding any are refused.
+	TCPEstablished bool
+	// TCPClose restores established TCP connections as closed sockets.
+	TCPClose bool
 }
 
 // Plan is what a restore will do: the processes and the steps that build
@@ -104,7 +109,7 @@ func NewPlan(set *images.Set, opts PlanOptions) (*Plan, error) {
 		}
 	}
 
-	pl := &planner{p: p, set: set, taskIx: taskIx}
+	pl := &planner{p: p, set: set, taskIx: taskIx, opts: opts}
 	if err := pl.planInflight(); err != nil {
 		return nil, err
 	}

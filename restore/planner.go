@@ -30,6 +30,11 @@ type planner struct {
 	// that queue. planInflight fills it.
 	inflight map[uint32]int
 
+	opts PlanOptions
+	// inetPorts counts the inet sockets of each local address
+	// (spec_inet.go).
+	inetPorts map[string]*inetPort
+
 	// deliveries are descriptions a task needs without holding them
 	// itself (an epoll's targets, a queue's files in flight).
 	deliveries []delivery
@@ -144,6 +149,8 @@ func (pl *planner) planFile(f *images.File) error {
 		}
 		spec, err := pipe.FifoSpec(f, writeData, pl.others(hs, c))
 		return pl.add(c, spec, err)
+	case criupb.FdTypes_INETSK:
+		return pl.planInet(f, hs)
 	}
 	pl.unsupported(f)
 	return nil

@@ -19,7 +19,7 @@ import (
 
 func (a *app) planCmd() *cobra.Command {
 	var dir string
-	var skipFileCheck bool
+	var opts restore.PlanOptions
 	cmd := &cobra.Command{
 		Use:   "plan -D DIR",
 		Short: "Print what a restore of DIR would do, without creating a process",
@@ -33,7 +33,7 @@ be restored.`,
 			if dir == "" {
 				return usagef("plan needs -D DIR")
 			}
-			p, err := loadPlan(dir, skipFileCheck)
+			p, err := loadPlan(dir, opts)
 			if err != nil {
 				return err
 			}
@@ -42,28 +42,35 @@ be restored.`,
 		},
 	}
 	cmd.Flags().StringVarP(&dir, "images-dir", "D", "", "image `DIR`ectory")
-	cmd.Flags().BoolVar(&skipFileCheck, "skip-file-check", false, "do not check the size and mode of regular files")
+	cmd.Flags().BoolVar(&opts.SkipFileCheck, "skip-file-check", false, "do not check the size and mode of regular files")
+	tcpFlags(cmd, &opts)
 	return cmd
 }
 
-func loadPlan(dir string, skipFileCheck bool) (*restore.Plan, error) {
+func loadPlan(dir string, opts restore.PlanOptions) (*restore.Plan, error) {
 	set, err := images.Load(dir)
 	if err != nil {
 		return nil, err
 	}
-	return restore.NewPlan(set, restore.PlanOptions{SkipFileCheck: skipFileCheck})
+	return restore.NewPlan(set, opts)
+}
+
+// tcpFlags adds --tcp-established and --tcp-close.
+func tcpFlags(cmd *cobra.Command, opts *restore.PlanOptions) {
+	cmd.Flags().BoolVar(&opts.TCPEstablished, "tcp-established", false, "restore established TCP connections (TCP repair)")
+	cmd.Flags().BoolVar(&opts.TCPClose, "tcp-close", false, "restore established TCP connections as closed sockets")
 }
 
 type restoreFlags struct {
-	dir           string
-	leaveStopped  bool
-	exec          string
-	execRecorded  bool
-	detach        bool
-	pidfile       string
-	pidMap        string
-	timeout       time.Duration
-	skipFileCheck bool
+	dir          string
+	leaveStopped bool
+	exec         string
+	execRecorded bool
+	detach       bool
+	pidfile      string
+	pidMap       string
+	timeout      time.Duration
+	plan         restore.PlanOptions
 }
 
 func (a *app) restoreCmd() *cobra.Command {
@@ -91,7 +98,8 @@ and exits with its status. On any failure every process it created is killed.`,
 	fl.StringVar(&f.pidfile, "pidfile", "", "write the root task's new pid to `FILE`")
 	fl.StringVar(&f.pidMap, "pid-map", "", `write {"<image pid>": <new pid>, ...} as JSON to `+"`FILE`")
 	fl.DurationVar(&f.timeout, "timeout", 60*time.Second, "give up (and kill the tree) if the restore takes longer")
-	fl.BoolVar(&f.skipFileCheck, "skip-file-check", false, "do not check the size and mode of regular files")
+	fl.BoolVar(&f.plan.SkipFileCheck, "skip-file-check", false, "do not check the size and mode of regular files")
+	tcpFlags(cmd, &f.plan)
 	return cmd
 }
 
@@ -121,7 +129,7 @@ func (a *app) runRestore(cmd *cobra.Command, f *restoreFlags) error {
 	if f.leaveStopped && !f.detach {
 		return usagef("--leave-stopped needs -d: stopped tasks never exit")
 	}
-	p, err := loadPlan(f.dir, f.skipFileCheck)
+	p, err := loadPlan(f.dir, f.plan)
 	if err != nil {
 		return err
 	}

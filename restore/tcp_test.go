@@ -1,0 +1,387 @@
+package restore_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fdrestore/fdrestore/images"
+	"github.com/fdrestore/fdrestore/internal/fdcheck"
+	"github.com/fdrestore/fdrestore/restore"
+	"golang.org/x/sys/unix"
+)
+
+// netns is a fresh network namespace with lo up, made for one test.
+type netns struct {
+	t    testing.TB
+	fd   int // the namespace
+	orig int // the test's own
+}
+
+// newNetns creates a network namespace with lo up, removed with its last
+// user when the test ends.
+func newNetns(t testing.TB) *netns {
+	t.Helper()
+	orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := &netns{t: t, fd: -1, orig: orig}
+	t.Cleanup(func() {
+		if ns.fd >= 0 {
+			unix.Close(ns.fd)
+		}
+		unix.Close(orig)
+	})
+	runtime.LockOSThread()
+	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		t.Fatalf("unshare(CLONE_NEWNET): %v", err)
+	}
+	lerr := loUp()
+	fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if serr := unix.Setns(orig, unix.CLONE_NEWNET); serr != nil {
+		// The thread stays locked and dies with the goroutine.
+		t.Fatalf("setns back: %v", serr)
+	}
+	runtime.UnlockOSThread()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.fd = fd
+	if lerr != nil {
+		t.Fatal(lerr)
+	}
+	return ns
+}
+
+func loUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	ifr.SetUint16(unix.IFF_UP | unix.IFF_LOOPBACK | unix.IFF_RUNNING)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+}
+
+// do runs fn on a thread inside the namespace: sockets it creates belong
+// to the namespace, and processes it starts are born in it.
+func (ns *netns) do(fn func()) {
+	ns.t.Helper()
+	runtime.LockOSThread()
+	if err := unix.Setns(ns.fd, unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		ns.t.Fatalf("setns: %v", err)
+	}
+	defer func() {
+		if err := unix.Setns(ns.orig, unix.CLONE_NEWNET); err != nil {
+			panic("setns back to the test's network namespace: " + err.Error())
+		}
+		runtime.UnlockOSThread()
+	}()
+	fn()
+}
+
+// socket creates a socket in the namespace, closed at clean-up.
+func (ns *netns) socket(family, typ int) int {
+	ns.t.Helper()
+	fd := -1
+	var err error
+	ns.do(func() { fd, err = unix.Socket(family, typ|unix.SOCK_CLOEXEC, 0) })
+	if err != nil {
+		ns.t.Fatal(err)
+	}
+	ns.t.Cleanup(func() { unix.Close(fd) })
+	return fd
+}
+
+func tcpPlan(t testing.TB, dir string, opts restore.PlanOptions) *restore.Plan {
+	t.Helper()
+	set, err := images.Load(dir)
+	if err != nil {
+		t.Fatalf("load %s: %v", dir, err)
+	}
+	p, err := restore.NewPlan(set, opts)
+	if err != nil {
+		t.Fatalf("plan %s: %v", dir, err)
+	}
+	return p
+}
+
+// restoreIn restores dir in ns, through the API or the CLI, and returns
+// the pid map.
+func restoreIn(t *testing.T, ns *netns, how, dir string, extra ...string) map[uint32]int {
+	t.Helper()
+	switch how {
+	case "api":
+		p := tcpPlan(t, dir, restore.PlanOptions{TCPEstablished: true})
+		if err := p.Err(); err != nil {
+			t.Fatal(err)
+		}
+		var res *restore.Result
+		var err error
+		ns.do(func() {
+			res, err = restore.Run(context.Background(), p, restore.Options{End: restore.EndStop, Timeout: 30 * time.Second, Log: testLogger(t)})
+		})
+		if err != nil {
+			t.Fatalf("restore %s: %v", dir, err)
+		}
+		cleanupPids(t, res.PidMap)
+		return res.PidMap
+	}
+	bin := cliBinary(t)
+	pm := filepath.Join(t.TempDir(), "pidmap.json")
+	args := append([]string{"restore", "-D", dir, "--leave-stopped", "-d", "--pid-map", pm, "--tcp-established"}, extra...)
+	cmd := exec.Command(bin, args...)
+	var out []byte
+	var err error
+	ns.do(func() { out, err = cmd.CombinedOutput() })
+	m := map[uint32]int{}
+	if b, rerr := os.ReadFile(pm); rerr == nil {
+		var raw map[string]int
+		if jerr := json.Unmarshal(b, &raw); jerr != nil {
+			t.Fatalf("pid map %s: %v", b, jerr)
+		}
+		for k, v := range raw {
+			n, _ := strconv.ParseUint(k, 10, 32)
+			m[uint32(n)] = v
+		}
+		cleanupPids(t, m)
+	}
+	if err != nil {
+		t.Fatalf("fdrestore %v: %v\n%s", args, err, out)
+	}
+	return m
+}
+
+func sockname(t testing.TB, fd int, peer bool) string {
+	t.Helper()
+	var sa unix.Sockaddr
+	var err error
+	if peer {
+		sa, err = unix.Getpeername(fd)
+	} else {
+		sa, err = unix.Getsockname(fd)
+	}
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return strconv.Itoa(int(a.Addr[0])) + "." + strconv.Itoa(int(a.Addr[1])) + "." + strconv.Itoa(int(a.Addr[2])) + "." + strconv.Itoa(int(a.Addr[3])) + ":" + strconv.Itoa(a.Port)
+	case *unix.SockaddrInet6:
+		return "[" + strings.TrimSuffix(ip6(a.Addr[:]), "") + "]:" + strconv.Itoa(a.Port)
+	}
+	return "?"
+}
+
+func ip6(b []byte) string {
+	var parts []string
+	for i := 0; i < 16; i += 2 {
+		parts = append(parts, strconv.FormatUint(uint64(b[i])<<8|uint64(b[i+1]), 16))
+	}
+	return strings.Join(parts, ":")
+}
+
+// recvWithin reads what arrives on fd within d, up to n bytes.
+func recvWithin(t testing.TB, fd, n int, d time.Duration) string {
+	t.Helper()
+	var got []byte
+	deadline := time.Now().Add(d)
+	buf := make([]byte, n)
+	for len(got) < n {
+		left := time.Until(deadline)
+		if left <= 0 {
+			break
+		}
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		if _, err := unix.Poll(pfd, int(left/time.Millisecond)+1); err != nil && err != unix.EINTR {
+			t.Fatalf("poll: %v", err)
+		}
+		k, _, err := unix.Recvfrom(fd, buf[:n-len(got)], unix.MSG_DONTWAIT)
+		if err == unix.EAGAIN || err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			t.Fatalf("recv: %v", err)
+		}
+		if k == 0 {
+			break
+		}
+		got = append(got, buf[:k]...)
+	}
+	return string(got)
+}
+
+func sockInt(t testing.TB, fd, level, opt int) int {
+	t.Helper()
+	v, err := unix.GetsockoptInt(fd, level, opt)
+	if err != nil {
+		t.Fatalf("getsockopt(%d, %d): %v", level, opt, err)
+	}
+	return v
+}
+
+// TestTCPFixture restores the CRIU fixture tcp in a fresh network
+// namespace and checks every fact of its EXPECTED.md.
+func TestTCPFixture(t *testing.T) {
+	needRoot(t)
+	dir := fixtureDir(t, "tcp")
+	for _, how := range []string{"api", "cli"} {
+		t.Run(how, func(t *testing.T) {
+			ns := newNetns(t)
+			pids := restoreIn(t, ns, how, dir)
+			c := &checker{t: t, pids: pids}
+			fds := append(stdio(2),
+				wantFD{ref{2, 3}, rdwr, false, 0, "L", "L", "socket:[*"},
+				wantFD{ref{2, 4}, rdwr, false, 0, "A", "A", "socket:[*"})
+			fds = append(fds, stdio(3)...)
+			fds = append(fds, wantFD{ref{3, 5}, rdwr, false, 0, "C", "C", "socket:[*"})
+			c.check(&wantTree{tasks: []wantTask{{2, 0, 2, 2}, {3, 2, 2, 2}}, fds: fds})
+
+			l, a, cl := c.getfd(ref{2, 3}), c.getfd(ref{2, 4}), c.getfd(ref{3, 5})
+			for _, x := range []struct {
+				what string
+				fd   int
+				peer bool
+				want string
+			}{
+				{"pid 2 fd 3 local", l, false, "127.0.0.1:7000"},
+				{"pid 2 fd 4 local", a, false, "127.0.0.1:7000"},
+				{"pid 2 fd 4 peer", a, true, "127.0.0.1:40001"},
+				{"pid 3 fd 5 local", cl, false, "127.0.0.1:40001"},
+				{"pid 3 fd 5 peer", cl, true, "127.0.0.1:7000"},
+			} {
+				if got := sockname(t, x.fd, x.peer); got != x.want {
+					t.Errorf("%s: %s, want %s", x.what, got, x.want)
+				}
+			}
+			for _, x := range []struct {
+				what            string
+				fd              int
+				accept, reuse   int
+				state, repairOn int
+			}{
+				{"pid 2 fd 3", l, 1, 1, 10, 0},
+				{"pid 2 fd 4", a, 0, 1, 1, 0},
+				{"pid 3 fd 5", cl, 0, 0, 1, 0},
+			} {
+				if v := sockInt(t, x.fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); v != x.accept {
+					t.Errorf("%s: SO_ACCEPTCONN %d, want %d", x.what, v, x.accept)
+				}
+				if v := sockInt(t, x.fd, unix.SOL_SOCKET, unix.SO_REUSEADDR); v != x.reuse {
+					t.Errorf("%s: SO_REUSEADDR %d, want %d", x.what, v, x.reuse)
+				}
+				if v := sockInt(t, x.fd, unix.SOL_TCP, unix.TCP_REPAIR); v != x.repairOn {
+					t.Errorf("%s: TCP_REPAIR %d, want %d (repair off after the restore)", x.what, v, x.repairOn)
+				}
+				info, err := unix.GetsockoptTCPInfo(x.fd, unix.SOL_TCP, unix.TCP_INFO)
+				if err != nil || int(info.State) != x.state {
+					t.Errorf("%s: TCP state %d (%v), want %d", x.what, info.State, err, x.state)
+				}
+			}
+			if v := sockInt(t, l, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); v != 1 {
+				t.Errorf("listener not listening")
+			}
+			// The recorded unread bytes come first, then new data both
+			// ways.
+			if got := recvWithin(t, cl, 11, 2*time.Second); got != "hello-clnt\n" {
+				t.Errorf("pid 3 fd 5: recv %q, want %q", got, "hello-clnt\n")
+			}
+			if got := recvWithin(t, a, 6, 2*time.Second); got != "to-srv" {
+				t.Errorf("pid 2 fd 4: recv %q, want %q", got, "to-srv")
+			}
+			c.write(ref{2, 4}, "after-restore s->c")
+			if got := recvWithin(t, cl, 18, 5*time.Second); got != "after-restore s->c" {
+				t.Errorf("server -> client after restore: got %q", got)
+			}
+			c.write(ref{3, 5}, "after-restore c->s")
+			if got := recvWithin(t, a, 18, 5*time.Second); got != "after-restore c->s" {
+				t.Errorf("client -> server after restore: got %q", got)
+			}
+			// The listener is live: a new connection completes.
+			s := ns.socket(unix.AF_INET, unix.SOCK_STREAM)
+			if err := unix.Connect(s, &unix.SockaddrInet4{Port: 7000, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+				t.Errorf("connect to 127.0.0.1:7000: %v", err)
+			}
+		})
+	}
+}
+
+// TestTCPFixtureRefused: without --tcp-established the plan refuses the
+// connections and names them; with --tcp-close it restores them closed.
+func TestTCPFixtureRefused(t *testing.T) {
+	dir := fixtureDir(t, "tcp")
+	p := tcpPlan(t, dir, restore.PlanOptions{})
+	err := p.Err()
+	if !errors.Is(err, restore.ErrUnsupported) {
+		t.Fatalf("plan without --tcp-established: %v, want ErrUnsupported", err)
+	}
+	for _, want := range []string{"task 2 fd 4", "task 3 fd 5", "127.0.0.1:7000 -> 127.0.0.1:40001", "--tcp-established"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("plan error does not name %q:\n%v", want, err)
+		}
+	}
+	if strings.Contains(err.Error(), "task 2 fd 3") {
+		t.Errorf("plan error names the listener:\n%v", err)
+	}
+	p = tcpPlan(t, dir, restore.PlanOptions{TCPClose: true})
+	if err := p.Err(); err != nil {
+		t.Fatalf("plan with --tcp-close: %v", err)
+	}
+	if len(p.Warnings) < 2 {
+		t.Errorf("--tcp-close: warnings %q, want one per connection", p.Warnings)
+	}
+}
+
+// TestTCPFailedRestoreLeavesNoPort: a restore that fails (the listener's
+// port is taken) leaves no socket behind: both recorded ports can be bound
+// again without SO_REUSEADDR, and no restore process remains.
+func TestTCPFailedRestoreLeavesNoPort(t *testing.T) {
+	needRoot(t)
+	dir := fixtureDir(t, "tcp")
+	ns := newNetns(t)
+	blocker := ns.socket(unix.AF_INET, unix.SOCK_STREAM)
+	if err := unix.Bind(blocker, &unix.SockaddrInet4{Port: 7000, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(blocker, 1); err != nil {
+		t.Fatal(err)
+	}
+	p := tcpPlan(t, dir, restore.PlanOptions{TCPEstablished: true})
+	var err error
+	ns.do(func() {
+		_, err = restore.Run(context.Background(), p, restore.Options{End: restore.EndStop, Timeout: 20 * time.Second, Log: testLogger(t)})
+	})
+	if err == nil {
+		t.Fatal("restore succeeded with the listener's port taken")
+	}
+	if !strings.Contains(err.Error(), "127.0.0.1:7000") || !strings.Contains(err.Error(), "address already in use") {
+		t.Errorf("error does not name the address and the cause: %v", err)
+	}
+	t.Logf("restore failed as expected: %v", err)
+	if left := restoreProcs(nil); len(left) > 0 {
+		t.Errorf("processes left: %v", left)
+	}
+	unix.Close(blocker)
+	for _, port := range []int{7000, 40001} {
+		s := ns.socket(unix.AF_INET, unix.SOCK_STREAM)
+		if err := unix.Bind(s, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+			t.Errorf("port %d still held after the failed restore: %v", port, err)
+		}
+	}
+	_ = fdcheck.Exists
+}
