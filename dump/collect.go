@@ -49,6 +49,7 @@ type fdEnt struct {
 	fown    [5]uint32
 	desc    *fdEnt     // the first fd (in dump order) of the same description
 	ghost   *ghostFile // a regular file unlinked while open (ghost.go)
+	inet    *inetSock  // kindInet: the socket's state (inet.go)
 }
 
 // pipeData is the queued content of one pipe or FIFO.
@@ -78,12 +79,17 @@ type state struct {
 	ghosts     map[[2]uint64]*ghostFile
 	ghostList  []*ghostFile
 	ghostLimit int64
+	// diag caches sock_diag dumps of inet sockets (inet.go), and
+	// tcpEstablished allows dumping TCP connections.
+	diag           inetDiag
+	tcpEstablished bool
+	tcpConns       [][2]int // (pid, fd) of every TCP connection
 }
 
 // collect reads every task of the frozen tree. An unsupported fd anywhere
 // fails it with the list of such fds.
 func (d *dumper) collect(tasks []*task) (*imageSet, error) {
-	s := &state{tasks: tasks, log: d.log, ghostLimit: d.opts.ghostLimit()}
+	s := &state{tasks: tasks, log: d.log, ghostLimit: d.opts.ghostLimit(), tcpEstablished: d.opts.TCPEstablished}
 	for i, k := range nsKinds {
 		ino, err := nsInode(0, k)
 		if err != nil {
@@ -221,7 +227,7 @@ func (s *state) readFd(t *task, pidfd, fd int, pk *peeker, peeked map[uint64]boo
 	unsupported := func(typ string) (*fdEnt, *UnsupportedError, error) {
 		return nil, &UnsupportedError{Pid: t.pid, Fd: fd, Type: typ, Target: link}, nil
 	}
-	if typ := unsupportedByLink(link); typ != "" {
+	if typ := unsupportedByLink(link); typ != "" && typ != "socket" {
 		return unsupported(typ)
 	}
 	fi, err := readFdInfo(t.pid, fd)
@@ -245,7 +251,17 @@ func (s *state) readFd(t *task, pidfd, fd int, pk *peeker, peeked map[uint64]boo
 	}
 	switch e.st.Mode & unix.S_IFMT {
 	case unix.S_IFSOCK:
-		return unsupported("socket")
+		sk, bad, err := s.readInet(e, local, s.tcpEstablished)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", link, err)
+		}
+		if bad != "" {
+			return unsupported(bad)
+		}
+		e.kind, e.inet = kindInet, sk
+		if sk.stream != nil {
+			s.tcpConns = append(s.tcpConns, [2]int{t.pid, fd})
+		}
 	case unix.S_IFCHR:
 		if ttyMajor(unix.Major(e.st.Rdev)) {
 			return unsupported("tty")

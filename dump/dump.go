@@ -37,6 +37,9 @@ type Options struct {
 	// content (ghost-file images); a larger one refuses the dump. Zero
 	// means DefaultGhostLimit (1 MiB).
 	GhostLimit int64
+	// TCPEstablished dumps established TCP connections (with TCP
+	// repair); without it a tree holding one is refused.
+	TCPEstablished bool
 }
 
 // Stats describes a finished dump.
@@ -150,10 +153,17 @@ func Dump(ctx context.Context, pid int, dir string, opts Options) (*Stats, error
 		if err := img.write(dir); err != nil {
 			return abort(err)
 		}
-		if err := checkRestorable(dir); err != nil {
+		if err := checkRestorable(dir, opts.TCPEstablished); err != nil {
 			return abort(err)
 		}
+		// Connections die silently: in repair mode when their last
+		// reference (the lock's dup) goes after the kill.
+		lock, err := lockConns(img.tcpConns)
+		if err != nil {
+			return abort(fmt.Errorf("dump: lock TCP connections: %w", err))
+		}
 		err = fz.kill(func() { st.Frozen = time.Since(frozenAt) })
+		lock.release()
 		if err != nil {
 			return nil, fmt.Errorf("dump: kill the tree: %w", err)
 		}
@@ -176,12 +186,12 @@ var ErrNotRestorable = errors.New("fdrestore cannot restore this tree")
 
 // checkRestorable loads the images just written and plans their restore,
 // so that a tree is never killed for images its own restore refuses.
-func checkRestorable(dir string) error {
+func checkRestorable(dir string, tcpEstablished bool) error {
 	set, err := images.Load(dir)
 	if err != nil {
 		return fmt.Errorf("dump: %w: the images do not load: %v", ErrNotRestorable, err)
 	}
-	p, err := restore.NewPlan(set, restore.PlanOptions{})
+	p, err := restore.NewPlan(set, restore.PlanOptions{TCPEstablished: tcpEstablished})
 	if err == nil {
 		err = p.Err()
 	}
@@ -274,6 +284,9 @@ func (d *dumper) prescan() error {
 				continue // closed meanwhile; the frozen walk decides
 			}
 			typ := unsupportedByLink(link)
+			if typ == "socket" {
+				typ = prescanInet(t.pid, fd, d.opts.TCPEstablished) // "" for inet sockets dumped
+			}
 			if typ == "" && isDeletedLink(link) {
 				typ = deletedByStat(t.pid, fd, d.opts.ghostLimit())
 			}

@@ -86,6 +86,7 @@ const (
 	kindReg fdKind = iota + 1
 	kindPipe
 	kindFifo
+	kindInet
 )
 
 // Terminal-ish character device majors: tty/ttyS (4), tty/console/ptmx

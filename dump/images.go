@@ -37,6 +37,7 @@ type imageSet struct {
 	nfiles    int
 	pipes     int
 	pipeBytes int64
+	tcpConns  [][2]int // (pid, fd) of the TCP connections (inet.go)
 }
 
 func (is *imageSet) add(name, kind string, msgs ...proto.Message) *imageFile {
@@ -160,6 +161,7 @@ func (s *state) images() (*imageSet, error) {
 	pipes := map[uint64]bool{}
 	addFile := func(m *criupb.FileEntry) { files.entries = append(files.entries, &images.Entry{Msg: m}) }
 	var execs, remaps []proto.Message
+	var streams []*inetSock
 	doneTables := map[uint32]bool{}
 	for _, t := range s.tasks {
 		var fdinfo []proto.Message
@@ -183,6 +185,13 @@ func (s *state) images() (*imageSet, error) {
 					addFile(&criupb.FileEntry{Type: criupb.FdTypes_PIPE.Enum(), Id: proto.Uint32(id),
 						Pipe: &criupb.PipeEntry{Id: proto.Uint32(id), PipeId: proto.Uint32(uint32(e.st.Ino)),
 							Flags: proto.Uint32(e.flags), Fown: fownEntry(e.fown)}})
+				case kindInet:
+					ie := proto.Clone(e.desc.inet.entry).(*criupb.InetSkEntry)
+					ie.Id = proto.Uint32(id)
+					addFile(&criupb.FileEntry{Type: criupb.FdTypes_INETSK.Enum(), Id: proto.Uint32(id), Isk: ie})
+					if sk := e.desc.inet; sk.stream != nil {
+						streams = append(streams, sk)
+					}
 				case kindFifo:
 					pipes[e.st.Ino] = true
 					regID := nextID
@@ -193,7 +202,7 @@ func (s *state) images() (*imageSet, error) {
 						Fifo: &criupb.FifoEntry{Id: proto.Uint32(id), PipeId: proto.Uint32(uint32(e.st.Ino)), RegfId: proto.Uint32(regID)}})
 				}
 			}
-			typ := map[fdKind]criupb.FdTypes{kindReg: criupb.FdTypes_REG, kindPipe: criupb.FdTypes_PIPE, kindFifo: criupb.FdTypes_FIFO}[e.kind]
+			typ := map[fdKind]criupb.FdTypes{kindReg: criupb.FdTypes_REG, kindPipe: criupb.FdTypes_PIPE, kindFifo: criupb.FdTypes_FIFO, kindInet: criupb.FdTypes_INETSK}[e.kind]
 			var fl uint32
 			if e.cloexec {
 				fl = unix.FD_CLOEXEC
@@ -247,6 +256,12 @@ func (s *state) images() (*imageSet, error) {
 	}
 	data("pipes-data.img", "PIPES_DATA", s.pipes)
 	data("fifo-data.img", "FIFO_DATA", s.fifos)
+	is.tcpConns = s.tcpConns
+	for _, sk := range streams {
+		f := is.add(fmt.Sprintf("tcp-stream-%x.img", sk.entry.GetIno()), "TCP_STREAM")
+		trailer := append(append([]byte{}, sk.inq...), sk.outq...)
+		f.entries = append(f.entries, &images.Entry{Msg: sk.stream, Trailer: trailer})
+	}
 	is.addGhosts(s, remaps)
 	is.add(ExecImage, "FDRESTORE_EXEC", execs...)
 	return is, nil

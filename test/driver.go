@@ -53,6 +53,10 @@ type Config struct {
 	// SkipExec stops after the outside comparison of each restore (no
 	// self-verification), for runs that only test the comparison.
 	SkipExec bool
+	// TCP: the scenario holds TCP connections: dumps and restores get
+	// --tcp-established, and without C/R it runs in a network namespace
+	// of its own (it brings lo up itself).
+	TCP bool
 }
 
 // Result is a driver's report, printed as one JSON line on stdout.
@@ -262,7 +266,7 @@ func (d *driver) startScenario() (int, error) {
 	pid, err := syscall.ForkExec(argv[0], argv, &syscall.ProcAttr{
 		Dir: d.cfg.WorkDir, Env: d.env,
 		Files: []uintptr{uintptr(devnull), uintptr(logfd), uintptr(logfd), uintptr(p[1])},
-		Sys:   &syscall.SysProcAttr{Setsid: true},
+		Sys:   &syscall.SysProcAttr{Setsid: true, Cloneflags: d.scenarioClone()},
 	})
 	unix.Close(p[1])
 	if err != nil {
@@ -281,6 +285,46 @@ func (d *driver) startScenario() (int, error) {
 		return 0, fmt.Errorf("scenario exited during setup (%s)%s", Describe(ws), d.logTail())
 	}
 	return 0, fmt.Errorf("scenario setup: %s", strings.TrimPrefix(msg, "error: "))
+}
+
+// silenceTCP turns TCP repair on for every TCP socket of the tasks, so
+// that killing them sends no FIN or reset to their peers. The dups taken
+// are closed at once: the tasks still hold the sockets.
+func silenceTCP(pids []int) {
+	for _, pid := range pids {
+		pidfd, err := unix.PidfdOpen(pid, 0)
+		if err != nil {
+			continue
+		}
+		ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		for _, e := range ents {
+			n, err := strconv.Atoi(e.Name())
+			if err != nil {
+				continue
+			}
+			if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", pid, n)); !strings.HasPrefix(l, "socket:") {
+				continue
+			}
+			fd, err := unix.PidfdGetfd(pidfd, n, 0)
+			if err != nil {
+				continue
+			}
+			if p, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL); err == nil && p == unix.IPPROTO_TCP {
+				unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_REPAIR, 1) // fails harmlessly on listeners
+			}
+			unix.Close(fd)
+		}
+		unix.Close(pidfd)
+	}
+}
+
+// scenarioClone gives a TCP scenario run without C/R a network namespace
+// of its own: it binds ports.
+func (d *driver) scenarioClone() uintptr {
+	if d.cfg.TCP && d.cfg.Flavor == FlavorNoCR {
+		return unix.CLONE_NEWNET
+	}
+	return 0
 }
 
 func (d *driver) logTail() string {
@@ -369,7 +413,11 @@ func (d *driver) logIssues(what, path string) {
 }
 
 func (d *driver) fdrestore(args ...string) []string {
-	return append([]string{d.cfg.Fdrestore}, args...)
+	out := append([]string{d.cfg.Fdrestore}, args...)
+	if d.cfg.TCP && (slices.Contains(args, "dump") || slices.Contains(args, "restore")) {
+		out = append(out, "--tcp-established")
+	}
+	return out
 }
 
 func (d *driver) runEnv() []string {
@@ -499,6 +547,11 @@ func (d *driver) restoreStopped(it int, img string, keys PidKeys) error {
 	}
 	pids := pidsOf(nkeys)
 	defer func() {
+		if d.cfg.TCP {
+			// This copy of the tree goes away without a word to the
+			// peers of its connections, for the next restore.
+			silenceTCP(pids)
+		}
 		for _, p := range pids {
 			unix.Kill(p, unix.SIGKILL)
 		}

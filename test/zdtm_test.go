@@ -25,6 +25,10 @@ type spec struct {
 	// skipped with that error; any other failure is a failure, and a
 	// pass is a pass (then the marker should go).
 	unsupported string
+	// tcp: the scenario holds TCP connections and binds ports: it runs
+	// with --tcp-established, only in flavors with a network namespace
+	// of its own.
+	tcp bool
 }
 
 var scenarios = []spec{
@@ -52,6 +56,11 @@ var scenarios = []spec{
 	{name: "crfail-epoll", crfail: true,
 		crfailError: `^fdrestore: dump refused, the tree was left running unchanged: ` +
 			`pid {pid:root} fd 3: eventpoll is not supported \(anon_inode:\[eventpoll\]\)$`},
+	{name: "tcp-pair", tcp: true},
+	{name: "tcp-ext", tcp: true},
+	{name: "tcp-bufs", tcp: true},
+	{name: "tcp-halfclosed", tcp: true},
+	{name: "tcp6-udp", tcp: true},
 }
 
 // report collects one line per scenario and flavor.
@@ -138,9 +147,12 @@ func TestZdtm(t *testing.T) {
 		t.Run(sc.name, func(t *testing.T) {
 			t.Parallel()
 			for _, fl := range flavors() {
+				if sc.tcp && fl != FlavorNS {
+					continue // ports only in a network namespace of its own
+				}
 				t.Run(fl, func(t *testing.T) {
 					t.Parallel()
-					res := runDriver(t, Config{Scenario: sc.name, Flavor: fl, CRFail: sc.crfail, CRFailError: sc.crfailError})
+					res := runDriver(t, Config{Scenario: sc.name, Flavor: fl, CRFail: sc.crfail, CRFailError: sc.crfailError, TCP: sc.tcp})
 					if res.Status == "fail" && sc.unsupported != "" && regexp.MustCompile(sc.unsupported).MatchString(res.Reason) {
 						res.Status, res.Reason = "skip", "not supported yet: "+res.Reason
 					}
@@ -186,7 +198,7 @@ func TestScenarioSanity(t *testing.T) {
 	for _, sc := range scenarios {
 		t.Run(sc.name, func(t *testing.T) {
 			t.Parallel()
-			res := runDriver(t, Config{Scenario: sc.name, Flavor: FlavorNoCR})
+			res := runDriver(t, Config{Scenario: sc.name, Flavor: FlavorNoCR, TCP: sc.tcp})
 			if res.Status != "pass" {
 				t.Errorf("%s without C/R: %s", sc.name, res.Reason)
 			}

@@ -22,6 +22,7 @@ func (a *app) dumpCmd() *cobra.Command {
 		leaveRunning bool
 		timeout      time.Duration
 		ghostLimit   string
+		tcpEst       bool
 	)
 	cmd := &cobra.Command{
 		Use:   "dump -t PID -D DIR [--leave-running]",
@@ -48,7 +49,7 @@ changed. Prints how long the tree was frozen.`,
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			st, err := dump.Dump(ctx, pid, dir, dump.Options{LeaveRunning: leaveRunning, Timeout: timeout, Log: logrus.StandardLogger(), GhostLimit: limit})
+			st, err := dump.Dump(ctx, pid, dir, dump.Options{LeaveRunning: leaveRunning, Timeout: timeout, Log: logrus.StandardLogger(), GhostLimit: limit, TCPEstablished: tcpEst})
 			if err != nil {
 				return err
 			}
@@ -68,6 +69,7 @@ changed. Prints how long the tree was frozen.`,
 	fl.BoolVar(&leaveRunning, "leave-running", false, "thaw the tree after the dump instead of killing it")
 	fl.DurationVar(&timeout, "timeout", 30*time.Second, "give up (and thaw the tree) if freezing or dumping takes longer")
 	fl.StringVar(&ghostLimit, "ghost-limit", "1M", "largest deleted file to save with its content (`SIZE` in bytes, or with suffix K, M, G); a larger one refuses the dump")
+	fl.BoolVar(&tcpEst, "tcp-established", false, "dump established TCP connections (TCP repair on the frozen tree); without it a tree holding one is refused")
 	return cmd
 }
 

@@ -252,32 +252,47 @@ func (o *opener) repair(fd int) error {
 	if err := SelectQueue(fd, SendQueue); err != nil {
 		return err
 	}
-	if err := fillQueue(fd, s.OutQ[:len(s.OutQ)-int(s.UnsqLen)]); err != nil {
+	if err := fillQueue(fd, s.OutQ[:len(s.OutQ)-int(o.unsent())]); err != nil {
 		return fmt.Errorf("send queue: %w", err)
-	}
-	// Half-closed states: our FIN goes in as sent (repair mode sends
-	// nothing), the peer's is replayed from its address; LAST_ACK got
-	// the peer's FIN first, CLOSING sent its own first.
-	if p.State == StateLastAck {
-		if err := o.halfClose(fd, true, false); err != nil {
-			return err
-		}
-	}
-	if FinOnSend(p.State) {
-		if err := unix.Shutdown(fd, unix.SHUT_WR); err != nil {
-			return fmt.Errorf("shutdown(SHUT_WR) for the recorded FIN: %w", err)
-		}
 	}
 	if err := SelectQueue(fd, NoQueue); err != nil {
 		return err
 	}
 	if s.HasWindow {
 		w := s.Window
-		if FinOnRecv(p.State) && p.State != StateLastAck {
+		if FinOnRecv(p.State) {
+			// The peer's FIN is replayed later (halfClose).
 			w.RcvWup--
 			w.RcvWnd++
 		}
 		if err := SetWindow(fd, w); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// halfClosed finishes a half-closed connection, in repair mode, once
+// every socket of the tree exists (the segments it provokes reach a live
+// peer): our FIN goes in as sent (repair mode transmits nothing), the
+// peer's FIN or its acknowledgement of ours is replayed from its address.
+// LAST_ACK had the peer's FIN before sending its own; CLOSING the
+// reverse.
+func (o *opener) halfClosed(fd int) error {
+	p := &o.p
+	if p.State == StateLastAck {
+		if err := o.halfClose(fd, true, false); err != nil {
+			return err
+		}
+	}
+	if FinOnSend(p.State) {
+		if err := SelectQueue(fd, SendQueue); err != nil {
+			return err
+		}
+		if err := unix.Shutdown(fd, unix.SHUT_WR); err != nil {
+			return fmt.Errorf("shutdown(SHUT_WR) for the recorded FIN: %w", err)
+		}
+		if err := SelectQueue(fd, NoQueue); err != nil {
 			return err
 		}
 	}
@@ -408,16 +423,31 @@ func (o *opener) finalOpts(fd int) error {
 	return nil
 }
 
-// afterTree runs once every task of the tree is restored: repair off,
-// the never-sent tail of the send queue, and the recorded SO_REUSEADDR.
+// unsent is how much of the send queue is written as ordinary data after
+// repair is off: the never-sent tail, unless our FIN follows it (the FIN
+// goes in during repair, so everything before it does too, as sent data
+// that the kernel retransmits).
+func (o *opener) unsent() uint32 {
+	if FinOnSend(o.p.State) {
+		return 0
+	}
+	return o.p.Stream.UnsqLen
+}
+
+// afterTree runs once every task of the tree is restored: the half-close
+// replay, repair off, the never-sent tail of the send queue, and the
+// recorded SO_REUSEADDR.
 func (o *opener) afterTree(fd int) error {
 	p := &o.p
 	if p.Mode == ModeRepair {
+		if err := o.halfClosed(fd); err != nil {
+			return fmt.Errorf("%s at fd %d: %w", p.Describe(), fd, err)
+		}
 		if err := SetRepair(fd, false); err != nil {
 			return fmt.Errorf("%s at fd %d: %w", p.Describe(), fd, err)
 		}
-		if tail := p.Stream.OutQ[len(p.Stream.OutQ)-int(p.Stream.UnsqLen):]; len(tail) > 0 {
-			if err := sendAll(fd, tail, 10*time.Second); err != nil {
+		if tail := p.Stream.OutQ[len(p.Stream.OutQ)-int(o.unsent()):]; len(tail) > 0 {
+			if err := o.sendTail(fd, tail); err != nil {
 				return fmt.Errorf("%s at fd %d: never-sent data: %w", p.Describe(), fd, err)
 			}
 		}
@@ -426,6 +456,33 @@ func (o *opener) afterTree(fd int) error {
 	// forced on.
 	if err := setBool(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, p.Opts.ReuseAddr); err != nil {
 		return fmt.Errorf("%s at fd %d: SO_REUSEADDR: %w", p.Describe(), fd, err)
+	}
+	return nil
+}
+
+// sendTail writes the never-sent bytes as ordinary data, with room made
+// for them in the send buffer, then puts the recorded buffer size and
+// lock back.
+func (o *opener) sendTail(fd int, tail []byte) error {
+	room := 2*len(tail) + 4<<20
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, room/2); err != nil {
+		return fmt.Errorf("SO_SNDBUFFORCE: %w", err)
+	}
+	if err := sendAll(fd, tail, 10*time.Second); err != nil {
+		return err
+	}
+	op := &o.p.Opts
+	if op.SndBuf != 0 {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, int(op.SndBuf/2)); err != nil {
+			return fmt.Errorf("SO_SNDBUFFORCE %d: %w", op.SndBuf/2, err)
+		}
+	}
+	lock := op.BufLock
+	if !op.HasBufLock {
+		lock = 0
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_BUF_LOCK, int(lock)); err != nil && !errors.Is(err, unix.ENOPROTOOPT) {
+		return fmt.Errorf("SO_BUF_LOCK %d: %w", lock, err)
 	}
 	return nil
 }

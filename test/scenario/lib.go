@@ -119,6 +119,9 @@ func run(sc *Scenario, role string) int {
 			t.killSpawned()
 			return 1
 		}
+		if r.ExitAfterSetup {
+			return 0
+		}
 	} else {
 		t.restoredStart(r)
 	}
