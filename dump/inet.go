@@ -313,7 +313,16 @@ func (s *state) readInet(e *fdEnt, fd int, established bool) (sk *inetSock, bad 
 		return nil, "", err
 	}
 	if !found {
-		return nil, "", fmt.Errorf("socket:[%d] is not in sock_diag's list of the task's network namespace", ino)
+		// Sockets without a port are in no hash table, so sock_diag
+		// does not list them: unbound and unconnected, in state CLOSE.
+		sa, err := unix.Getsockname(fd)
+		if err != nil {
+			return nil, "", fmt.Errorf("getsockname: %w", err)
+		}
+		if _, port := addrWords(sa); *port != 0 {
+			return nil, "", fmt.Errorf("socket:[%d] is not in sock_diag's list of the task's network namespace", ino)
+		}
+		di = diagInfo{state: tcp.StateClose}
 	}
 	ie := &criupb.InetSkEntry{Id: proto.Uint32(0), Ino: proto.Uint32(ino), Family: proto.Uint32(uint32(dom)),
 		Type: proto.Uint32(uint32(typ)), Proto: proto.Uint32(uint32(prot)), State: proto.Uint32(uint32(di.state)),

@@ -449,6 +449,14 @@ func (d *driver) dump(it int, img string, root int, keys PidKeys) error {
 		return fmt.Errorf("dump %d: %s", it+1, res.Brief())
 	}
 	d.step("dump %d: %d tasks in %v", it+1, len(keys), res.Took.Round(time.Millisecond))
+	if d.cfg.TCP {
+		// The restored tree's connections are the dumped ones.
+		prev := filepath.Join(d.cfg.WorkDir, "img-leave-running")
+		if it > 0 {
+			prev = filepath.Join(d.cfg.WorkDir, "img-"+strconv.Itoa(it-1))
+		}
+		d.compareInet(fmt.Sprintf("dump %d vs the dump before", it+1), prev, img)
+	}
 	if left := WaitGone(pidsOf(keys), d.deadline(10*time.Second)); len(left) > 0 {
 		var desc []string
 		for _, p := range left {

@@ -398,7 +398,7 @@ func init() {
 			return err
 		}
 		total := 0
-		block := Datagen(seed, 4<<20)
+		block := Datagen(seed, 2<<20)
 		for total < len(block) {
 			n, err := unix.Write(fd, block[total:min(total+65536, len(block))])
 			if err == unix.EAGAIN {
@@ -417,6 +417,24 @@ func init() {
 		if err := unix.SetNonblock(fd, false); err != nil {
 			return err
 		}
+		// Settled: nothing moves any more (the peer's window is shut),
+		// so that every dump sees the same queues.
+		last, same := -1, 0
+		for i := 0; i < 100 && same < 4; i++ {
+			n, err := unix.IoctlGetInt(fd, unix.SIOCOUTQNSD)
+			if err != nil {
+				return err
+			}
+			if n == last {
+				same++
+			} else {
+				last, same = n, 0
+			}
+			sleep(50 * time.Millisecond)
+		}
+		if same < 4 {
+			return fmt.Errorf("fill: the send queue does not settle")
+		}
 		return writeFileRaw(t.Path(name), []byte(itoa(total)))
 	}
 	drain := func(t *T, fd int, seed uint32, name string) {
@@ -430,7 +448,7 @@ func init() {
 		}
 		got, err := ReadFull(fd, n)
 		if t.Check(err, fmt.Sprintf("fd %d: read %d queued bytes", fd, n)) {
-			t.CheckData(fmt.Sprintf("fd %d: %d queued bytes", fd, n), got, Datagen(seed, n))
+			t.CheckData(fmt.Sprintf("fd %d: %d queued bytes", fd, n), got, Datagen(seed, 2<<20)[:n])
 		}
 	}
 	register("tcp-bufs", map[string]*Role{
@@ -446,6 +464,11 @@ func init() {
 					return err
 				}
 				defer unix.Close(l)
+				// Segments much smaller than the windows: a sender fills
+				// every window to zero instead of waiting for a full one.
+				if err := unix.SetsockoptInt(l, unix.SOL_TCP, unix.TCP_MAXSEG, 1400); err != nil {
+					return err
+				}
 				if err := unix.Listen(l, 1); err != nil {
 					return err
 				}
@@ -481,6 +504,9 @@ func init() {
 					return err
 				}
 				unix.SetsockoptInt(c, unix.SOL_SOCKET, unix.SO_RCVBUF, 64<<10)
+				if err := unix.SetsockoptInt(c, unix.SOL_TCP, unix.TCP_MAXSEG, 1400); err != nil {
+					return err
+				}
 				if err := unix.Connect(c, sa4(7300)); err != nil {
 					return fmt.Errorf("connect: %w", err)
 				}
@@ -518,6 +544,11 @@ func init() {
 					return err
 				}
 				defer unix.Close(l)
+				// Segments much smaller than the windows: a sender fills
+				// every window to zero instead of waiting for a full one.
+				if err := unix.SetsockoptInt(l, unix.SOL_TCP, unix.TCP_MAXSEG, 1400); err != nil {
+					return err
+				}
 				if err := unix.Listen(l, 1); err != nil {
 					return err
 				}
@@ -542,6 +573,10 @@ func init() {
 			},
 			Verify: func(t *T) {
 				t.CheckTCPState(4, 8) // CLOSE_WAIT
+				// The client checks its state before this side closes.
+				if !t.WaitKick("the client's state check") {
+					return
+				}
 				got, err := ReadFull(4, 3)
 				if t.Check(err, "read bye") {
 					t.CheckData("bye", got, []byte("bye"))
@@ -577,6 +612,7 @@ func init() {
 			},
 			Verify: func(t *T) {
 				t.CheckTCPState(5, 5) // FIN_WAIT2
+				t.Kick(os.Getppid())
 				got, err := ReadToEOF(5)
 				if t.Check(err, "read to EOF") {
 					t.CheckData("late+more", got, []byte("latemore"))
