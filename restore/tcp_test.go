@@ -14,9 +14,10 @@ import (
 	"time"
 
 	"github.com/fdrestore/fdrestore/images"
-	"github.com/fdrestore/fdrestore/internal/fdcheck"
+	"github.com/fdrestore/fdrestore/proto/criupb"
 	"github.com/fdrestore/fdrestore/restore"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 )
 
 // netns is a fresh network namespace with lo up, made for one test.
@@ -347,41 +348,159 @@ func TestTCPFixtureRefused(t *testing.T) {
 	}
 }
 
-// TestTCPFailedRestoreLeavesNoPort: a restore that fails (the listener's
-// port is taken) leaves no socket behind: both recorded ports can be bound
-// again without SO_REUSEADDR, and no restore process remains.
+// copyFixture copies a fixture's images to a temporary directory.
+func copyFixture(t *testing.T, name string) string {
+	t.Helper()
+	src := fixtureDir(t, name)
+	dst := t.TempDir()
+	ents, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dst
+}
+
+// netSockets lists the TCP sockets of the namespace (/proc/net/tcp and
+// tcp6 as seen from inside it), as "local remote state" lines.
+func (ns *netns) netSockets() []string {
+	var out []string
+	ns.do(func() {
+		for _, f := range []string{"tcp", "tcp6"} {
+			b, err := os.ReadFile("/proc/thread-self/net/" + f)
+			if err != nil {
+				ns.t.Fatal(err)
+			}
+			lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+			for _, l := range lines[1:] {
+				if fs := strings.Fields(l); len(fs) > 3 {
+					out = append(out, f+" "+fs[1]+" "+fs[2]+" st "+fs[3])
+				}
+			}
+		}
+	})
+	return out
+}
+
+// TestTCPFailedRestoreLeavesNoPort: restores that fail half-way leave no
+// socket behind (none in repair mode, no port held, nothing in TIME_WAIT)
+// and no process. Case "bind": the listener's port is taken. Case
+// "window": the connection of task 2 fails at its last repair step (an
+// impossible window in its tcp-stream image), when the listener and the
+// repaired socket on port 7000 already exist.
 func TestTCPFailedRestoreLeavesNoPort(t *testing.T) {
+	needRoot(t)
+	for _, tc := range []string{"bind", "window"} {
+		t.Run(tc, func(t *testing.T) {
+			dir := fixtureDir(t, "tcp")
+			ns := newNetns(t)
+			want := "address already in use"
+			switch tc {
+			case "bind":
+				blocker := ns.socket(unix.AF_INET, unix.SOCK_STREAM)
+				if err := unix.Bind(blocker, &unix.SockaddrInet4{Port: 7000, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+					t.Fatal(err)
+				}
+				if err := unix.Listen(blocker, 1); err != nil {
+					t.Fatal(err)
+				}
+				defer unix.Close(blocker)
+			case "window":
+				dir = copyFixture(t, "tcp")
+				p := filepath.Join(dir, "tcp-stream-13f102.img")
+				k, ents, err := images.ReadFile(p, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				ts := ents[0].Msg.(*criupb.TcpStreamEntry)
+				ts.RcvWup = proto.Uint32(ts.GetInqSeq() + 1<<20) // after rcv_nxt: EINVAL
+				if err := images.WriteFile(p, k, ents); err != nil {
+					t.Fatal(err)
+				}
+				want = "TCP_REPAIR_WINDOW"
+			}
+			p := tcpPlan(t, dir, restore.PlanOptions{TCPEstablished: true})
+			var err error
+			ns.do(func() {
+				_, err = restore.Run(context.Background(), p, restore.Options{End: restore.EndStop, Timeout: 20 * time.Second, Log: testLogger(t)})
+			})
+			if err == nil {
+				t.Fatal("restore succeeded")
+			}
+			if !strings.Contains(err.Error(), "127.0.0.1:7000") || !strings.Contains(err.Error(), want) {
+				t.Errorf("error does not name the socket and %q: %v", want, err)
+			}
+			t.Logf("restore failed as expected: %v", err)
+			if left := restoreProcs(nil); len(left) > 0 {
+				t.Errorf("processes left: %v", left)
+			}
+			var socks []string
+			sawBlocker := false
+			for _, s := range ns.netSockets() {
+				if tc == "bind" && strings.Contains(s, ":1B58 00000000:0000 st 0A") {
+					sawBlocker = true // 127.0.0.1:7000 LISTEN
+					continue
+				}
+				socks = append(socks, s)
+			}
+			if tc == "bind" && !sawBlocker {
+				t.Errorf("the namespace's socket list does not show the blocking listener: %v", ns.netSockets())
+			}
+			if len(socks) > 0 {
+				t.Errorf("sockets left in the namespace: %v", socks)
+			}
+			for _, port := range []int{7000, 40001} {
+				if tc == "bind" && port == 7000 {
+					continue
+				}
+				s := ns.socket(unix.AF_INET, unix.SOCK_STREAM)
+				if err := unix.Bind(s, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+					t.Errorf("port %d still held after the failed restore: %v", port, err)
+				}
+			}
+		})
+	}
+}
+
+// TestTCPClose restores the fixture with --tcp-close: the connections
+// come back as sockets that are not connected, the listener as it was.
+func TestTCPClose(t *testing.T) {
 	needRoot(t)
 	dir := fixtureDir(t, "tcp")
 	ns := newNetns(t)
-	blocker := ns.socket(unix.AF_INET, unix.SOCK_STREAM)
-	if err := unix.Bind(blocker, &unix.SockaddrInet4{Port: 7000, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+	p := tcpPlan(t, dir, restore.PlanOptions{TCPClose: true})
+	if err := p.Err(); err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Listen(blocker, 1); err != nil {
-		t.Fatal(err)
-	}
-	p := tcpPlan(t, dir, restore.PlanOptions{TCPEstablished: true})
+	var res *restore.Result
 	var err error
 	ns.do(func() {
-		_, err = restore.Run(context.Background(), p, restore.Options{End: restore.EndStop, Timeout: 20 * time.Second, Log: testLogger(t)})
+		res, err = restore.Run(context.Background(), p, restore.Options{End: restore.EndStop, Timeout: 20 * time.Second, Log: testLogger(t)})
 	})
-	if err == nil {
-		t.Fatal("restore succeeded with the listener's port taken")
+	if err != nil {
+		t.Fatal(err)
 	}
-	if !strings.Contains(err.Error(), "127.0.0.1:7000") || !strings.Contains(err.Error(), "address already in use") {
-		t.Errorf("error does not name the address and the cause: %v", err)
-	}
-	t.Logf("restore failed as expected: %v", err)
-	if left := restoreProcs(nil); len(left) > 0 {
-		t.Errorf("processes left: %v", left)
-	}
-	unix.Close(blocker)
-	for _, port := range []int{7000, 40001} {
-		s := ns.socket(unix.AF_INET, unix.SOCK_STREAM)
-		if err := unix.Bind(s, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-			t.Errorf("port %d still held after the failed restore: %v", port, err)
+	cleanupPids(t, res.PidMap)
+	c := &checker{t: t, pids: res.PidMap}
+	for _, r := range []ref{{2, 4}, {3, 5}} {
+		fd := c.getfd(r)
+		if _, err := unix.Getpeername(fd); err != unix.ENOTCONN {
+			t.Errorf("%s: getpeername: %v, want ENOTCONN (closed)", r, err)
 		}
 	}
-	_ = fdcheck.Exists
+	if got := sockname(t, c.getfd(ref{2, 3}), false); got != "127.0.0.1:7000" {
+		t.Errorf("listener at %s", got)
+	}
+	s := ns.socket(unix.AF_INET, unix.SOCK_STREAM)
+	if err := unix.Connect(s, &unix.SockaddrInet4{Port: 7000, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Errorf("connect to the listener: %v", err)
+	}
 }
