@@ -81,7 +81,17 @@ func prescanInet(pid, fd int, established bool) string {
 	if err != nil {
 		return "TCP socket (TCP_INFO: " + err.Error() + ")"
 	}
+	if info.State == tcp.StateListen && info.Unacked > 0 {
+		// For a listener tcpi_unacked is its accept queue.
+		return pendingProblem(info.Unacked)
+	}
 	return tcpStateProblem(uint32(info.State), established)
+}
+
+// pendingProblem: connections in a listener's accept queue have no fd to
+// take and cannot be put back into a restored listener's queue.
+func pendingProblem(n uint32) string {
+	return fmt.Sprintf("TCP listener with connections not yet accepted (%d)", n)
 }
 
 // tcpStateProblem says why a TCP socket in state st cannot be dumped, or
@@ -388,7 +398,7 @@ func (s *state) readInet(e *fdEnt, fd int, established bool) (sk *inetSock, bad 
 	switch st {
 	case tcp.StateListen:
 		if di.rqueue > 0 {
-			return nil, fmt.Sprintf("TCP listener with %d connections not yet accepted", di.rqueue), nil
+			return nil, pendingProblem(di.rqueue), nil
 		}
 		ie.Backlog = proto.Uint32(di.wqueue)
 		return sk, "", nil

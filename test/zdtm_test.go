@@ -61,6 +61,9 @@ var scenarios = []spec{
 	{name: "tcp-bufs", tcp: true},
 	{name: "tcp-halfclosed", tcp: true},
 	{name: "tcp6-udp", tcp: true},
+	{name: "tcp-crfail-pending", tcp: true, crfail: true,
+		crfailError: `^fdrestore: dump refused, the tree was left running unchanged: ` +
+			`pid {pid:root} fd 3: TCP listener with connections not yet accepted \(1\) is not supported \(socket:\[\d+\]\)$`},
 }
 
 // report collects one line per scenario and flavor.

@@ -771,4 +771,63 @@ func writeFileRaw(path string, data []byte) error {
 	return nil
 }
 
+// tcp-crfail-pending: a listener (fd 3, 127.0.0.1:7700) with a
+// connection not yet accepted, whose client end is the child's fd 5. The
+// dump must refuse the tree, naming the listener; afterwards the listener
+// accepts the connection and data flows both ways.
+func init() {
+	register("tcp-crfail-pending", map[string]*Role{
+		"root": {
+			Fds:      std(3),
+			Children: children("client"),
+			Setup: func(t *T) error {
+				if err := tcpLoUp(); err != nil {
+					return err
+				}
+				l, err := t.sockAt(unix.AF_INET, unix.SOCK_STREAM, sa4(7700), true)
+				if err != nil {
+					return err
+				}
+				if err := unix.Listen(l, 4); err != nil {
+					return err
+				}
+				if _, err := t.Spawn("client", nil); err != nil {
+					return err
+				}
+				return t.Place(l, 3)
+			},
+			Verify: func(t *T) {
+				if err := pollIn(3, time.Now().Add(ioTimeout)); !t.Check(err, "pending connection") {
+					return
+				}
+				a, _, err := unix.Accept4(3, unix.SOCK_CLOEXEC)
+				if !t.Check(err, "accept the pending connection") {
+					return
+				}
+				defer unix.Close(a)
+				t.exchange(a, "early", "s->c", "c->s")
+			},
+		},
+		"client": {
+			Fds: std(5),
+			Setup: func(t *T) error {
+				c, err := t.sockAt(unix.AF_INET, unix.SOCK_STREAM, nil, false)
+				if err != nil {
+					return err
+				}
+				if err := unix.Connect(c, sa4(7700)); err != nil {
+					return fmt.Errorf("connect: %w", err)
+				}
+				if err := WriteAll(c, []byte("early")); err != nil {
+					return err
+				}
+				return t.Place(c, 5)
+			},
+			Verify: func(t *T) {
+				t.exchange(5, "", "c->s", "s->c")
+			},
+		},
+	})
+}
+
 var _ = errors.New
