@@ -435,13 +435,15 @@ func readStream(sk *inetSock, fd int, st uint32) (err error) {
 	if err != nil {
 		return fmt.Errorf("SIOCOUTQNSD: %w", err)
 	}
-	// The send queue counts our FIN while it is not acknowledged.
+	// Both counts include our FIN while it is not acknowledged (it takes
+	// the last sequence number); the never-sent count while it is not
+	// sent, which is so whenever anything is unsent.
 	if st == tcp.StateFinWait1 || st == tcp.StateClosing || st == tcp.StateLastAck {
 		if outqLen > 0 {
 			outqLen--
 		}
-		if unsq > outqLen {
-			unsq = outqLen
+		if unsq > 0 {
+			unsq--
 		}
 	}
 	if err := tcp.SetRepair(fd, true); err != nil {

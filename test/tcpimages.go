@@ -16,9 +16,9 @@ import (
 // InetCanon renders the inet sockets of an image directory (their
 // files.img entries and tcp-stream images) with what legitimately differs
 // between a tree and its restored copy normalised away: socket inodes
-// (numbered in files.img order), the TCP timestamp clock and snd_wl1
-// (see below). Sequence
-// numbers, queues (as length and hash), options, windows and addresses
+// (numbered in files.img order), the TCP timestamp clock, snd_wl1 and
+// the window sizes (see below). Sequence
+// numbers, queues (as length and hash), options, rcv_wup and addresses
 // stay: a connection dumped, restored and dumped again must come out the
 // same.
 func InetCanon(dir string) (string, error) {
@@ -63,6 +63,10 @@ func InetCanon(dir string) (string, error) {
 			// updated the send window: the window probe a connection
 			// sends when it leaves repair mode gets an ACK that moves it.
 			ts.SndWl1 = nil
+			// The windows are advertised anew when repair goes off, and
+			// the kernel rounds them with per-connection state (the
+			// receive MSS estimate) that repair cannot set.
+			ts.SndWnd, ts.RcvWnd, ts.MaxWindow = nil, nil, nil
 			j, _ := protojson.MarshalOptions{UseProtoNames: true}.Marshal(ts)
 			streams = append(streams, fmt.Sprintf("stream of socket %d %s data %d bytes %x", inos[ino], compactJSON(j), len(e.Trailer), sha256.Sum256(e.Trailer)))
 		}

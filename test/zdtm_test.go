@@ -60,6 +60,7 @@ var scenarios = []spec{
 	{name: "tcp-ext", tcp: true},
 	{name: "tcp-bufs", tcp: true},
 	{name: "tcp-halfclosed", tcp: true},
+	{name: "tcp-halfclosed-full", tcp: true},
 	{name: "tcp6-udp", tcp: true},
 	{name: "tcp-crfail-pending", tcp: true, crfail: true,
 		crfailError: `^fdrestore: dump refused, the tree was left running unchanged: ` +

@@ -285,7 +285,7 @@ func (o *opener) halfClosed(fd int) error {
 			return err
 		}
 	}
-	if FinOnSend(p.State) {
+	if FinOnSend(p.State) && !o.finUnsent() {
 		if err := SelectQueue(fd, SendQueue); err != nil {
 			return err
 		}
@@ -424,15 +424,13 @@ func (o *opener) finalOpts(fd int) error {
 }
 
 // unsent is how much of the send queue is written as ordinary data after
-// repair is off: the never-sent tail, unless our FIN follows it (the FIN
-// goes in during repair, so everything before it does too, as sent data
-// that the kernel retransmits).
-func (o *opener) unsent() uint32 {
-	if FinOnSend(o.p.State) {
-		return 0
-	}
-	return o.p.Stream.UnsqLen
-}
+// repair is off: the never-sent tail.
+func (o *opener) unsent() uint32 { return o.p.Stream.UnsqLen }
+
+// finUnsent reports whether our FIN had not been sent: it follows
+// never-sent data. It is then queued by an ordinary shutdown after that
+// data, once repair is off, and stays unsent as it was.
+func (o *opener) finUnsent() bool { return FinOnSend(o.p.State) && o.p.Stream.UnsqLen > 0 }
 
 // afterTree runs once every task of the tree is restored: the half-close
 // replay, repair off, the never-sent tail of the send queue, and the
@@ -449,6 +447,11 @@ func (o *opener) afterTree(fd int) error {
 		if tail := p.Stream.OutQ[len(p.Stream.OutQ)-int(o.unsent()):]; len(tail) > 0 {
 			if err := o.sendTail(fd, tail); err != nil {
 				return fmt.Errorf("%s at fd %d: never-sent data: %w", p.Describe(), fd, err)
+			}
+		}
+		if o.finUnsent() {
+			if err := unix.Shutdown(fd, unix.SHUT_WR); err != nil {
+				return fmt.Errorf("%s at fd %d: shutdown(SHUT_WR) after the never-sent data: %w", p.Describe(), fd, err)
 			}
 		}
 	}

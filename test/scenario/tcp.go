@@ -392,65 +392,71 @@ func waitExit(pid int) error {
 // sent-but-unacknowledged and never-sent bytes. The byte counts go to
 // files in the work directory. After restore each side reads every byte
 // the other wrote, in order.
-func init() {
-	fill := func(t *T, fd int, seed uint32, name string) error {
-		if err := unix.SetNonblock(fd, true); err != nil {
-			return err
-		}
-		total := 0
-		block := Datagen(seed, 2<<20)
-		for total < len(block) {
-			n, err := unix.Write(fd, block[total:min(total+65536, len(block))])
+// tcpFill writes Datagen(seed) data on fd until the socket would block
+// and nothing moves any more, and writes the count to the file name.
+func tcpFill(t *T, fd int, seed uint32, name string) error {
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return err
+	}
+	total := 0
+	block := Datagen(seed, 2<<20)
+	for total < len(block) {
+		n, err := unix.Write(fd, block[total:min(total+65536, len(block))])
+		if err == unix.EAGAIN {
+			// Let the kernel settle, then try once more.
+			sleep(20 * time.Millisecond)
+			n, err = unix.Write(fd, block[total:min(total+65536, len(block))])
 			if err == unix.EAGAIN {
-				// Let the kernel settle, then try once more.
-				sleep(20 * time.Millisecond)
-				n, err = unix.Write(fd, block[total:min(total+65536, len(block))])
-				if err == unix.EAGAIN {
-					break
-				}
+				break
 			}
-			if err != nil {
-				return fmt.Errorf("fill: %w", err)
-			}
-			total += n
 		}
-		if err := unix.SetNonblock(fd, false); err != nil {
+		if err != nil {
+			return fmt.Errorf("fill: %w", err)
+		}
+		total += n
+	}
+	if err := unix.SetNonblock(fd, false); err != nil {
+		return err
+	}
+	// Settled: nothing moves any more (the peer's window is shut),
+	// so that every dump sees the same queues.
+	last, same := -1, 0
+	for i := 0; i < 100 && same < 4; i++ {
+		n, err := unix.IoctlGetInt(fd, unix.SIOCOUTQNSD)
+		if err != nil {
 			return err
 		}
-		// Settled: nothing moves any more (the peer's window is shut),
-		// so that every dump sees the same queues.
-		last, same := -1, 0
-		for i := 0; i < 100 && same < 4; i++ {
-			n, err := unix.IoctlGetInt(fd, unix.SIOCOUTQNSD)
-			if err != nil {
-				return err
-			}
-			if n == last {
-				same++
-			} else {
-				last, same = n, 0
-			}
-			sleep(50 * time.Millisecond)
+		if n == last {
+			same++
+		} else {
+			last, same = n, 0
 		}
-		if same < 4 {
-			return fmt.Errorf("fill: the send queue does not settle")
-		}
-		return writeFileRaw(t.Path(name), []byte(itoa(total)))
+		sleep(50 * time.Millisecond)
 	}
-	drain := func(t *T, fd int, seed uint32, name string) {
-		b, err := readFile(t.Path(name))
-		if !t.Check(err, "byte count") {
-			return
-		}
-		n, err := strconv.Atoi(string(b))
-		if !t.Check(err, "byte count") {
-			return
-		}
-		got, err := ReadFull(fd, n)
-		if t.Check(err, fmt.Sprintf("fd %d: read %d queued bytes", fd, n)) {
-			t.CheckData(fmt.Sprintf("fd %d: %d queued bytes", fd, n), got, Datagen(seed, 2<<20)[:n])
-		}
+	if same < 4 {
+		return fmt.Errorf("fill: the send queue does not settle")
 	}
+	return writeFileRaw(t.Path(name), []byte(itoa(total)))
+}
+
+// tcpDrain reads the count of bytes tcpFill wrote to the peer and checks
+// them.
+func tcpDrain(t *T, fd int, seed uint32, name string) {
+	b, err := readFile(t.Path(name))
+	if !t.Check(err, "byte count") {
+		return
+	}
+	n, err := strconv.Atoi(string(b))
+	if !t.Check(err, "byte count") {
+		return
+	}
+	got, err := ReadFull(fd, n)
+	if t.Check(err, fmt.Sprintf("fd %d: read %d queued bytes", fd, n)) {
+		t.CheckData(fmt.Sprintf("fd %d: %d queued bytes", fd, n), got, Datagen(seed, 2<<20)[:n])
+	}
+}
+
+func init() {
 	register("tcp-bufs", map[string]*Role{
 		"root": {
 			Fds:      std(4),
@@ -481,7 +487,7 @@ func init() {
 					return err
 				}
 				unix.SetsockoptInt(a, unix.SOL_SOCKET, unix.SO_SNDBUF, 128<<10)
-				if err := fill(t, a, 11, "s2c"); err != nil {
+				if err := tcpFill(t, a, 11, "s2c"); err != nil {
 					return err
 				}
 				if err := p.Ready(); err != nil {
@@ -493,7 +499,7 @@ func init() {
 				t.CheckTCPState(4, 1)
 				t.CheckSockopt(4, unix.SOL_SOCKET, unix.SO_SNDBUF, 256<<10, "SO_SNDBUF")
 				// The client drains s2c meanwhile.
-				drain(t, 4, 22, "c2s")
+				tcpDrain(t, 4, 22, "c2s")
 			},
 		},
 		"client": {
@@ -512,14 +518,14 @@ func init() {
 				}
 				// Give the server time to fill this side first.
 				sleep(200 * time.Millisecond)
-				if err := fill(t, c, 22, "c2s"); err != nil {
+				if err := tcpFill(t, c, 22, "c2s"); err != nil {
 					return err
 				}
 				return t.Place(c, 5)
 			},
 			Verify: func(t *T) {
 				t.CheckTCPState(5, 1)
-				drain(t, 5, 11, "s2c")
+				tcpDrain(t, 5, 11, "s2c")
 			},
 		},
 	})
@@ -831,3 +837,153 @@ func init() {
 }
 
 var _ = errors.New
+
+// tcp-halfclosed-full: half-closed connections whose FIN waits behind
+// data the peer has no room for. Pair A (port 7800): the client (child,
+// fd 5) filled the server's window and shut its side down: FIN_WAIT1 with
+// never-sent data before the FIN; the server (fd 4) has a full receive
+// queue. Pair B (port 7801): the client (fd 7) shut down first
+// (FIN_WAIT2), the server (fd 6, CLOSE_WAIT) then filled the client's
+// window and shut down: LAST_ACK with never-sent data. After restore each
+// side reads every byte and then EOF.
+func init() {
+	const halfMSS = 1400
+	listen := func(t *T, port int) (int, error) {
+		l, err := t.sockAt(unix.AF_INET, unix.SOCK_STREAM, sa4(port), true)
+		if err != nil {
+			return -1, err
+		}
+		if err := unix.SetsockoptInt(l, unix.SOL_TCP, unix.TCP_MAXSEG, halfMSS); err != nil {
+			return -1, err
+		}
+		return l, unix.Listen(l, 1)
+	}
+	dial := func(t *T, port int) (int, error) {
+		c, err := t.sockAt(unix.AF_INET, unix.SOCK_STREAM, nil, false)
+		if err != nil {
+			return -1, err
+		}
+		unix.SetsockoptInt(c, unix.SOL_SOCKET, unix.SO_RCVBUF, 64<<10)
+		if err := unix.SetsockoptInt(c, unix.SOL_TCP, unix.TCP_MAXSEG, halfMSS); err != nil {
+			return -1, err
+		}
+		if err := unix.Connect(c, sa4(port)); err != nil {
+			return -1, fmt.Errorf("connect: %w", err)
+		}
+		return c, nil
+	}
+	register("tcp-halfclosed-full", map[string]*Role{
+		"root": {
+			Fds:      std(4, 6),
+			Children: children("client"),
+			Setup: func(t *T) error {
+				if err := tcpLoUp(); err != nil {
+					return err
+				}
+				la, err := listen(t, 7800)
+				if err != nil {
+					return err
+				}
+				defer unix.Close(la)
+				lb, err := listen(t, 7801)
+				if err != nil {
+					return err
+				}
+				defer unix.Close(lb)
+				p, err := t.Start("client", nil)
+				if err != nil {
+					return err
+				}
+				a1, err := t.acceptHi(la)
+				if err != nil {
+					return err
+				}
+				a2, err := t.acceptHi(lb)
+				if err != nil {
+					return err
+				}
+				unix.SetsockoptInt(a2, unix.SOL_SOCKET, unix.SO_SNDBUF, 128<<10)
+				if err := waitState(a2, 8); err != nil {
+					return fmt.Errorf("pair B server: %w", err)
+				}
+				if err := tcpFill(t, a2, 41, "b-s2c"); err != nil {
+					return err
+				}
+				if err := unix.Shutdown(a2, unix.SHUT_WR); err != nil {
+					return err
+				}
+				if err := waitState(a2, 9); err != nil {
+					return fmt.Errorf("pair B server: %w", err)
+				}
+				if err := p.Ready(); err != nil {
+					return err
+				}
+				if err := t.Place(a1, 4); err != nil {
+					return err
+				}
+				return t.Place(a2, 6)
+			},
+			Verify: func(t *T) {
+				t.CheckTCPState(4, 1)
+				t.CheckTCPState(6, 9) // LAST_ACK
+				if !t.WaitKick("the client's state check") {
+					return
+				}
+				tcpDrain(t, 4, 31, "a-c2s")
+				rest, err := ReadToEOF(4)
+				if t.Check(err, "pair A: EOF after the data") && len(rest) > 0 {
+					t.Fail("pair A: %d bytes more before EOF", len(rest))
+				}
+				rest, err = ReadToEOF(6)
+				if t.Check(err, "pair B: EOF") && len(rest) > 0 {
+					t.Fail("pair B: %d bytes before EOF", len(rest))
+				}
+				unix.Close(4)
+				unix.Close(6)
+			},
+		},
+		"client": {
+			Fds: std(5, 7),
+			Setup: func(t *T) error {
+				c1, err := dial(t, 7800)
+				if err != nil {
+					return err
+				}
+				c2, err := dial(t, 7801)
+				if err != nil {
+					return err
+				}
+				if err := unix.Shutdown(c2, unix.SHUT_WR); err != nil {
+					return err
+				}
+				if err := tcpFill(t, c1, 31, "a-c2s"); err != nil {
+					return err
+				}
+				if err := unix.Shutdown(c1, unix.SHUT_WR); err != nil {
+					return err
+				}
+				if err := waitState(c1, 4); err != nil {
+					return fmt.Errorf("pair A client: %w", err)
+				}
+				if err := t.Place(c1, 5); err != nil {
+					return err
+				}
+				return t.Place(c2, 7)
+			},
+			Verify: func(t *T) {
+				t.CheckTCPState(5, 4) // FIN_WAIT1
+				t.CheckTCPState(7, 5) // FIN_WAIT2
+				t.Kick(os.Getppid())
+				tcpDrain(t, 7, 41, "b-s2c")
+				rest, err := ReadToEOF(7)
+				if t.Check(err, "pair B: EOF after the data") && len(rest) > 0 {
+					t.Fail("pair B: %d bytes more before EOF", len(rest))
+				}
+				rest, err = ReadToEOF(5)
+				if t.Check(err, "pair A: EOF") && len(rest) > 0 {
+					t.Fail("pair A: %d bytes before EOF", len(rest))
+				}
+			},
+		},
+	})
+}
