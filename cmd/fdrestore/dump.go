@@ -30,7 +30,9 @@ func (a *app) dumpCmd() *cobra.Command {
 		Long: `Freeze the process tree rooted at PID (cgroup v2 freezer), record the tree and
 every task's fds (regular files, directories, device nodes, pipes and FIFOs
 with their queued data; files unlinked while open are saved with their
-content, up to --ghost-limit) in CRIU 4.2-format images in DIR, plus each task's
+content, up to --ghost-limit; TCP and UDP sockets, and with --tcp-established
+TCP connections with their queues, read in TCP repair mode) in CRIU
+4.2-format images in DIR, plus each task's
 argv, environment and cwd in fdrestore-exec.img, then kill the tree (the
 default, like CRIU) or thaw it unchanged (--leave-running). A tree holding any
 other kind of fd (socket, tty, epoll, ...) is refused before anything is
