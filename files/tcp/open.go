@@ -417,7 +417,9 @@ func (o *opener) finalOpts(fd int) error {
 	if !op.HasBufLock {
 		lock = 0
 	}
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_BUF_LOCK, int(lock)); err != nil && !(errors.Is(err, unix.ENOPROTOOPT) && lock == sndBufLock|rcvBufLock) {
+	// Kernels before 5.14 have no SO_BUF_LOCK: the buffers then stay
+	// locked at their recorded sizes.
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_BUF_LOCK, int(lock)); err != nil && !errors.Is(err, unix.ENOPROTOOPT) {
 		return fmt.Errorf("SO_BUF_LOCK %d: %w", lock, err)
 	}
 	return nil

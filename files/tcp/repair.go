@@ -23,12 +23,6 @@ const (
 	OptWscale     = 4
 )
 
-// Socket buffer lock bits (SO_BUF_LOCK).
-const (
-	sndBufLock = 1
-	rcvBufLock = 2
-)
-
 // SetRepair turns TCP repair mode on or off. Turning it off sends a window
 // probe, so that the peer learns of the connection's window at once.
 func SetRepair(fd int, on bool) error {
