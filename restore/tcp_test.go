@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fdrestore/fdrestore/files"
 	"github.com/fdrestore/fdrestore/images"
 	"github.com/fdrestore/fdrestore/proto/criupb"
 	"github.com/fdrestore/fdrestore/restore"
@@ -338,6 +339,29 @@ func TestTCPFixtureRefused(t *testing.T) {
 	}
 	if strings.Contains(err.Error(), "task 2 fd 3") {
 		t.Errorf("plan error names the listener:\n%v", err)
+	}
+	// With --tcp-established: restorable, and the stage graph counts the
+	// sockets on 127.0.0.1:7000 (listener and accepted connection) before
+	// their reuse flags come back.
+	p = tcpPlan(t, dir, restore.PlanOptions{TCPEstablished: true})
+	if err := p.Err(); err != nil {
+		t.Fatalf("plan with --tcp-established: %v", err)
+	}
+	found := false
+	for n := 0; n < p.Graph.Len(); n++ {
+		info := p.Graph.Info(files.NodeID(n))
+		if strings.Contains(info.Name, "inet address tcp 127.0.0.1:7000") {
+			found = true
+			if deps := p.Graph.Deps(files.NodeID(n)); len(deps) != 2 {
+				t.Errorf("%s: %d dependencies, want 2 (listener and accepted socket)", info, len(deps))
+			}
+		}
+		if strings.Contains(info.Name, "40001") && strings.Contains(info.Name, "inet address") {
+			t.Errorf("a node for an address with one socket: %s", info)
+		}
+	}
+	if !found {
+		t.Error("no stage-graph node for the sockets of 127.0.0.1:7000")
 	}
 	p = tcpPlan(t, dir, restore.PlanOptions{TCPClose: true})
 	if err := p.Err(); err != nil {
