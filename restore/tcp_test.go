@@ -528,3 +528,45 @@ func TestTCPClose(t *testing.T) {
 		t.Errorf("connect to the listener: %v", err)
 	}
 }
+
+// TestTCPUnackedData restores the fixture with the client's send queue
+// holding 5 bytes the server never got: 3 sent and not acknowledged, 2
+// never sent (the tcp-stream image is edited so). The server receives
+// the recorded unread bytes, then all 5, in order: the unacknowledged
+// part is retransmitted by the restored socket, the never-sent part is
+// written once repair is off.
+func TestTCPUnackedData(t *testing.T) {
+	needRoot(t)
+	dir := copyFixture(t, "tcp")
+	p := filepath.Join(dir, "tcp-stream-13f103.img")
+	k, ents, err := images.ReadFile(p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := ents[0].Msg.(*criupb.TcpStreamEntry)
+	inq := ents[0].Trailer[:ts.GetInqLen()]
+	const extra = "XYZab"
+	ts.OutqLen = proto.Uint32(uint32(len(extra)))
+	ts.OutqSeq = proto.Uint32(ts.GetOutqSeq() + uint32(len(extra)))
+	ts.UnsqLen = proto.Uint32(2)
+	ents[0].Trailer = append(append([]byte{}, inq...), extra...)
+	if err := images.WriteFile(p, k, ents); err != nil {
+		t.Fatal(err)
+	}
+	ns := newNetns(t)
+	pids := restoreIn(t, ns, "api", dir)
+	c := &checker{t: t, pids: pids}
+	a, cl := c.getfd(ref{2, 4}), c.getfd(ref{3, 5})
+	start := time.Now()
+	if got := recvWithin(t, a, 6+len(extra), 10*time.Second); got != "to-srv"+extra {
+		t.Errorf("server: recv %q, want %q", got, "to-srv"+extra)
+	}
+	t.Logf("server had all bytes after %v", time.Since(start))
+	if got := recvWithin(t, cl, 11, 2*time.Second); got != "hello-clnt\n" {
+		t.Errorf("client: recv %q", got)
+	}
+	c.write(ref{2, 4}, "more")
+	if got := recvWithin(t, cl, 4, 5*time.Second); got != "more" {
+		t.Errorf("client: recv %q after the retransmission, want %q", got, "more")
+	}
+}
