@@ -188,6 +188,8 @@ func (s *state) images() (*imageSet, error) {
 				case kindInet:
 					ie := proto.Clone(e.desc.inet.entry).(*criupb.InetSkEntry)
 					ie.Id = proto.Uint32(id)
+					ie.Fown = fownEntry(e.desc.fown) // read after the socket
+					ie.Flags = proto.Uint32(e.desc.flags)
 					addFile(&criupb.FileEntry{Type: criupb.FdTypes_INETSK.Enum(), Id: proto.Uint32(id), Isk: ie})
 					if sk := e.desc.inet; sk.stream != nil {
 						streams = append(streams, sk)

@@ -16,7 +16,8 @@ import (
 // InetCanon renders the inet sockets of an image directory (their
 // files.img entries and tcp-stream images) with what legitimately differs
 // between a tree and its restored copy normalised away: socket inodes
-// (numbered in files.img order), the TCP timestamp clock, snd_wl1 and
+// (numbered in files.img order), owner pids (by pstree position), the
+// TCP timestamp clock, snd_wl1 and
 // the window sizes (see below). Sequence
 // numbers, queues (as length and hash), options, rcv_wup and addresses
 // stay: a connection dumped, restored and dumped again must come out the
@@ -24,6 +25,15 @@ import (
 func InetCanon(dir string) (string, error) {
 	_, ents, err := images.ReadFile(filepath.Join(dir, "files.img"), images.KindNamed("FILES"))
 	if err != nil {
+		return "", err
+	}
+	// Owners are tasks: named by their place in pstree.img.
+	pids := map[uint32]uint32{}
+	if _, pst, err := images.ReadFile(filepath.Join(dir, "pstree.img"), images.KindNamed("PSTREE")); err == nil {
+		for i, e := range pst {
+			pids[e.Msg.(*criupb.PstreeEntry).GetPid()] = uint32(i + 1)
+		}
+	} else {
 		return "", err
 	}
 	inos := map[uint32]uint32{}
@@ -37,6 +47,9 @@ func InetCanon(dir string) (string, error) {
 		n := uint32(len(inos) + 1)
 		inos[ie.GetIno()] = n
 		ie.Ino = proto.Uint32(n)
+		if f := ie.GetFown(); f != nil && f.GetPid() != 0 {
+			f.Pid = proto.Uint32(pids[f.GetPid()] | 1<<30)
+		}
 		j, _ := protojson.MarshalOptions{UseProtoNames: true}.Marshal(ie)
 		out = append(out, "isk "+compactJSON(j))
 	}

@@ -651,7 +651,8 @@ func waitState(fd int, st uint8) error {
 // a bound-only TCP socket (fd 6, 127.0.0.1:7602), an unbound one (fd 7),
 // and two UDP sockets connected to each other (fds 8 and 9,
 // 127.0.0.1:5600 <-> 5601, SO_BROADCAST on 8) and a bound UDP socket
-// (fd 10, 127.0.0.1:5602).
+// (fd 10, 127.0.0.1:5602, owned by the task). The listener is
+// non-blocking; fd 5 has SO_LINGER 5s, SO_RCVTIMEO 2.5s and SO_PRIORITY 3.
 func init() {
 	register("tcp6-udp", map[string]*Role{
 		"root": {
@@ -717,6 +718,22 @@ func init() {
 				if err != nil {
 					return err
 				}
+				// Status flags, owner and socket options come back too.
+				if err := unix.SetNonblock(l, true); err != nil {
+					return err
+				}
+				if _, err := unix.FcntlInt(uintptr(u3), unix.F_SETOWN, os.Getpid()); err != nil {
+					return err
+				}
+				if err := unix.SetsockoptLinger(c, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 5}); err != nil {
+					return err
+				}
+				if err := unix.SetsockoptTimeval(c, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 2, Usec: 500000}); err != nil {
+					return err
+				}
+				if err := unix.SetsockoptInt(c, unix.SOL_SOCKET, unix.SO_PRIORITY, 3); err != nil {
+					return err
+				}
 				for i, fd := range []int{l, a, c, b, u, u1, u2, u3} {
 					if err := t.Place(fd, 3+i); err != nil {
 						return err
@@ -728,6 +745,28 @@ func init() {
 				t.CheckAddrs(3, sa6(7600), nil)
 				t.CheckSockopt(3, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1, "IPV6_V6ONLY")
 				t.CheckSockopt(3, unix.SOL_SOCKET, unix.SO_ACCEPTCONN, 1, "SO_ACCEPTCONN")
+				t.CheckFlags(3, unix.O_ACCMODE|unix.O_NONBLOCK, unix.O_RDWR|unix.O_NONBLOCK)
+				if own, err := unix.FcntlInt(10, unix.F_GETOWN, 0); err != nil || own != os.Getpid() {
+					t.Fail("fd 10: owner %d (%v), want %d", own, err, os.Getpid())
+				}
+				if l, err := unix.GetsockoptLinger(5, unix.SOL_SOCKET, unix.SO_LINGER); err != nil || l.Onoff == 0 || l.Linger != 5 {
+					t.Fail("fd 5: SO_LINGER %+v (%v), want on, 5s", l, err)
+				}
+				if tv, err := unix.GetsockoptTimeval(5, unix.SOL_SOCKET, unix.SO_RCVTIMEO); err != nil || tv.Sec != 2 || tv.Usec != 500000 {
+					t.Fail("fd 5: SO_RCVTIMEO %+v (%v), want 2.5s", tv, err)
+				}
+				t.CheckSockopt(5, unix.SOL_SOCKET, unix.SO_PRIORITY, 3, "SO_PRIORITY")
+				t.CheckFlags(3, unix.O_ACCMODE|unix.O_NONBLOCK, unix.O_RDWR|unix.O_NONBLOCK)
+				if own, err := unix.FcntlInt(10, unix.F_GETOWN, 0); err != nil || own != os.Getpid() {
+					t.Fail("fd 10: owner %d (%v), want %d", own, err, os.Getpid())
+				}
+				if l, err := unix.GetsockoptLinger(5, unix.SOL_SOCKET, unix.SO_LINGER); err != nil || l.Onoff == 0 || l.Linger != 5 {
+					t.Fail("fd 5: SO_LINGER %+v (%v), want on, 5s", l, err)
+				}
+				if tv, err := unix.GetsockoptTimeval(5, unix.SOL_SOCKET, unix.SO_RCVTIMEO); err != nil || tv.Sec != 2 || tv.Usec != 500000 {
+					t.Fail("fd 5: SO_RCVTIMEO %+v (%v), want 2.5s", tv, err)
+				}
+				t.CheckSockopt(5, unix.SOL_SOCKET, unix.SO_PRIORITY, 3, "SO_PRIORITY")
 				t.CheckAddrs(4, sa6(7600), sa6(7601))
 				t.CheckAddrs(5, sa6(7601), sa6(7600))
 				t.CheckAddrs(6, sa4(7602), nil)
@@ -923,9 +962,12 @@ func init() {
 				}
 				return t.Place(a2, 6)
 			},
-			Verify: func(t *T) {
+			// States first: once the client reads, they move on.
+			BeforeChildren: func(t *T) {
 				t.CheckTCPState(4, 1)
 				t.CheckTCPState(6, 9) // LAST_ACK
+			},
+			Verify: func(t *T) {
 				if !t.WaitKick("the client's state check") {
 					return
 				}
