@@ -648,7 +648,8 @@ func waitState(fd int, st uint8) error {
 
 // tcp6-udp: one task with an IPv6 listener ([::1]:7600, v6only, fd 3),
 // an IPv6 connection and its peer (fds 4 and 5, unread bytes both ways),
-// a bound-only TCP socket (fd 6, 127.0.0.1:7602), an unbound one (fd 7),
+// a bound-only TCP socket (fd 6, 127.0.0.1:7602, SO_REUSEADDR,
+// SO_REUSEPORT, TCP_CORK), an unbound one (fd 7),
 // and two UDP sockets connected to each other (fds 8 and 9,
 // 127.0.0.1:5600 <-> 5601, SO_BROADCAST on 8) and a bound UDP socket
 // (fd 10, 127.0.0.1:5602, owned by the task). The listener is
@@ -691,8 +692,17 @@ func init() {
 				if err := WriteAll(a, []byte("v6-to-cli")); err != nil {
 					return err
 				}
-				b, err := t.sockAt(unix.AF_INET, unix.SOCK_STREAM, sa4(7602), true)
+				b, err := t.sockAt(unix.AF_INET, unix.SOCK_STREAM, nil, true)
 				if err != nil {
+					return err
+				}
+				if err := unix.SetsockoptInt(b, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+					return err
+				}
+				if err := unix.Bind(b, sa4(7602)); err != nil {
+					return err
+				}
+				if err := unix.SetsockoptInt(b, unix.SOL_TCP, unix.TCP_CORK, 1); err != nil {
 					return err
 				}
 				u, err := t.sockAt(unix.AF_INET, unix.SOCK_STREAM, nil, false)
@@ -772,6 +782,8 @@ func init() {
 				t.CheckAddrs(6, sa4(7602), nil)
 				t.CheckSockopt(6, unix.SOL_SOCKET, unix.SO_ACCEPTCONN, 0, "SO_ACCEPTCONN")
 				t.CheckSockopt(6, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1, "SO_REUSEADDR")
+				t.CheckSockopt(6, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1, "SO_REUSEPORT")
+				t.CheckSockopt(6, unix.SOL_TCP, unix.TCP_CORK, 1, "TCP_CORK")
 				t.CheckTCPState(6, 7)
 				t.CheckAddrs(7, &unix.SockaddrInet4{}, nil)
 				t.CheckAddrs(8, sa4(5600), sa4(5601))
