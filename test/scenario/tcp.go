@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -886,8 +885,6 @@ func init() {
 		},
 	})
 }
-
-var _ = errors.New
 
 // tcp-halfclosed-full: half-closed connections whose FIN waits behind
 // data the peer has no room for. Pair A (port 7800): the client (child,
