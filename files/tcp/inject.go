@@ -55,7 +55,11 @@ func (o *opener) halfClose(fd int, fin, ackFin bool) error {
 		}
 		win = min(win, 65535)
 	}
-	seg := segment(p, rcvNxt, ack, flags, uint16(win), s.OptMask&OptTimestamps != 0)
+	// No timestamp option: the socket may already hold a recent
+	// timestamp from its peer (whose window probe can arrive first) that
+	// any value forged here could fail, and Linux takes a segment without
+	// the option on a connection that negotiated timestamps.
+	seg := segment(p, rcvNxt, ack, flags, uint16(win), false)
 	if err := sendForged(p, seg); err != nil {
 		return err
 	}
