@@ -640,6 +640,9 @@ func procState1(pid int) (byte, error) {
 // abort kills every process the restore created and reaps them.
 func (c *coordinator) abort() {
 	c.dropGhosts()
+	if c.plan.hasTCP() {
+		c.silenceTCP() // spec_inet.go
+	}
 	var pids []int
 	for _, st := range c.ps {
 		if st != nil && st.pid > 0 {

@@ -3,7 +3,9 @@ package restore
 import (
 	"encoding/binary"
 	"fmt"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/fdrestore/fdrestore/files"
@@ -258,4 +260,59 @@ func streamParams(prm *tcp.Params, st *images.TCPStream) string {
 		prm.Opts.Cork = e.GetCork()
 	}
 	return ""
+}
+
+// hasTCP reports whether the plan restores any inet socket.
+func (p *Plan) hasTCP() bool {
+	for _, o := range p.Objects {
+		if o.Spec.Type == tcp.Type {
+			return true
+		}
+	}
+	return false
+}
+
+// silenceTCP turns TCP repair on for every TCP socket of the processes,
+// so that killing them sends nothing to the connections' peers and leaves
+// no connection in TIME_WAIT holding a port: an aborted restore, where
+// some tasks may already have turned repair off, goes away without a
+// trace. Listeners refuse repair mode and need none. Errors are ignored:
+// a process may be gone already.
+func silenceTCP(pids []int) {
+	for _, pid := range pids {
+		pidfd, err := unix.PidfdOpen(pid, 0)
+		if err != nil {
+			continue
+		}
+		fds, _ := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/fd")
+		for _, e := range fds {
+			n, err := strconv.Atoi(e.Name())
+			if err != nil {
+				continue
+			}
+			if l, _ := os.Readlink("/proc/" + strconv.Itoa(pid) + "/fd/" + e.Name()); !strings.HasPrefix(l, "socket:") {
+				continue
+			}
+			fd, err := unix.PidfdGetfd(pidfd, n, 0)
+			if err != nil {
+				continue
+			}
+			if pr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL); err == nil && pr == unix.IPPROTO_TCP {
+				unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_REPAIR, unix.TCP_REPAIR_ON)
+			}
+			unix.Close(fd)
+		}
+		unix.Close(pidfd)
+	}
+}
+
+// silenceTCP silences the TCP sockets of every process of the restore.
+func (c *coordinator) silenceTCP() {
+	var pids []int
+	for _, st := range c.ps {
+		if st != nil && st.pid > 0 {
+			pids = append(pids, st.pid)
+		}
+	}
+	silenceTCP(pids)
 }

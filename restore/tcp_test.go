@@ -15,6 +15,7 @@ import (
 
 	"github.com/fdrestore/fdrestore/files"
 	"github.com/fdrestore/fdrestore/images"
+	"github.com/fdrestore/fdrestore/internal/fdcheck"
 	"github.com/fdrestore/fdrestore/proto/criupb"
 	"github.com/fdrestore/fdrestore/restore"
 	"golang.org/x/sys/unix"
@@ -568,5 +569,61 @@ func TestTCPUnackedData(t *testing.T) {
 	c.write(ref{2, 4}, "more")
 	if got := recvWithin(t, cl, 4, 5*time.Second); got != "more" {
 		t.Errorf("client: recv %q after the retransmission, want %q", got, "more")
+	}
+}
+
+// TestTCPAbortSilences: an aborted restore puts the tree's TCP sockets
+// back in repair mode before killing it (silenceTCP), so that connections
+// already out of repair mode vanish without a FIN or reset and leave no
+// TIME_WAIT behind. Without it, killing the same restored tree leaves
+// connections closing in the namespace.
+func TestTCPAbortSilences(t *testing.T) {
+	needRoot(t)
+	dir := fixtureDir(t, "tcp")
+	for _, silence := range []bool{false, true} {
+		ns := newNetns(t)
+		pids := restoreIn(t, ns, "api", dir)
+		// Empty queues: a kill then closes with FINs, not resets.
+		var dups []int
+		for _, x := range []struct {
+			task uint32
+			fd   int
+			n    int
+		}{{3, 5, 11}, {2, 4, 6}} {
+			fd, err := fdcheck.GetFD(pids[x.task], x.fd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dups = append(dups, fd)
+			recvWithin(t, fd, x.n, 2*time.Second)
+		}
+		var list []int
+		for _, p := range pids {
+			list = append(list, p)
+		}
+		if silence {
+			restore.SilenceTCP(list)
+		}
+		// The test's own dups go first, so that the kill drops the last
+		// references.
+		for _, fd := range dups {
+			unix.Close(fd)
+		}
+		if err := fdcheck.KillAndReap(list, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		var conns []string
+		for _, s := range ns.netSockets() {
+			if !strings.HasSuffix(s, "st 0A") { // not a listener
+				conns = append(conns, s)
+			}
+		}
+		switch {
+		case silence && len(conns) > 0:
+			t.Errorf("connections left after a silenced kill: %v", conns)
+		case !silence && len(conns) == 0:
+			t.Errorf("a plain kill left no closing connection: the check sees nothing")
+		}
+		t.Logf("silence %v: %v", silence, conns)
 	}
 }
