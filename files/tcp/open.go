@@ -100,9 +100,24 @@ func (o *opener) Open(c *files.Context) (bool, error) {
 	if err := c.AdoptCloexec([]uint32{p.File}, []int{fd}, ce); err != nil {
 		return false, err
 	}
-	placed := c.FD(p.File)
 	if p.Mode == ModeRepair || (p.Mode != ModePlain && !p.Opts.ReuseAddr) {
-		c.AfterTree(func() error { return o.afterTree(placed) })
+		fd, own := c.FD(p.File), false
+		if fd >= c.TempBase() {
+			// No fd of this task refers to the socket (it only travels,
+			// in flight): keep a reference for the after-tree step.
+			nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, c.TempBase())
+			if err != nil {
+				return false, fmt.Errorf("keep the socket for after the tree: %w", err)
+			}
+			fd, own = nfd, true
+		}
+		c.AfterTree(func() error {
+			err := o.afterTree(fd)
+			if own {
+				unix.Close(fd)
+			}
+			return err
+		})
 	}
 	return true, nil
 }
