@@ -2,6 +2,7 @@ package restore
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -17,7 +18,7 @@ import (
 // ErrTCPEstablished is wrapped by the plan error of images holding
 // established TCP connections restored without --tcp-established or
 // --tcp-close.
-var ErrTCPEstablished = fmt.Errorf("established TCP connections need --tcp-established (or --tcp-close)")
+var ErrTCPEstablished = errors.New("established TCP connections need --tcp-established (or --tcp-close)")
 
 // inetPort is one local address of inet sockets: its sockets must all
 // exist before any gets its recorded reuse flags back.
@@ -212,11 +213,11 @@ func inetParams(f *images.File) (tcp.Params, string) {
 		case tcp.StateListen:
 			prm.Mode = tcp.ModeListen
 		case tcp.StateClose:
-			if prm.DstPort != 0 {
-				return prm, "a closed TCP connection"
-			}
+			// A connection that ended (reset, or closed by both sides)
+			// while its fd stayed open is an unconnected socket: its
+			// port went with it.
 			prm.Mode = tcp.ModePlain
-			if prm.SrcPort != 0 {
+			if prm.SrcPort != 0 && prm.DstPort == 0 {
 				prm.Mode = tcp.ModeBound
 			}
 		case tcp.StateEstablished, tcp.StateFinWait1, tcp.StateFinWait2, tcp.StateCloseWait, tcp.StateLastAck, tcp.StateClosing:
