@@ -627,3 +627,60 @@ func TestTCPAbortSilences(t *testing.T) {
 		t.Logf("silence %v: %v", silence, conns)
 	}
 }
+
+// TestTCPPlanBadEntries: impossible inet entries and streams are listed as
+// unsupported, naming the files.img entry, the field and the problem.
+func TestTCPPlanBadEntries(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		edit func(t *testing.T, dir string)
+		want string
+	}{
+		{"src_addr", func(t *testing.T, dir string) {
+			editInet(t, dir, 1306882, func(ie *criupb.InetSkEntry) { ie.SrcAddr = []uint32{1, 2, 3} })
+		}, "files.img entry 6 (file id 7, inet socket ino 1306882): src_addr: address of 3 words for family 2"},
+		{"proto", func(t *testing.T, dir string) {
+			editInet(t, dir, 1306881, func(ie *criupb.InetSkEntry) { ie.Proto = proto.Uint32(132) })
+		}, "files.img entry 5 (file id 6, inet socket ino 1306881): protocol 132 type 1"},
+		{"state", func(t *testing.T, dir string) {
+			editInet(t, dir, 1306882, func(ie *criupb.InetSkEntry) { ie.State = proto.Uint32(3) })
+		}, "inet socket ino 1306882): TCP state SYN_RECV"},
+		{"stream", func(t *testing.T, dir string) {
+			if err := os.Remove(filepath.Join(dir, "tcp-stream-13f103.img")); err != nil {
+				t.Fatal(err)
+			}
+		}, "inet socket ino 1306883): tcp 127.0.0.1:40001 -> 127.0.0.1:7000 ESTABLISHED: tcp-stream-13f103.img is missing"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := copyFixture(t, "tcp")
+			tc.edit(t, dir)
+			err := tcpPlan(t, dir, restore.PlanOptions{TCPEstablished: true}).Err()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("plan: %v\nwant it to contain %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// editInet rewrites the inet_sk_entry of socket ino in files.img.
+func editInet(t *testing.T, dir string, ino uint32, fn func(*criupb.InetSkEntry)) {
+	t.Helper()
+	p := filepath.Join(dir, "files.img")
+	k, ents, err := images.ReadFile(p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, e := range ents {
+		if ie := e.Msg.(*criupb.FileEntry).GetIsk(); ie != nil && ie.GetIno() == ino {
+			fn(ie)
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("no inet socket %d in files.img", ino)
+	}
+	if err := images.WriteFile(p, k, ents); err != nil {
+		t.Fatal(err)
+	}
+}
