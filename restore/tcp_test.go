@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -682,5 +684,100 @@ func editInet(t *testing.T, dir string, ino uint32, fn func(*criupb.InetSkEntry)
 	}
 	if err := images.WriteFile(p, k, ents); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// editStream rewrites the tcp-stream image of socket ino.
+func editStream(t *testing.T, dir string, ino uint32, fn func(*criupb.TcpStreamEntry)) {
+	t.Helper()
+	p := filepath.Join(dir, fmt.Sprintf("tcp-stream-%x.img", ino))
+	k, ents, err := images.ReadFile(p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fn(ents[0].Msg.(*criupb.TcpStreamEntry))
+	if err := images.WriteFile(p, k, ents); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestTCPHalfClosedStates restores the fixture's connection edited into
+// half-closed states whose FINs were sent but not acknowledged, which
+// loopback cannot hold still for a dump: FIN_WAIT1 (the client's FIN
+// never arrived), LAST_ACK (the server's FIN acknowledged, FIN_WAIT2; the
+// client's own FIN not), CLOSING (both FINs crossed, neither
+// acknowledged). Right after the restore each end is in its state (or
+// already past it, once the FIN exchange resumed); then each reads the
+// recorded bytes and EOF where a FIN is due, with no reset.
+func TestTCPHalfClosedStates(t *testing.T) {
+	needRoot(t)
+	const srv, cli = 1306882, 1306883
+	fin := func(ts *criupb.TcpStreamEntry, sent, received bool) {
+		if sent {
+			ts.OutqSeq = proto.Uint32(ts.GetOutqSeq() + 1)
+		}
+		if received {
+			ts.InqSeq = proto.Uint32(ts.GetInqSeq() + 1)
+			ts.RcvWup = proto.Uint32(ts.GetRcvWup() + 1)
+		}
+	}
+	for _, tc := range []struct {
+		name               string
+		srvState, cliState uint32
+		srvFin, cliFin     [2]bool // sent, received
+		srvOK, cliOK       []uint8 // states accepted right after the restore
+		srvEOF, cliEOF     bool
+	}{
+		{"FIN_WAIT1", 1, 4, [2]bool{false, false}, [2]bool{true, false}, []uint8{1, 8}, []uint8{4, 5}, true, false},
+		{"LAST_ACK", 5, 9, [2]bool{true, false}, [2]bool{true, true}, []uint8{5, 7}, []uint8{9, 7}, true, true},
+		{"CLOSING", 11, 11, [2]bool{true, true}, [2]bool{true, true}, []uint8{11, 7}, []uint8{11, 7}, true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := copyFixture(t, "tcp")
+			editInet(t, dir, srv, func(ie *criupb.InetSkEntry) { ie.State = proto.Uint32(tc.srvState) })
+			editInet(t, dir, cli, func(ie *criupb.InetSkEntry) { ie.State = proto.Uint32(tc.cliState) })
+			editStream(t, dir, srv, func(ts *criupb.TcpStreamEntry) { fin(ts, tc.srvFin[0], tc.srvFin[1]) })
+			editStream(t, dir, cli, func(ts *criupb.TcpStreamEntry) { fin(ts, tc.cliFin[0], tc.cliFin[1]) })
+			ns := newNetns(t)
+			pids := restoreIn(t, ns, "api", dir)
+			c := &checker{t: t, pids: pids}
+			a, cl := c.getfd(ref{2, 4}), c.getfd(ref{3, 5})
+			for _, x := range []struct {
+				what string
+				fd   int
+				ok   []uint8
+			}{{"server", a, tc.srvOK}, {"client", cl, tc.cliOK}} {
+				info, err := unix.GetsockoptTCPInfo(x.fd, unix.SOL_TCP, unix.TCP_INFO)
+				if err != nil || !slices.Contains(x.ok, info.State) {
+					t.Errorf("%s: state %d (%v) right after the restore, want one of %v", x.what, info.State, err, x.ok)
+				}
+			}
+			for _, x := range []struct {
+				what string
+				fd   int
+				data string
+				eof  bool
+			}{{"server", a, "to-srv", tc.srvEOF}, {"client", cl, "hello-clnt\n", tc.cliEOF}} {
+				n := len(x.data)
+				if x.eof {
+					n++ // read on: EOF ends it
+				}
+				if got := recvWithin(t, x.fd, n, 5*time.Second); got != x.data {
+					t.Errorf("%s: read %q, want %q", x.what, got, x.data)
+				}
+				if x.eof {
+					if k, _, err := unix.Recvfrom(x.fd, make([]byte, 1), unix.MSG_DONTWAIT); k != 0 || err != nil {
+						t.Errorf("%s: after the data: %d, %v, want EOF", x.what, k, err)
+					}
+				}
+			}
+			if !tc.cliEOF {
+				// FIN_WAIT1: the server can still send; the client reads it.
+				c.write(ref{2, 4}, "late")
+				if got := recvWithin(t, cl, 4, 5*time.Second); got != "late" {
+					t.Errorf("client: %q after the server wrote, want %q", got, "late")
+				}
+			}
+		})
 	}
 }

@@ -3,6 +3,7 @@ package tcp
 import (
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -63,7 +64,14 @@ func (o *opener) halfClose(fd int, fin, ackFin bool) error {
 	if err := sendForged(p, seg); err != nil {
 		return err
 	}
-	return waitState(fd, want, 2*time.Second)
+	// The peer, restored too, may move the connection on at once (its
+	// own FIN retransmitted, an ACK of ours): a closed connection is then
+	// as good as the wanted state.
+	var past []uint8
+	if want == StateClosing || want == StateFinWait2 {
+		past = append(past, StateClose)
+	}
+	return waitState(fd, want, past, 2*time.Second)
 }
 
 // segment builds a TCP segment from the peer (Dst) to the socket (Src),
@@ -139,15 +147,15 @@ func sendForged(p *Params, seg []byte) error {
 	return nil
 }
 
-// waitState waits until the socket's TCP state is want.
-func waitState(fd int, want uint8, d time.Duration) error {
+// waitState waits until the socket's TCP state is want, or one of past.
+func waitState(fd int, want uint8, past []uint8, d time.Duration) error {
 	deadline := time.Now().Add(d)
 	for {
 		info, err := unix.GetsockoptTCPInfo(fd, unix.SOL_TCP, unix.TCP_INFO)
 		if err != nil {
 			return fmt.Errorf("TCP_INFO: %w", err)
 		}
-		if info.State == want {
+		if info.State == want || slices.Contains(past, info.State) {
 			return nil
 		}
 		if time.Now().After(deadline) {
