@@ -49,6 +49,8 @@ type fdEnt struct {
 	fown    [5]uint32
 	desc    *fdEnt     // the first fd (in dump order) of the same description
 	ghost   *ghostFile // a regular file unlinked while open (ghost.go)
+	tty     ttyKey     // kindTTY: the tty side (tty.go)
+	anon    *anonInfo  // epoll, eventfd, signalfd, timerfd state (event.go)
 	inet    *inetSock  // kindInet: the socket's state (inet.go)
 }
 
@@ -79,6 +81,8 @@ type state struct {
 	ghosts     map[[2]uint64]*ghostFile
 	ghostList  []*ghostFile
 	ghostLimit int64
+	// ttys: every side of a tty the tree holds (tty.go).
+	ttys ttys
 	// diag caches sock_diag dumps of inet sockets (inet.go), and
 	// tcpEstablished allows dumping TCP connections.
 	diag           inetDiag
@@ -99,6 +103,7 @@ func (d *dumper) collect(tasks []*task) (*imageSet, error) {
 	}
 	pk := &peeker{}
 	defer pk.close()
+	defer s.closeTTYs()
 	peeked := map[uint64]bool{}
 	var refused []error
 	for _, t := range tasks {
@@ -117,10 +122,20 @@ func (d *dumper) collect(tasks []*task) (*imageSet, error) {
 	if err := s.peekUnread(pk, peeked); err != nil {
 		return nil, fmt.Errorf("dump: %w", err)
 	}
+	if err := s.finishTTYs(); err != nil {
+		return nil, fmt.Errorf("dump: %w", err)
+	}
 	t0 := time.Now()
 	defer func() { d.log.WithField("took", time.Since(t0)).Debug("descriptions and ids matched") }()
 	if err := s.shareDescriptions(); err != nil {
 		return nil, fmt.Errorf("dump: %w", err)
+	}
+	refused, err := s.resolveEpolls()
+	if err != nil {
+		return nil, fmt.Errorf("dump: %w", err)
+	}
+	if err := refusal(refused); err != nil {
+		return nil, err
 	}
 	if err := s.kobjIDs(); err != nil {
 		return nil, fmt.Errorf("dump: %w", err)
@@ -244,7 +259,16 @@ func (s *state) readFd(t *task, pidfd, fd int, pk *peeker, peeked map[uint64]boo
 	if err := unix.Fstat(local, &e.st); err != nil {
 		return nil, nil, fmt.Errorf("fstat: %w", err)
 	}
-	if (e.st.Mode&unix.S_IFMT == unix.S_IFREG && e.st.Nlink == 0) || isDeletedLink(link) {
+	if k, ok := anonKinds[link]; ok {
+		if err := readAnon(e, k); err != nil {
+			return nil, nil, err
+		}
+		if e.fown, err = readFown(local); err != nil {
+			return nil, nil, err
+		}
+		return e, nil, nil
+	}
+	if (e.st.Mode&unix.S_IFMT == unix.S_IFREG && e.st.Nlink == 0) || (isDeletedLink(link) && !isPtsLink(link)) {
 		if bad, err := s.readGhost(e, local); bad != nil || err != nil {
 			return nil, bad, err
 		}
@@ -263,10 +287,16 @@ func (s *state) readFd(t *task, pidfd, fd int, pk *peeker, peeked map[uint64]boo
 			s.tcpConns = append(s.tcpConns, [2]int{t.pid, fd})
 		}
 	case unix.S_IFCHR:
-		if ttyMajor(unix.Major(e.st.Rdev)) {
-			return unsupported("tty")
-		}
 		e.kind = kindReg
+		if ttyMajor(unix.Major(e.st.Rdev)) {
+			typ, err := s.readTTY(e, local)
+			if err != nil {
+				return nil, nil, err
+			}
+			if typ != "" {
+				return unsupported(typ)
+			}
+		}
 	case unix.S_IFREG, unix.S_IFDIR, unix.S_IFBLK, unix.S_IFLNK:
 		e.kind = kindReg
 	case unix.S_IFIFO:

@@ -6,7 +6,9 @@
 // consume it), writes the images, and then kills the tree or thaws it.
 //
 // Supported fd types: regular files, directories and device nodes other
-// than terminals (CRIU's REG), pipes and FIFOs. A regular file unlinked
+// than terminals (CRIU's REG), pipes and FIFOs, ptys and /dev/tty (tty.go:
+// settings, sessions and the data queued both ways, which is read and
+// written back while the tree is frozen). A regular file unlinked
 // while open is saved with its content as a ghost (ghost.go), up to
 // Options.GhostLimit. A tree that holds anything else is refused before
 // anything is changed.
@@ -37,6 +39,10 @@ type Options struct {
 	// content (ghost-file images); a larger one refuses the dump. Zero
 	// means DefaultGhostLimit (1 MiB).
 	GhostLimit int64
+	// ShellJob dumps a job of a shell: the root need not lead its
+	// session, and a pty slave whose master is outside the tree (the
+	// shell's terminal) is recorded for restore --shell-job.
+	ShellJob bool
 	// TCPEstablished dumps established TCP connections (with TCP
 	// repair); without it a tree holding one is refused.
 	TCPEstablished bool
@@ -153,7 +159,7 @@ func Dump(ctx context.Context, pid int, dir string, opts Options) (*Stats, error
 		if err := img.write(dir); err != nil {
 			return abort(err)
 		}
-		if err := checkRestorable(dir, opts.TCPEstablished); err != nil {
+		if err := checkRestorable(dir, opts); err != nil {
 			return abort(err)
 		}
 		// Connections die silently: in repair mode when their last
@@ -186,12 +192,12 @@ var ErrNotRestorable = errors.New("fdrestore cannot restore this tree")
 
 // checkRestorable loads the images just written and plans their restore,
 // so that a tree is never killed for images its own restore refuses.
-func checkRestorable(dir string, tcpEstablished bool) error {
+func checkRestorable(dir string, opts Options) error {
 	set, err := images.Load(dir)
 	if err != nil {
 		return fmt.Errorf("dump: %w: the images do not load: %v", ErrNotRestorable, err)
 	}
-	p, err := restore.NewPlan(set, restore.PlanOptions{TCPEstablished: tcpEstablished})
+	p, err := restore.NewPlan(set, restore.PlanOptions{ShellJob: opts.ShellJob, TCPEstablished: opts.TCPEstablished})
 	if err == nil {
 		err = p.Err()
 	}
@@ -269,8 +275,10 @@ func (d *dumper) prescan() error {
 	if err != nil {
 		return fmt.Errorf("dump: %w", err)
 	}
-	if err := checkRootSession(d.root); err != nil {
-		return err
+	if !d.opts.ShellJob {
+		if err := checkRootSession(d.root); err != nil {
+			return err
+		}
 	}
 	var errs []error
 	for _, t := range tasks {
@@ -287,7 +295,7 @@ func (d *dumper) prescan() error {
 			if typ == "socket" {
 				typ = prescanInet(t.pid, fd, d.opts.TCPEstablished) // "" for inet sockets dumped
 			}
-			if typ == "" && isDeletedLink(link) {
+			if typ == "" && isDeletedLink(link) && !isPtsLink(link) {
 				typ = deletedByStat(t.pid, fd, d.opts.ghostLimit())
 			}
 			if typ != "" {
@@ -315,7 +323,7 @@ func checkRootSession(root int) error {
 		where = "its session leader is outside this pid namespace"
 	}
 	return fmt.Errorf("dump: %w, the tree was left running unchanged: root task %d is not a session leader (%s); "+
-		"start it with setsid, restoring into the caller's session (--shell-job) is not supported yet",
+		"start it with setsid, or dump it with --shell-job as a job of the caller's shell",
 		ErrNotRestorable, root, where)
 }
 

@@ -86,6 +86,7 @@ const (
 	kindReg fdKind = iota + 1
 	kindPipe
 	kindFifo
+	kindTTY // ptys and /dev/tty (tty.go)
 	kindInet
 )
 
@@ -101,6 +102,8 @@ func unsupportedByLink(link string) string {
 	switch {
 	case strings.HasPrefix(link, "socket:"):
 		return "socket"
+	case anonKinds[link] != 0:
+		return "" // event.go
 	case strings.HasPrefix(link, "anon_inode:"):
 		t := strings.TrimPrefix(link, "anon_inode:")
 		t = strings.TrimSuffix(strings.TrimPrefix(t, "["), "]")
@@ -112,10 +115,10 @@ func unsupportedByLink(link string) string {
 		return "memfd"
 	case strings.HasPrefix(link, "pipe:"):
 		return ""
-	case link == "/dev/ptmx" || strings.HasSuffix(link, "/ptmx"):
-		return "ptmx"
-	case strings.HasPrefix(link, "/dev/pts/"), link == "/dev/tty", link == "/dev/console",
-		strings.HasPrefix(link, "/dev/tty"):
+	case link == "/dev/ptmx" || strings.HasSuffix(link, "/ptmx"),
+		strings.HasPrefix(link, "/dev/pts/"), link == "/dev/tty":
+		return "" // ptys and /dev/tty: judged by device number (tty.go)
+	case link == "/dev/console", strings.HasPrefix(link, "/dev/tty"):
 		return "tty"
 	case link == "/dev/net/tun":
 		return "tun"

@@ -194,6 +194,14 @@ func (s *state) images() (*imageSet, error) {
 					if sk := e.desc.inet; sk.stream != nil {
 						streams = append(streams, sk)
 					}
+				case kindTTY:
+					regID := nextID
+					nextID++
+					addFile(&criupb.FileEntry{Type: criupb.FdTypes_REG.Enum(), Id: proto.Uint32(regID),
+						Reg: regEntry(regID, ttyPath(e.link), e.flags, 0, &e.st, e.fown)})
+					addFile(&criupb.FileEntry{Type: criupb.FdTypes_TTY.Enum(), Id: proto.Uint32(id),
+						Tty: &criupb.TtyFileEntry{Id: proto.Uint32(id), TtyInfoId: proto.Uint32(e.tty.id()), Flags: proto.Uint32(e.flags),
+							Fown: fownEntry(e.fown), RegfId: proto.Uint32(regID)}})
 				case kindFifo:
 					pipes[e.st.Ino] = true
 					regID := nextID
@@ -202,9 +210,16 @@ func (s *state) images() (*imageSet, error) {
 						Reg: regEntry(regID, e.link, e.flags, e.pos, &e.st, e.fown)})
 					addFile(&criupb.FileEntry{Type: criupb.FdTypes_FIFO.Enum(), Id: proto.Uint32(id),
 						Fifo: &criupb.FifoEntry{Id: proto.Uint32(id), PipeId: proto.Uint32(uint32(e.st.Ino)), RegfId: proto.Uint32(regID)}})
+				default:
+					if fe := anonEntry(e, id); fe != nil {
+						addFile(fe) // event.go
+					}
 				}
 			}
-			typ := map[fdKind]criupb.FdTypes{kindReg: criupb.FdTypes_REG, kindPipe: criupb.FdTypes_PIPE, kindFifo: criupb.FdTypes_FIFO, kindInet: criupb.FdTypes_INETSK}[e.kind]
+			typ := map[fdKind]criupb.FdTypes{kindReg: criupb.FdTypes_REG, kindPipe: criupb.FdTypes_PIPE, kindFifo: criupb.FdTypes_FIFO, kindTTY: criupb.FdTypes_TTY, kindInet: criupb.FdTypes_INETSK}[e.kind]
+			if t, ok := anonType(e.kind); ok {
+				typ = t
+			}
 			var fl uint32
 			if e.cloexec {
 				fl = unix.FD_CLOEXEC
@@ -263,6 +278,12 @@ func (s *state) images() (*imageSet, error) {
 		f := is.add(fmt.Sprintf("tcp-stream-%x.img", sk.entry.GetIno()), "TCP_STREAM")
 		trailer := append(append([]byte{}, sk.inq...), sk.outq...)
 		f.entries = append(f.entries, &images.Entry{Msg: sk.stream, Trailer: trailer})
+	}
+	if infos, tdata := s.ttyImages(); len(infos) > 0 {
+		is.add("tty-info.img", "TTY_INFO", infos...)
+		if len(tdata) > 0 {
+			is.add("tty-data.img", "TTY_DATA", tdata...)
+		}
 	}
 	is.addGhosts(s, remaps)
 	is.add(ExecImage, "FDRESTORE_EXEC", execs...)

@@ -21,6 +21,7 @@ type procStat struct {
 	ppid, pgid, sid int
 	flags           uint32
 	threads         int
+	ttyNr, tpgid    int // controlling terminal (encoded device, 0: none) and its foreground group
 }
 
 // readStat parses /proc/PID/stat. The comm field may hold spaces and
@@ -50,6 +51,7 @@ func readStat(pid int) (*procStat, error) {
 		nums = append(nums, uint64(v))
 	}
 	st.ppid, st.pgid, st.sid = int(nums[0]), int(nums[1]), int(nums[2])
+	st.ttyNr, st.tpgid = int(nums[3]), int(nums[4])
 	st.flags = uint32(nums[5])
 	st.threads = int(nums[16])
 	return st, nil

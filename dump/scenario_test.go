@@ -215,6 +215,8 @@ func scenarioMain() int {
 		ghostRoot(dir) // ghost_test.go
 	case "ghost/child":
 		signalReady(3)
+	case "epoll/root", "epollbad/root":
+		epollRoot(os.Getenv(envScenario)) // event_test.go
 	default:
 		die("unknown scenario")
 	}

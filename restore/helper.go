@@ -18,7 +18,6 @@ import (
 	// The opener types a helper can restore.
 	_ "github.com/fdrestore/fdrestore/files/pipe"
 	_ "github.com/fdrestore/fdrestore/files/reg"
-	_ "github.com/fdrestore/fdrestore/files/tcp"
 )
 
 // HelperArg is argv[1] of a restore helper process: the fdrestore binary

@@ -37,6 +37,14 @@ type PlanOptions struct {
 	TCPEstablished bool
 	// TCPClose restores established TCP connections as closed sockets.
 	TCPClose bool
+	// ShellJob restores a tree that was a job of a shell: the root's
+	// session lies outside the tree and becomes the caller's, and a pty
+	// slave whose master is not in the images (the shell's terminal) is
+	// the caller's terminal, Terminal.
+	ShellJob bool
+	// Terminal is the path of the caller's terminal (see tty.CurrentTTY),
+	// for ShellJob.
+	Terminal string
 }
 
 // Plan is what a restore will do: the processes and the steps that build
@@ -81,7 +89,7 @@ func (p *Plan) Err() error {
 // Plan.Unsupported.
 func NewPlan(set *images.Set, opts PlanOptions) (*Plan, error) {
 	p := &Plan{Set: set, Graph: files.NewGraph()}
-	procs, ops, err := buildTree(set)
+	procs, ops, err := buildTree(set, opts.ShellJob)
 	if err != nil {
 		return nil, err
 	}

@@ -30,7 +30,6 @@ type planner struct {
 	// that queue. planInflight fills it.
 	inflight map[uint32]int
 
-	opts PlanOptions
 	// inetPorts counts the inet sockets of each local address
 	// (spec_inet.go).
 	inetPorts map[string]*inetPort
@@ -38,6 +37,15 @@ type planner struct {
 	// deliveries are descriptions a task needs without holding them
 	// itself (an epoll's targets, a queue's files in flight).
 	deliveries []delivery
+
+	epolls []*epollPlan // spec_epoll.go
+
+	// unsup holds the ids of files listed as unsupported: a delivery of
+	// one is not an error (the plan cannot run anyway).
+	unsup map[uint32]bool
+
+	ttyDone bool        // planTTYs ran (spec_tty.go)
+	opts    PlanOptions // ShellJob and Terminal (spec_tty.go), TCP (spec_inet.go)
 }
 
 // delivery asks that description file be present in task.
@@ -134,6 +142,16 @@ func (pl *planner) planFile(f *images.File) error {
 		return pl.add(c, spec, err)
 	case criupb.FdTypes_PIPE:
 		return pl.planPipe(f.Pipe)
+	case criupb.FdTypes_EVENTPOLL:
+		return pl.planEpoll(f)
+	case criupb.FdTypes_EVENTFD:
+		return pl.planEventfd(f)
+	case criupb.FdTypes_SIGNALFD:
+		return pl.planSignalfd(f)
+	case criupb.FdTypes_TIMERFD:
+		return pl.planTimerfd(f)
+	case criupb.FdTypes_TTY:
+		return pl.planTTYs()
 	case criupb.FdTypes_FIFO:
 		if len(hs) == 0 {
 			p.Unsupported = append(p.Unsupported, fmt.Sprintf("FIFO file id %d exists only in flight (in a unix socket queue)", f.ID))
@@ -159,6 +177,10 @@ func (pl *planner) planFile(f *images.File) error {
 // unsupported lists every fd of f as not restorable.
 func (pl *planner) unsupported(f *images.File) {
 	p := pl.p
+	if pl.unsup == nil {
+		pl.unsup = map[uint32]bool{}
+	}
+	pl.unsup[f.ID] = true
 	if len(f.Fds) == 0 {
 		p.Unsupported = append(p.Unsupported, fmt.Sprintf("%s: type %s is not supported yet (it exists only in flight)", f.Name(), f.Type))
 	}
@@ -255,6 +277,9 @@ func (pl *planner) resolveDeliveries() error {
 	pl.deliveries = slices.Compact(pl.deliveries)
 	for _, d := range pl.deliveries {
 		src, ok := published[d.file]
+		if !ok && pl.unsup[d.file] {
+			continue // listed in Unsupported
+		}
 		if !ok {
 			return fmt.Errorf("plan: task %d needs file id %d, which no task creates", pl.set.Tasks[d.task].Pid, d.file)
 		}

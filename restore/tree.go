@@ -89,24 +89,34 @@ type treeBuilder struct {
 	sessProc map[uint32]int    // session id -> stand-in proc leading it
 	standin  map[[2]uint32]int // (spawning task, session) -> stand-in proc
 	grp      []int             // per proc: the proc leading its current process group
+	// shellPgid: with a shell job, the root's process group, which is the
+	// coordinator's (the caller's foreground job) after restore.
+	shellPgid uint32
 }
 
 // buildTree plans the processes and steps that reproduce the tree's parent
 // links, sessions and process groups.
-func buildTree(set *images.Set) ([]*Proc, []TreeOp, error) {
+//
+// With shellJob the root may belong to a session outside the tree (the
+// shell's): it is then spawned in the coordinator's session and process
+// group, and every task of that session stays in it.
+func buildTree(set *images.Set, shellJob bool) ([]*Proc, []TreeOp, error) {
 	b := &treeBuilder{set: set, taskIx: map[*images.Task]int{}, procOf: map[uint32]int{},
 		born: map[uint32]uint32{}, sessProc: map[uint32]int{}, standin: map[[2]uint32]int{}}
 	for i, t := range set.Tasks {
 		b.taskIx[t] = i
 	}
 	root := set.Tasks[0]
-	if root.Sid != root.Pid {
-		return nil, nil, fmt.Errorf("pstree.img: root task %d is not a session leader (sid %d): its session lies outside the dumped tree, and restoring into the caller's session (--shell-job) is not supported yet", root.Pid, root.Sid)
+	if root.Sid != root.Pid && !shellJob {
+		return nil, nil, fmt.Errorf("pstree.img: root task %d is not a session leader (sid %d): its session lies outside the dumped tree, and restore it with --shell-job to make it a job of the caller's session", root.Pid, root.Sid)
 	}
 	for _, t := range set.Tasks {
 		if t.Sid == t.Pid && t.Pgid != t.Pid {
 			return nil, nil, fmt.Errorf("pstree.img: task %d leads session %d but is in process group %d; a session leader leads its own group", t.Pid, t.Sid, t.Pgid)
 		}
+	}
+	if shellJob && root.Sid != root.Pid {
+		b.shellPgid = root.Pgid
 	}
 	if err := b.bornSessions(); err != nil {
 		return nil, nil, err
@@ -255,6 +265,8 @@ func (b *treeBuilder) groups() error {
 				return fmt.Errorf("pstree.img: task %d is in process group %d of session %d, but its leader %d is in session %d", t.Pid, t.Pgid, t.Sid, l.Pid, l.Sid)
 			}
 			leader = b.procOf[l.Pid]
+		} else if b.shellPgid != 0 && t.Pgid == b.shellPgid {
+			leader = b.procOf[b.set.Tasks[0].Pid] // the root, in the caller's job
 		} else if h, ok := b.sessProc[t.Pgid]; ok && t.Pgid == t.Sid {
 			leader = h // the session's stand-in leads the session's group
 		} else if h, ok := deadLeader[t.Pgid]; ok {

@@ -25,9 +25,13 @@ type spec struct {
 	// skipped with that error; any other failure is a failure, and a
 	// pass is a pass (then the marker should go).
 	unsupported string
+	// nsOnly: the scenario restores ptys at their recorded index, which
+	// needs a devpts instance of its own: it runs in the ns flavor only
+	// and never touches the host's /dev/pts.
+	nsOnly bool
 	// tcp: the scenario holds TCP connections and binds ports: it runs
-	// with --tcp-established, only in flavors with a network namespace
-	// of its own.
+	// with --tcp-established, in the ns flavor only (nsOnly) and without
+	// C/R in a network namespace of its own.
 	tcp bool
 }
 
@@ -49,20 +53,28 @@ var scenarios = []spec{
 		crfailError: `^fdrestore: dump refused, the tree was left running unchanged: ` +
 			`pid {pid:holder} fd 3: socket is not supported \(socket:\[\d+\]\)\n` +
 			`pid {pid:holder} fd 4: socket is not supported \(socket:\[\d+\]\)$`},
-	{name: "crfail-pty", crfail: true,
+	{name: "crfail-console", crfail: true,
 		crfailError: `^fdrestore: dump refused, the tree was left running unchanged: ` +
-			`pid {pid:root} fd 3: ptmx is not supported \(/dev/(pts/)?ptmx\)\n` +
-			`pid {pid:root} fd 4: tty is not supported \(/dev/pts/\d+\)$`},
-	{name: "crfail-epoll", crfail: true,
-		crfailError: `^fdrestore: dump refused, the tree was left running unchanged: ` +
-			`pid {pid:root} fd 3: eventpoll is not supported \(anon_inode:\[eventpoll\]\)$`},
-	{name: "tcp-pair", tcp: true},
-	{name: "tcp-ext", tcp: true},
-	{name: "tcp-bufs", tcp: true},
-	{name: "tcp-halfclosed", tcp: true},
-	{name: "tcp-halfclosed-full", tcp: true},
-	{name: "tcp6-udp", tcp: true},
-	{name: "tcp-crfail-pending", tcp: true, crfail: true,
+			`pid {pid:root} fd 3: tty is not supported \(/dev/console\)$`},
+	{name: "pty00", nsOnly: true},
+	{name: "pty01", nsOnly: true},
+	{name: "pty02", nsOnly: true},
+	{name: "pty03", nsOnly: true},
+	{name: "pty04", nsOnly: true},
+	{name: "pty05", nsOnly: true},
+	{name: "epoll00"},
+	{name: "epoll01"},
+	{name: "epoll-shared"},
+	{name: "eventfd00"},
+	{name: "signalfd00"},
+	{name: "timerfd00"},
+	{name: "tcp-pair", tcp: true, nsOnly: true},
+	{name: "tcp-ext", tcp: true, nsOnly: true},
+	{name: "tcp-bufs", tcp: true, nsOnly: true},
+	{name: "tcp-halfclosed", tcp: true, nsOnly: true},
+	{name: "tcp-halfclosed-full", tcp: true, nsOnly: true},
+	{name: "tcp6-udp", tcp: true, nsOnly: true},
+	{name: "tcp-crfail-pending", tcp: true, nsOnly: true, crfail: true,
 		crfailError: `^fdrestore: dump refused, the tree was left running unchanged: ` +
 			`pid {pid:root} fd 3: TCP listener with connections not yet accepted \(1\) is not supported \(socket:\[\d+\]\)$`},
 }
@@ -151,11 +163,12 @@ func TestZdtm(t *testing.T) {
 		t.Run(sc.name, func(t *testing.T) {
 			t.Parallel()
 			for _, fl := range flavors() {
-				if sc.tcp && fl != FlavorNS {
-					continue // ports only in a network namespace of its own
-				}
 				t.Run(fl, func(t *testing.T) {
 					t.Parallel()
+					if sc.nsOnly && fl != FlavorNS {
+						record(sc.name, fl, "skip: ns flavor only (needs namespaces of its own)")
+						t.Skip("ns flavor only: the scenario needs a devpts instance or a network namespace of its own")
+					}
 					res := runDriver(t, Config{Scenario: sc.name, Flavor: fl, CRFail: sc.crfail, CRFailError: sc.crfailError, TCP: sc.tcp})
 					if res.Status == "fail" && sc.unsupported != "" && regexp.MustCompile(sc.unsupported).MatchString(res.Reason) {
 						res.Status, res.Reason = "skip", "not supported yet: "+res.Reason

@@ -22,6 +22,7 @@ func (a *app) dumpCmd() *cobra.Command {
 		leaveRunning bool
 		timeout      time.Duration
 		ghostLimit   string
+		shellJob     bool
 		tcpEst       bool
 	)
 	cmd := &cobra.Command{
@@ -29,13 +30,14 @@ func (a *app) dumpCmd() *cobra.Command {
 		Short: "Checkpoint the fd state of the process tree rooted at PID into DIR",
 		Long: `Freeze the process tree rooted at PID (cgroup v2 freezer), record the tree and
 every task's fds (regular files, directories, device nodes, pipes and FIFOs
-with their queued data; files unlinked while open are saved with their
-content, up to --ghost-limit; TCP and UDP sockets, and with --tcp-established
-TCP connections with their queues, read in TCP repair mode) in CRIU
-4.2-format images in DIR, plus each task's
+with their queued data, ptys with their settings, sessions and queued data,
+/dev/tty; files unlinked while open are saved with their content, up to
+--ghost-limit; TCP and UDP sockets, and with --tcp-established TCP connections
+with their queues, read in TCP repair mode) in CRIU 4.2-format images in DIR,
+plus each task's
 argv, environment and cwd in fdrestore-exec.img, then kill the tree (the
 default, like CRIU) or thaw it unchanged (--leave-running). A tree holding any
-other kind of fd (socket, tty, epoll, ...) is refused before anything is
+other kind of fd (socket, console, epoll, ...) is refused before anything is
 changed. Prints how long the tree was frozen.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -51,7 +53,7 @@ changed. Prints how long the tree was frozen.`,
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			st, err := dump.Dump(ctx, pid, dir, dump.Options{LeaveRunning: leaveRunning, Timeout: timeout, Log: logrus.StandardLogger(), GhostLimit: limit, TCPEstablished: tcpEst})
+			st, err := dump.Dump(ctx, pid, dir, dump.Options{LeaveRunning: leaveRunning, Timeout: timeout, Log: logrus.StandardLogger(), GhostLimit: limit, ShellJob: shellJob, TCPEstablished: tcpEst})
 			if err != nil {
 				return err
 			}
@@ -70,6 +72,7 @@ changed. Prints how long the tree was frozen.`,
 	fl.StringVarP(&dir, "images-dir", "D", "", "image `DIR`ectory (created if missing)")
 	fl.BoolVar(&leaveRunning, "leave-running", false, "thaw the tree after the dump instead of killing it")
 	fl.DurationVar(&timeout, "timeout", 30*time.Second, "give up (and thaw the tree) if freezing or dumping takes longer")
+	fl.BoolVar(&shellJob, "shell-job", false, "dump a job of a shell: the root's session and its terminal (a pty whose master is outside the tree) belong to the shell; restore with --shell-job")
 	fl.StringVar(&ghostLimit, "ghost-limit", "1M", "largest deleted file to save with its content (`SIZE` in bytes, or with suffix K, M, G); a larger one refuses the dump")
 	fl.BoolVar(&tcpEst, "tcp-established", false, "dump established TCP connections (TCP repair on the frozen tree); without it a tree holding one is refused")
 	return cmd

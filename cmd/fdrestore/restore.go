@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/fdrestore/fdrestore/files/tty"
 	"github.com/fdrestore/fdrestore/images"
 	"github.com/fdrestore/fdrestore/restore"
 	"github.com/sirupsen/logrus"
@@ -19,7 +20,8 @@ import (
 
 func (a *app) planCmd() *cobra.Command {
 	var dir string
-	var opts restore.PlanOptions
+	var skipFileCheck, shellJob bool
+	var tcpf tcpFlags
 	cmd := &cobra.Command{
 		Use:   "plan -D DIR",
 		Short: "Print what a restore of DIR would do, without creating a process",
@@ -33,6 +35,8 @@ be restored.`,
 			if dir == "" {
 				return usagef("plan needs -D DIR")
 			}
+			opts := restore.PlanOptions{SkipFileCheck: skipFileCheck, ShellJob: shellJob, Terminal: tty.CurrentTTY()}
+			tcpf.set(&opts)
 			p, err := loadPlan(dir, opts)
 			if err != nil {
 				return err
@@ -42,10 +46,21 @@ be restored.`,
 		},
 	}
 	cmd.Flags().StringVarP(&dir, "images-dir", "D", "", "image `DIR`ectory")
-	cmd.Flags().BoolVar(&opts.SkipFileCheck, "skip-file-check", false, "do not check the size and mode of regular files")
-	tcpFlags(cmd, &opts)
+	cmd.Flags().BoolVar(&skipFileCheck, "skip-file-check", false, "do not check the size and mode of regular files")
+	cmd.Flags().BoolVar(&shellJob, "shell-job", false, "plan the restore of a shell job into the caller's session and terminal")
+	tcpf.add(cmd)
 	return cmd
 }
+
+// tcpFlags are --tcp-established and --tcp-close.
+type tcpFlags struct{ established, close bool }
+
+func (f *tcpFlags) add(cmd *cobra.Command) {
+	cmd.Flags().BoolVar(&f.established, "tcp-established", false, "restore established TCP connections (TCP repair)")
+	cmd.Flags().BoolVar(&f.close, "tcp-close", false, "restore established TCP connections as closed sockets")
+}
+
+func (f *tcpFlags) set(o *restore.PlanOptions) { o.TCPEstablished, o.TCPClose = f.established, f.close }
 
 func loadPlan(dir string, opts restore.PlanOptions) (*restore.Plan, error) {
 	set, err := images.Load(dir)
@@ -55,22 +70,18 @@ func loadPlan(dir string, opts restore.PlanOptions) (*restore.Plan, error) {
 	return restore.NewPlan(set, opts)
 }
 
-// tcpFlags adds --tcp-established and --tcp-close.
-func tcpFlags(cmd *cobra.Command, opts *restore.PlanOptions) {
-	cmd.Flags().BoolVar(&opts.TCPEstablished, "tcp-established", false, "restore established TCP connections (TCP repair)")
-	cmd.Flags().BoolVar(&opts.TCPClose, "tcp-close", false, "restore established TCP connections as closed sockets")
-}
-
 type restoreFlags struct {
-	dir          string
-	leaveStopped bool
-	exec         string
-	execRecorded bool
-	detach       bool
-	pidfile      string
-	pidMap       string
-	timeout      time.Duration
-	plan         restore.PlanOptions
+	dir           string
+	leaveStopped  bool
+	exec          string
+	execRecorded  bool
+	detach        bool
+	pidfile       string
+	pidMap        string
+	timeout       time.Duration
+	skipFileCheck bool
+	shellJob      bool
+	tcp           tcpFlags
 }
 
 func (a *app) restoreCmd() *cobra.Command {
@@ -98,8 +109,9 @@ and exits with its status. On any failure every process it created is killed.`,
 	fl.StringVar(&f.pidfile, "pidfile", "", "write the root task's new pid to `FILE`")
 	fl.StringVar(&f.pidMap, "pid-map", "", `write {"<image pid>": <new pid>, ...} as JSON to `+"`FILE`")
 	fl.DurationVar(&f.timeout, "timeout", 60*time.Second, "give up (and kill the tree) if the restore takes longer")
-	fl.BoolVar(&f.plan.SkipFileCheck, "skip-file-check", false, "do not check the size and mode of regular files")
-	tcpFlags(cmd, &f.plan)
+	fl.BoolVar(&f.skipFileCheck, "skip-file-check", false, "do not check the size and mode of regular files")
+	f.tcp.add(cmd)
+	fl.BoolVar(&f.shellJob, "shell-job", false, "restore a tree dumped with --shell-job as a job of the caller's shell: its session and its terminal (stdin, stdout or stderr) become the caller's, and its root joins the caller's process group")
 	return cmd
 }
 
@@ -129,7 +141,14 @@ func (a *app) runRestore(cmd *cobra.Command, f *restoreFlags) error {
 	if f.leaveStopped && !f.detach {
 		return usagef("--leave-stopped needs -d: stopped tasks never exit")
 	}
-	p, err := loadPlan(f.dir, f.plan)
+	po := restore.PlanOptions{SkipFileCheck: f.skipFileCheck, ShellJob: f.shellJob}
+	f.tcp.set(&po)
+	if f.shellJob {
+		if po.Terminal = tty.CurrentTTY(); po.Terminal == "" {
+			return usagef("--shell-job needs a terminal on stdin, stdout or stderr")
+		}
+	}
+	p, err := loadPlan(f.dir, po)
 	if err != nil {
 		return err
 	}

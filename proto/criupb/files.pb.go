@@ -900,11 +900,14 @@ func (x *FifoEntry) GetRegfId() uint32 {
 }
 
 type EventfdFileEntry struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            *uint32                `protobuf:"varint,1,req,name=id" json:"id,omitempty"`
-	Flags         *uint32                `protobuf:"varint,2,req,name=flags" json:"flags,omitempty"`
-	Fown          *FownEntry             `protobuf:"bytes,3,req,name=fown" json:"fown,omitempty"`
-	Counter       *uint64                `protobuf:"varint,4,req,name=counter" json:"counter,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Id      *uint32                `protobuf:"varint,1,req,name=id" json:"id,omitempty"`
+	Flags   *uint32                `protobuf:"varint,2,req,name=flags" json:"flags,omitempty"`
+	Fown    *FownEntry             `protobuf:"bytes,3,req,name=fown" json:"fown,omitempty"`
+	Counter *uint64                `protobuf:"varint,4,req,name=counter" json:"counter,omitempty"`
+	// fdrestore's own: EFD_SEMAPHORE, which CRIU 4.2 does not record (it
+	// skips the field). Absent means not in semaphore mode.
+	Semaphore     *bool `protobuf:"varint,100,opt,name=semaphore" json:"semaphore,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -965,6 +968,13 @@ func (x *EventfdFileEntry) GetCounter() uint64 {
 		return *x.Counter
 	}
 	return 0
+}
+
+func (x *EventfdFileEntry) GetSemaphore() bool {
+	if x != nil && x.Semaphore != nil {
+		return *x.Semaphore
+	}
+	return false
 }
 
 // One registration of an epoll set: the target fd number at dump time and,
@@ -1620,12 +1630,13 @@ const file_proto_files_proto_rawDesc = "" +
 	"fifo_entry\x12\x0e\n" +
 	"\x02id\x18\x01 \x02(\rR\x02id\x12\x17\n" +
 	"\apipe_id\x18\x02 \x02(\rR\x06pipeId\x12\x17\n" +
-	"\aregf_id\x18\x03 \x01(\rR\x06regfId\"\x84\x01\n" +
+	"\aregf_id\x18\x03 \x01(\rR\x06regfId\"\xa2\x01\n" +
 	"\x12eventfd_file_entry\x12\x0e\n" +
 	"\x02id\x18\x01 \x02(\rR\x02id\x12\x14\n" +
 	"\x05flags\x18\x02 \x02(\rR\x05flags\x12.\n" +
 	"\x04fown\x18\x03 \x02(\v2\x1a.fdrestore.criu.fown_entryR\x04fown\x12\x18\n" +
-	"\acounter\x18\x04 \x02(\x04R\acounter\"\x9d\x01\n" +
+	"\acounter\x18\x04 \x02(\x04R\acounter\x12\x1c\n" +
+	"\tsemaphore\x18d \x01(\bR\tsemaphore\"\x9d\x01\n" +
 	"\x13eventpoll_tfd_entry\x12\x0e\n" +
 	"\x02id\x18\x01 \x02(\rR\x02id\x12\x10\n" +
 	"\x03tfd\x18\x02 \x02(\rR\x03tfd\x12\x16\n" +

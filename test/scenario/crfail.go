@@ -62,101 +62,18 @@ func init() {
 	})
 }
 
-// crfail-epoll: the root holds an epoll instance (fd 3) watching the read
-// end (4) of a pipe (4/5) with one byte queued.
+// crfail-console: the root holds /dev/console (fd 3, O_NOCTTY). fdrestore
+// dumps ptys and /dev/tty but not consoles, virtual terminals or serial
+// lines: the dump refuses the tree, which keeps running unharmed.
 func init() {
-	register("crfail-epoll", map[string]*Role{
+	register("crfail-console", map[string]*Role{
 		"root": {
-			Fds: std(3, 4, 5),
+			Fds: std(3),
 			Setup: func(t *T) error {
-				if err := t.PipeAt(4, 5, 0); err != nil {
-					return err
-				}
-				ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-				if err != nil {
-					return err
-				}
-				if ep, err = t.hi(ep); err != nil {
-					return err
-				}
-				if err := t.Place(ep, 3); err != nil {
-					return err
-				}
-				ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: 4}
-				if err := unix.EpollCtl(3, unix.EPOLL_CTL_ADD, 4, &ev); err != nil {
-					return err
-				}
-				return WriteAll(5, []byte("x"))
+				return t.OpenAt("/dev/console", unix.O_RDWR|unix.O_NOCTTY, 0, 3)
 			},
 			Verify: func(t *T) {
-				t.CheckType(3, "anon_inode:[eventpoll]")
-				evs := make([]unix.EpollEvent, 4)
-				n, err := unix.EpollWait(3, evs, 1000)
-				if t.Check(err, "epoll_wait") && (n != 1 || evs[0].Fd != 4 || evs[0].Events&unix.EPOLLIN == 0) {
-					t.Fail("epoll_wait: %d events %+v, want EPOLLIN on fd 4", n, evs[:max(n, 0)])
-				}
-				b, err := ReadFull(4, 1)
-				if t.Check(err, "read the queued byte") && string(b) != "x" {
-					t.Fail("queued byte %q, want x", b)
-				}
-			},
-		},
-	})
-}
-
-// crfail-pty: the root holds a pty master (fd 3, opened through ptmx) and
-// its slave (fd 4, opened with TIOCGPTPEER, not as a controlling tty),
-// with 3 bytes written to the master waiting at the slave.
-func init() {
-	register("crfail-pty", map[string]*Role{
-		"root": {
-			Fds: std(3, 4),
-			Setup: func(t *T) error {
-				m, err := unix.Open("/dev/ptmx", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
-				if err != nil {
-					return err
-				}
-				if m, err = t.hi(m); err != nil {
-					return err
-				}
-				if err := unix.IoctlSetPointerInt(m, unix.TIOCSPTLCK, 0); err != nil {
-					unix.Close(m)
-					return err
-				}
-				s, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(m), unix.TIOCGPTPEER, uintptr(unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC))
-				if errno != 0 {
-					unix.Close(m)
-					return errno
-				}
-				sfd, err := t.hi(int(s))
-				if err != nil {
-					unix.Close(m)
-					return err
-				}
-				if err := t.Place(m, 3); err != nil {
-					return err
-				}
-				if err := t.Place(sfd, 4); err != nil {
-					return err
-				}
-				// Raw mode, so the bytes reach the slave as written.
-				tio, err := unix.IoctlGetTermios(4, unix.TCGETS)
-				if err != nil {
-					return err
-				}
-				tio.Lflag &^= unix.ICANON | unix.ECHO
-				if err := unix.IoctlSetTermios(4, unix.TCSETS, tio); err != nil {
-					return err
-				}
-				return WriteAll(3, []byte("pty"))
-			},
-			Verify: func(t *T) {
-				t.CheckType(3, "/dev/")
-				t.CheckType(4, "/dev/pts/")
-				b, err := ReadFull(4, 3)
-				if t.Check(err, "read the queued bytes at the slave") {
-					t.CheckData("queued bytes", b, []byte("pty"))
-				}
+				t.CheckType(3, "/dev/console")
 			},
 		},
 	})

@@ -1,0 +1,70 @@
+package main
+
+import (
+	"fmt"
+	"runtime"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Signals of signalfd00 (none the suite or the Go runtime uses).
+const (
+	sigfdA = unix.SIGWINCH
+	sigfdB = unix.Signal(40) // a real-time signal
+)
+
+func sigBit(s unix.Signal) uint64 { return 1 << (uint(s) - 1) }
+
+// signalfd00: fd 3 is a signalfd for SIGWINCH and signal 40 with
+// O_NONBLOCK, fd 4 one for SIGTTIN. After restore: fdinfo shows the
+// masks; with SIGWINCH blocked and raised on the task's thread, fd 3
+// reads it, then EAGAIN.
+func init() {
+	register("signalfd00", map[string]*Role{
+		"root": {
+			Fds: std(3, 4),
+			Setup: func(t *T) error {
+				var set unix.Sigset_t
+				set.Val[0] = sigBit(sigfdA) | sigBit(sigfdB)
+				fd, err := unix.Signalfd(-1, &set, unix.SFD_NONBLOCK|unix.SFD_CLOEXEC)
+				if err := t.placeNew(fd, err, 3); err != nil {
+					return err
+				}
+				set.Val[0] = sigBit(unix.SIGTTIN)
+				fd, err = unix.Signalfd(-1, &set, unix.SFD_CLOEXEC)
+				return t.placeNew(fd, err, 4)
+			},
+			Verify: func(t *T) {
+				t.CheckType(3, "anon_inode:[signalfd]")
+				t.CheckType(4, "anon_inode:[signalfd]")
+				t.CheckFlags(3, unix.O_ACCMODE|unix.O_NONBLOCK, unix.O_RDWR|unix.O_NONBLOCK)
+				t.CheckFlags(4, unix.O_ACCMODE|unix.O_NONBLOCK, unix.O_RDWR)
+				t.checkFdinfo(3, "sigmask", fmt.Sprintf("%016x", sigBit(sigfdA)|sigBit(sigfdB)))
+				t.checkFdinfo(4, "sigmask", fmt.Sprintf("%016x", sigBit(unix.SIGTTIN)))
+				// Block the signal on this thread and send it to this
+				// thread: it stays pending for the signalfd.
+				runtime.LockOSThread()
+				defer runtime.UnlockOSThread()
+				var set, old unix.Sigset_t
+				set.Val[0] = sigBit(sigfdA)
+				if !t.Check(unix.PthreadSigmask(unix.SIG_BLOCK, &set, &old), "block SIGWINCH") {
+					return
+				}
+				defer unix.PthreadSigmask(unix.SIG_SETMASK, &old, nil)
+				if !t.Check(unix.Tgkill(unix.Getpid(), unix.Gettid(), sigfdA), "tgkill SIGWINCH") {
+					return
+				}
+				var si unix.SignalfdSiginfo
+				buf := unsafe.Slice((*byte)(unsafe.Pointer(&si)), unsafe.Sizeof(si))
+				n, err := unix.Read(3, buf)
+				if t.Check(err, "read the signalfd") && (n != len(buf) || si.Signo != uint32(sigfdA)) {
+					t.Fail("signalfd read %d bytes, signal %d, want %d", n, si.Signo, sigfdA)
+				}
+				if _, err := unix.Read(3, buf); err != unix.EAGAIN {
+					t.Fail("second read of the signalfd: %v, want EAGAIN", err)
+				}
+			},
+		},
+	})
+}
