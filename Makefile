@@ -6,6 +6,8 @@
 GO        ?= go
 PKGS      := ./...
 BIN       := bin/fdrestore
+# The lean restore helper binary; fdrestore finds it next to itself.
+HELPER    := bin/fdrestore-helper
 FIXTURES  ?= $(or $(FDRESTORE_FIXTURES),$(abspath ../shared/criu-images))
 PROTOC_VERSION := 3.21.12
 FUZZTIME  ?= 1m
@@ -14,12 +16,22 @@ RACE_PKGS := ./files/... ./scm/...
 
 export FDRESTORE_FIXTURES := $(FIXTURES)
 
-.PHONY: all build demo test race vet bench bench-go proto proto-check lint fuzz clean zdtm
+.PHONY: all build helper demo test race vet bench bench-go proto proto-check lint fuzz clean zdtm
 
 all: build
 
+# Both binaries, side by side: fdrestore starts its restore helpers from
+# fdrestore-helper in its own directory.
 build:
-	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/fdrestore
+	CGO_ENABLED=0 $(GO) build -o bin/ ./cmd/fdrestore ./cmd/fdrestore-helper
+
+# The package tests and the benchmark run restore.Run inside their own
+# test binaries, which have no fdrestore-helper beside them: they get it
+# through FDRESTORE_HELPER (without it, helpers re-execute the test binary).
+helper:
+	CGO_ENABLED=0 $(GO) build -o $(HELPER) ./cmd/fdrestore-helper
+
+WITH_HELPER := FDRESTORE_HELPER=$(abspath $(HELPER))
 
 # Build the tool and run it on a real CRIU 4.2 dump: show it, plan its
 # restore and (as root) restore it, print the restored task's fds, and
@@ -39,27 +51,28 @@ demo: build
 vet:
 	$(GO) vet $(PKGS)
 
-race:
-	$(GO) test -race -count=1 $(RACE_PKGS)
+race: helper
+	$(WITH_HELPER) $(GO) test -race -count=1 $(RACE_PKGS)
 
-test: vet
-	$(GO) test -count=1 -timeout 15m $(PKGS)
-	$(GO) test -race -count=1 -timeout 10m $(RACE_PKGS)
+test: vet helper
+	$(WITH_HELPER) $(GO) test -count=1 -timeout 15m $(PKGS)
+	$(WITH_HELPER) $(GO) test -race -count=1 -timeout 10m $(RACE_PKGS)
 	@$(MAKE) --no-print-directory zdtm
 
 # The zdtm-style suite (test/) with its report: every scenario in the h
 # and ns flavors. T picks scenarios: `make zdtm T=pipe` runs
-# TestZdtm/.*pipe.*. Needs root.
+# TestZdtm/.*pipe.*. Needs root. It builds fdrestore and fdrestore-helper
+# side by side, as installed, so FDRESTORE_HELPER stays unset.
 zdtm:
-	cd test && $(GO) test -count=1 -timeout 15m -run 'TestZdtm/.*$(T).*'
+	cd test && env -u FDRESTORE_HELPER $(GO) test -count=1 -timeout 15m -run 'TestZdtm/.*$(T).*'
 
 # Issue 3's restore benchmark: synthetic trees (internal/synth) restored
 # and built from scratch, with a PASS/FAIL table. BENCHFLAGS e.g.
 # "-runs 5 -scenarios a,b -debug -cpuprofile /tmp/cpu".
 BENCHFLAGS ?=
 
-bench:
-	$(GO) run ./internal/bench $(BENCHFLAGS)
+bench: helper
+	$(WITH_HELPER) $(GO) run ./internal/bench $(BENCHFLAGS)
 
 # The packages' Go benchmarks.
 bench-go:

@@ -11,13 +11,10 @@ import (
 
 	"github.com/fdrestore/fdrestore/files"
 	"github.com/fdrestore/fdrestore/files/pipe"
-	"github.com/fdrestore/fdrestore/images"
 	"github.com/fdrestore/fdrestore/internal/fdcheck"
-	"github.com/fdrestore/fdrestore/proto/criupb"
 	"github.com/fdrestore/fdrestore/scm"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/proto"
 )
 
 func needRoot(t *testing.T) {
@@ -123,12 +120,13 @@ func TestEngineStall(t *testing.T) {
 func TestEngineTwoTasks(t *testing.T) {
 	needRoot(t) // F_SETPIPE_SZ above pipe-max-size for users
 	runID := scm.NewRunID()
-	spec, err := pipe.PipeSpec(&images.Pipe{ID: 77, Data: []byte("xyz"), Size: 1 << 20},
-		[]*images.File{pipeFile(1, unix.O_RDONLY), pipeFile(2, unix.O_WRONLY|unix.O_NONBLOCK)},
-		[][]uint32{{1}, nil})
+	pp := pipe.PipeParams{PipeID: 77, Data: []byte("xyz"), Size: 1 << 20,
+		Ends: []pipe.End{{File: 1, Flags: unix.O_RDONLY}, {File: 2, Flags: unix.O_WRONLY | unix.O_NONBLOCK}}}
+	data, err := pp.MarshalBinary()
 	if err != nil {
 		t.Fatal(err)
 	}
+	spec := files.OpenSpec{Type: pipe.PipeType, Files: []uint32{1, 2}, SendTo: [][]uint32{{1}, nil}, Data: data, Name: "pipe:[77]"}
 	p0 := &files.TaskPlan{Task: 0, Pid: 10, RunID: runID,
 		Fles:  []files.Fle{{Fd: base, File: 2}, {Fd: base + 1, File: 1}, {Fd: base + 5, File: 1, Cloexec: true}},
 		Opens: []files.OpenSpec{spec}}
@@ -185,13 +183,6 @@ func TestEngineTwoTasks(t *testing.T) {
 	if n, _ := fdcheck.Queued(base + 1); n != 0 {
 		t.Errorf("%d bytes left: data written twice", n)
 	}
-}
-
-func pipeFile(id, flags uint32) *images.File {
-	return &images.File{ID: id, Type: criupb.FdTypes_PIPE, Entry: &criupb.FileEntry{
-		Type: criupb.FdTypes_PIPE.Enum(), Id: proto.Uint32(id),
-		Pipe: &criupb.PipeEntry{Id: proto.Uint32(id), PipeId: proto.Uint32(77), Flags: proto.Uint32(flags), Fown: &criupb.FownEntry{}},
-	}}
 }
 
 // TestCycleNamesObjects: a cycle across tasks, built the way a restore

@@ -5,20 +5,15 @@ import (
 	"runtime"
 	"unsafe"
 
-	"github.com/fdrestore/fdrestore/proto/criupb"
 	"golang.org/x/sys/unix"
 )
 
-// Fown is the F_SETOWN/F_SETSIG state of a description.
+// Fown is the F_SETOWN/F_SETSIG state of a description. (The planner
+// fills it from an image's fown_entry: restore's fownFrom.)
 type Fown struct {
 	PidType uint32 // F_OWNER_TID, F_OWNER_PID or F_OWNER_PGRP
 	Pid     uint32 // image pid (or pgid); 0 when no owner is set
 	Signum  uint32
-}
-
-// FownFrom converts an image fown_entry.
-func FownFrom(e *criupb.FownEntry) Fown {
-	return Fown{PidType: e.GetPidType(), Pid: e.GetPid(), Signum: e.GetSignum()}
 }
 
 // Apply sets the owner and signal of fd, translating the owner's pid

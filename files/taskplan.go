@@ -1,8 +1,7 @@
 package files
 
 import (
-	"bytes"
-	"encoding/gob"
+	"errors"
 	"fmt"
 	"unsafe"
 )
@@ -287,23 +286,26 @@ func DecodeTaskPlan(data []byte) (*TaskPlan, error) {
 	return p, p.Validate()
 }
 
-// EncodeData encodes a type's parameters for OpenSpec.Data: with the
-// type's MarshalBinary when it has one, else as gob.
+// ErrNoCodec is returned by EncodeData and DecodeData for a parameter type
+// without MarshalBinary / UnmarshalBinary.
+var ErrNoCodec = errors.New("opener parameters have no binary encoding (implement MarshalBinary and UnmarshalBinary with Enc and Dec)")
+
+// EncodeData encodes a type's parameters for OpenSpec.Data with the type's
+// MarshalBinary (written with Enc). There is no reflection-based fallback:
+// the helper binary links no gob (whose code and initialisation every
+// helper process would page in).
 func EncodeData(v any) ([]byte, error) {
 	if b, ok, err := encodeBinary(v); ok {
 		return b, err
 	}
-	var b bytes.Buffer
-	if err := gob.NewEncoder(&b).Encode(v); err != nil {
-		return nil, err
-	}
-	return b.Bytes(), nil
+	return nil, fmt.Errorf("encode %T: %w", v, ErrNoCodec)
 }
 
-// DecodeData parses OpenSpec.Data made by EncodeData into v.
+// DecodeData parses OpenSpec.Data made by EncodeData into v, with v's
+// UnmarshalBinary.
 func DecodeData(data []byte, v any) error {
 	if ok, err := decodeBinary(data, v); ok {
 		return err
 	}
-	return gob.NewDecoder(bytes.NewReader(data)).Decode(v)
+	return fmt.Errorf("decode %T: %w", v, ErrNoCodec)
 }

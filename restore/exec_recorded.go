@@ -11,6 +11,7 @@ import (
 
 	"github.com/fdrestore/fdrestore/images"
 	"github.com/fdrestore/fdrestore/proto/criupb"
+	"github.com/fdrestore/fdrestore/restore/helper"
 )
 
 // ExecImage is fdrestore's side image with each task's recorded argv,
@@ -62,7 +63,7 @@ func checkExecRecords(plan *Plan, recs map[uint32]*criupb.FdrestoreExecEntry) er
 // would have closed them, so they are passed open and listed here, as
 // comma-separated fds and ranges ("12,20-23"). A program that adopts its
 // fds should set FD_CLOEXEC on them again.
-const CloexecEnv = "FDRESTORE_CLOEXEC_FDS"
+const CloexecEnv = helper.CloexecEnv
 
 func execRecorded(m *ctlMsg, r *criupb.FdrestoreExecEntry) {
 	m.Mode = modeExec

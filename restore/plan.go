@@ -45,6 +45,10 @@ type PlanOptions struct {
 	// Terminal is the path of the caller's terminal (see tty.CurrentTTY),
 	// for ShellJob.
 	Terminal string
+	// ExtUnixSk allows unix sockets whose peer is outside the dumped tree
+	// (USK_EXTERN): they connect to the peer's recorded name, as CRIU's
+	// --ext-unix-sk does. Without it such a peer is an error.
+	ExtUnixSk bool
 }
 
 // Plan is what a restore will do: the processes and the steps that build

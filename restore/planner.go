@@ -5,8 +5,6 @@ import (
 	"slices"
 
 	"github.com/fdrestore/fdrestore/files"
-	"github.com/fdrestore/fdrestore/files/pipe"
-	"github.com/fdrestore/fdrestore/files/reg"
 	"github.com/fdrestore/fdrestore/images"
 	"github.com/fdrestore/fdrestore/proto/criupb"
 )
@@ -45,7 +43,10 @@ type planner struct {
 	unsup map[uint32]bool
 
 	ttyDone bool        // planTTYs ran (spec_tty.go)
-	opts    PlanOptions // ShellJob and Terminal (spec_tty.go), TCP (spec_inet.go)
+	opts    PlanOptions // ShellJob, Terminal (spec_tty.go), ExtUnixSk (spec_unix.go), TCP (spec_inet.go)
+
+	// usk holds the unix sockets grouped into components (spec_unix.go).
+	usk *uskState
 }
 
 // delivery asks that description file be present in task.
@@ -122,10 +123,19 @@ func (pl *planner) deliver(task int, file uint32) {
 }
 
 // planInflight finds the files that exist only in flight and the task
-// that will hold each. Until unix sockets are planned, such files cannot
-// be restored and are reported by planFile.
+// that will hold each: the unix sockets are grouped into components (one
+// task creates each, see spec_unix.go), and every file carried in a
+// component's queues is held by the component's creator, recursively,
+// since a socket in flight may carry files in its own queue. Files in
+// flight of any type are then created by that task through the normal
+// planner (holders returns it).
 func (pl *planner) planInflight() error {
-	return nil
+	st, err := pl.unixSockets()
+	if err != nil || st == nil {
+		return err
+	}
+	pl.usk = st
+	return pl.planUnixInflight()
 }
 
 // planFile plans one description of files.img.
@@ -138,10 +148,12 @@ func (pl *planner) planFile(f *images.File) error {
 			return nil // a path entry of a FIFO or tty, or cwd/root
 		}
 		c := pl.creator(hs)
-		spec, err := reg.Spec(f, pl.others(hs, c))
+		spec, err := regSpec(f, pl.others(hs, c))
 		return pl.add(c, spec, err)
 	case criupb.FdTypes_PIPE:
 		return pl.planPipe(f.Pipe)
+	case criupb.FdTypes_UNIXSK:
+		return pl.planUnix(f)
 	case criupb.FdTypes_EVENTPOLL:
 		return pl.planEpoll(f)
 	case criupb.FdTypes_EVENTFD:
@@ -165,7 +177,7 @@ func (pl *planner) planFile(f *images.File) error {
 		if writeData {
 			pl.fifoData[f.Pipe] = true
 		}
-		spec, err := pipe.FifoSpec(f, writeData, pl.others(hs, c))
+		spec, err := fifoSpec(f, writeData, pl.others(hs, c))
 		return pl.add(c, spec, err)
 	case criupb.FdTypes_INETSK:
 		return pl.planInet(f, hs)
@@ -226,7 +238,7 @@ func (pl *planner) planPipe(pp *images.Pipe) error {
 	if len(pp.Data) > 0 && !hasReadEnd(ends) {
 		p.Warnings = append(p.Warnings, fmt.Sprintf("pipe:[%d] holds %d queued bytes but no task holds its read end", pp.ID, len(pp.Data)))
 	}
-	spec, err := pipe.PipeSpec(pp, ends, routes)
+	spec, err := pipeSpec(pp, ends, routes)
 	return pl.add(c, spec, err)
 }
 
@@ -289,7 +301,7 @@ func (pl *planner) resolveDeliveries() error {
 		tp := p.TaskPlans[d.task]
 		tp.Hold = append(tp.Hold, d.file)
 		held[d.task][d.file] = true
-		if src.task != d.task {
+		if src.task != d.task && !slices.Contains(p.TaskPlans[src.task].Opens[src.open].SendTo[src.file], uint32(d.task)) {
 			spec := &p.TaskPlans[src.task].Opens[src.open]
 			// Copy before appending: SendTo lists may share an arena.
 			spec.SendTo[src.file] = append(slices.Clip(spec.SendTo[src.file]), uint32(d.task))

@@ -2,20 +2,19 @@ package restore
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 	"unsafe"
 
 	"github.com/fdrestore/fdrestore/files"
 	"github.com/fdrestore/fdrestore/proto/criupb"
+	"github.com/fdrestore/fdrestore/restore/helper"
 	"github.com/fdrestore/fdrestore/scm"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
@@ -48,6 +47,11 @@ type Options struct {
 	// Log receives the coordinator's and the helpers' log entries
 	// (default: logrus's standard logger).
 	Log *logrus.Logger
+	// Helper is the path of the helper binary (cmd/fdrestore-helper) the
+	// tree's processes run. Empty: $FDRESTORE_HELPER, else
+	// fdrestore-helper next to the running executable, else the running
+	// executable itself (see helper.go).
+	Helper string
 }
 
 // Result describes a restored tree.
@@ -221,7 +225,7 @@ func (c *coordinator) taskProcs() []*procState {
 
 func (c *coordinator) fail(st *procState, op string, err error) error {
 	if errors.Is(err, errPeerGone) {
-		err = fmt.Errorf("%w (pid %d): %v", ErrTaskDied, st.pid, err)
+		err = fmt.Errorf("%w (pid %d): %v%s", ErrTaskDied, st.pid, err, lastWords(st.ctl))
 	}
 	return &TaskError{Proc: st.p.Name(), Op: op, Err: err}
 }
@@ -269,22 +273,15 @@ func (c *coordinator) recv(st *procState, op string) (*ctlMsg, error) {
 	return r, nil
 }
 
-// relog passes a helper's logrus JSON entry on to the coordinator's logger.
+// relog passes a helper's log entry on to the coordinator's logger.
 func (c *coordinator) relog(st *procState, entry []byte) {
-	var m map[string]any
-	if json.Unmarshal(entry, &m) != nil {
+	lvl, msg, fields, err := helper.DecodeLog(entry)
+	if err != nil {
+		c.log.WithField("proc", st.p.Name()).Warnf("undecodable log entry from the helper: %v", err)
 		return
 	}
-	lvl, err := logrus.ParseLevel(fmt.Sprint(m["level"]))
-	if err != nil {
-		lvl = logrus.InfoLevel
-	}
-	msg := fmt.Sprint(m["msg"])
-	delete(m, "level")
-	delete(m, "msg")
-	delete(m, "time")
-	m["proc"] = st.p.Name()
-	c.log.WithFields(m).Log(lvl, msg)
+	fields["proc"] = st.p.Name()
+	c.log.WithFields(fields).Log(lvl, msg)
 }
 
 // treeOp carries out one tree-building step.
@@ -347,13 +344,13 @@ func (c *coordinator) spawn(st *procState) error {
 		fds = append(fds, tr.FD()) // the transport struct is dropped; the helper adopts the socket
 	}
 	if p.Parent < 0 {
-		argv := helperArgs(p.Index, c.runID, taskIx, c.tempBase(p), c.deadline, c.log.GetLevel())
-		files, release, err := helperFiles(c.tempBase(p), fds)
+		argv := helper.Args(p.Index, c.runID, taskIx, c.tempBase(p), c.deadline, c.log.GetLevel())
+		files, release, err := helper.Files(c.tempBase(p), fds)
 		if err != nil {
 			return c.fail(st, "spawn", err)
 		}
 		defer release()
-		exe, err := executableCopy()
+		exe, err := c.helperExe()
 		if err != nil {
 			return c.fail(st, "spawn", err)
 		}
@@ -365,7 +362,7 @@ func (c *coordinator) spawn(st *procState) error {
 			return c.fail(st, "spawn", err)
 		}
 		defer unix.Close(path)
-		pid, err := syscall.ForkExec("/proc/self/fd/"+strconv.Itoa(path), argv, &syscall.ProcAttr{Env: helperEnv(), Files: files, Sys: &syscall.SysProcAttr{Setsid: p.Setsid, Setpgid: p.NewGroup}})
+		pid, err := syscall.ForkExec("/proc/self/fd/"+strconv.Itoa(path), argv, &syscall.ProcAttr{Env: helper.Env(), Files: files, Sys: &syscall.SysProcAttr{Setsid: p.Setsid, Setpgid: p.NewGroup}})
 		if err != nil {
 			return c.fail(st, "spawn", err)
 		}
@@ -573,55 +570,6 @@ func (c *coordinator) waitEnd(st *procState) error {
 		}
 		time.Sleep(200 * time.Microsecond)
 	}
-}
-
-var (
-	exeOnce sync.Once
-	exeFD   = -1
-	exeErr  error
-)
-
-// executableCopy returns a memfd holding a copy of the running executable,
-// made once per process. Helpers run from it: their /proc/self/exe then
-// names no file on disk, so no package initialiser (protobuf's detrand, for
-// one) opens the executable and starts the Go netpoller before the helper
-// has reserved the low fd numbers; and the binary on disk may be replaced
-// while a restore runs.
-func executableCopy() (int, error) {
-	exeOnce.Do(func() {
-		src, err := unix.Open("/proc/self/exe", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			exeErr = fmt.Errorf("open own executable: %w", err)
-			return
-		}
-		defer unix.Close(src)
-		var st unix.Stat_t
-		if err := unix.Fstat(src, &st); err != nil {
-			exeErr = err
-			return
-		}
-		mfd, err := unix.MemfdCreate("fdrestore", unix.MFD_CLOEXEC)
-		if err != nil {
-			exeErr = fmt.Errorf("memfd_create: %w", err)
-			return
-		}
-		for left := st.Size; left > 0; {
-			n, err := unix.Sendfile(mfd, src, nil, int(left))
-			if err != nil || n == 0 {
-				unix.Close(mfd)
-				exeErr = fmt.Errorf("copy own executable: %v", err)
-				return
-			}
-			left -= int64(n)
-		}
-		exeFD = mfd
-	})
-	return exeFD, exeErr
-}
-
-// dupAbove returns a CLOEXEC duplicate of fd numbered at least min.
-func dupAbove(fd, min int) (int, error) {
-	return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, min)
 }
 
 // procState1 returns the state letter of /proc/PID/stat.

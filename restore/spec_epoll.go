@@ -100,7 +100,7 @@ func (pl *planner) planEpoll(f *images.File) error {
 	e := f.Entry.GetEpfd()
 	c := pl.creator(hs)
 	name := fmt.Sprintf("epoll (file id %d)", f.ID)
-	params := epoll.Params{File: f.ID, Flags: e.GetFlags(), Fown: files.FownFrom(e.GetFown())}
+	params := epoll.Params{File: f.ID, Flags: e.GetFlags(), Fown: fownFrom(e.GetFown())}
 	data, err := params.MarshalBinary()
 	if err := pl.add(c, files.OpenSpec{Type: epoll.Type, Files: []uint32{f.ID}, SendTo: [][]uint32{pl.others(hs, c)}, Data: data, Name: name}, err); err != nil {
 		return err

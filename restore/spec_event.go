@@ -36,7 +36,7 @@ func (pl *planner) planEventfd(f *images.File) error {
 	if e.GetCounter() > eventfd.MaxCounter {
 		return entryErr(f, "efd.counter", "%#x exceeds the largest eventfd counter %#x", e.GetCounter(), uint64(eventfd.MaxCounter))
 	}
-	p := eventfd.Params{File: f.ID, Flags: e.GetFlags(), Fown: files.FownFrom(e.GetFown()), Counter: e.GetCounter(), Semaphore: e.GetSemaphore()}
+	p := eventfd.Params{File: f.ID, Flags: e.GetFlags(), Fown: fownFrom(e.GetFown()), Counter: e.GetCounter(), Semaphore: e.GetSemaphore()}
 	data, err := p.MarshalBinary()
 	return pl.planSingle(f, eventfd.Type, fmt.Sprintf("eventfd (file id %d)", f.ID), data, err)
 }
@@ -44,7 +44,7 @@ func (pl *planner) planEventfd(f *images.File) error {
 // planSignalfd plans a signalfd: its mask and flags.
 func (pl *planner) planSignalfd(f *images.File) error {
 	e := f.Entry.GetSgfd()
-	p := signalfd.Params{File: f.ID, Flags: e.GetFlags(), Fown: files.FownFrom(e.GetFown()), Mask: e.GetSigmask()}
+	p := signalfd.Params{File: f.ID, Flags: e.GetFlags(), Fown: fownFrom(e.GetFown()), Mask: e.GetSigmask()}
 	data, err := p.MarshalBinary()
 	return pl.planSingle(f, signalfd.Type, fmt.Sprintf("signalfd mask %#x (file id %d)", p.Mask, f.ID), data, err)
 }
@@ -70,7 +70,7 @@ func (pl *planner) planTimerfd(f *images.File) error {
 		}
 	}
 	p := timerfd.Params{
-		File: f.ID, Flags: e.GetFlags(), Fown: files.FownFrom(e.GetFown()),
+		File: f.ID, Flags: e.GetFlags(), Fown: fownFrom(e.GetFown()),
 		Clock: e.GetClockid(), Ticks: e.GetTicks(), SettimeFlags: e.GetSettimeFlags(),
 		Value:    unix.Timespec{Sec: int64(e.GetVsec()), Nsec: int64(e.GetVnsec())},
 		Interval: unix.Timespec{Sec: int64(e.GetIsec()), Nsec: int64(e.GetInsec())},

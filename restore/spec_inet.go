@@ -160,7 +160,7 @@ func inetAddr(family uint32, words []uint32) ([]byte, string) {
 func inetParams(f *images.File) (tcp.Params, string) {
 	ie := f.Entry.GetIsk()
 	prm := tcp.Params{File: f.ID, Ino: ie.GetIno(), Family: ie.GetFamily(), SkType: ie.GetType(), Proto: ie.GetProto(),
-		State: ie.GetState(), Flags: ie.GetFlags(), Fown: files.FownFrom(ie.GetFown()),
+		State: ie.GetState(), Flags: ie.GetFlags(), Fown: fownFrom(ie.GetFown()),
 		SrcPort: ie.GetSrcPort(), DstPort: ie.GetDstPort(), Backlog: ie.GetBacklog()}
 	if prm.Family != unix.AF_INET && prm.Family != unix.AF_INET6 {
 		return prm, fmt.Sprintf("family %d is not AF_INET or AF_INET6", prm.Family)

@@ -68,7 +68,7 @@ func sideFrom(t *images.TTY) tty.Side {
 
 func ttyDesc(f *images.File) tty.Desc {
 	te := f.Entry.GetTty()
-	d := tty.Desc{File: f.ID, Flags: te.GetFlags(), Fown: files.FownFrom(te.GetFown())}
+	d := tty.Desc{File: f.ID, Flags: te.GetFlags(), Fown: fownFrom(te.GetFown())}
 	if f.Path != nil {
 		if name := f.Path.Entry.GetReg().GetName(); strings.HasPrefix(name, "/dev/pts/") {
 			d.Mode = f.Path.Entry.GetReg().GetMode() & 0o7777

@@ -1,10 +1,11 @@
 package scm
 
 import (
-	"crypto/rand"
 	"encoding/hex"
 	"fmt"
 	"strconv"
+
+	"golang.org/x/sys/unix"
 )
 
 // MaxRunIDLen is the longest run ID accepted, so that every address fits a
@@ -13,8 +14,20 @@ const MaxRunIDLen = 64
 
 // NewRunID returns a fresh random run ID (16 hex digits).
 func NewRunID() string {
+	// getrandom(2) rather than crypto/rand: the restore helpers link this
+	// package, and crypto's initialisation would cost each of them
+	// resident memory. Up to 256 bytes never come back short once the
+	// pool is initialised; a signal can interrupt the wait before that.
 	var b [8]byte
-	rand.Read(b[:]) // never fails (crypto/rand panics if the kernel cannot provide randomness)
+	for {
+		n, err := unix.Getrandom(b[:], 0)
+		if err == nil && n == len(b) {
+			break
+		}
+		if err != nil && err != unix.EINTR {
+			panic("scm: getrandom: " + err.Error())
+		}
+	}
 	return hex.EncodeToString(b[:])
 }
 

@@ -120,6 +120,7 @@ func runDriver(t *testing.T, cfg Config) *Result {
 	t.Helper()
 	cfg.Scenarios = binary(t, "test/scenario")
 	cfg.Fdrestore = binary(t, "cmd/fdrestore")
+	binary(t, "cmd/fdrestore-helper") // beside fdrestore, which runs its helpers from it
 	cfg.WorkDir = t.TempDir()
 	cfg.Token = newToken()
 	if cfg.Iters == 0 {

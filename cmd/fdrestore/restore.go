@@ -20,7 +20,7 @@ import (
 
 func (a *app) planCmd() *cobra.Command {
 	var dir string
-	var skipFileCheck, shellJob bool
+	var skipFileCheck, shellJob, extUnixSk bool
 	var tcpf tcpFlags
 	cmd := &cobra.Command{
 		Use:   "plan -D DIR",
@@ -35,7 +35,7 @@ be restored.`,
 			if dir == "" {
 				return usagef("plan needs -D DIR")
 			}
-			opts := restore.PlanOptions{SkipFileCheck: skipFileCheck, ShellJob: shellJob, Terminal: tty.CurrentTTY()}
+			opts := restore.PlanOptions{SkipFileCheck: skipFileCheck, ShellJob: shellJob, Terminal: tty.CurrentTTY(), ExtUnixSk: extUnixSk}
 			tcpf.set(&opts)
 			p, err := loadPlan(dir, opts)
 			if err != nil {
@@ -48,6 +48,7 @@ be restored.`,
 	cmd.Flags().StringVarP(&dir, "images-dir", "D", "", "image `DIR`ectory")
 	cmd.Flags().BoolVar(&skipFileCheck, "skip-file-check", false, "do not check the size and mode of regular files")
 	cmd.Flags().BoolVar(&shellJob, "shell-job", false, "plan the restore of a shell job into the caller's session and terminal")
+	cmd.Flags().BoolVar(&extUnixSk, "ext-unix-sk", false, extUnixSkHelp)
 	tcpf.add(cmd)
 	return cmd
 }
@@ -61,6 +62,8 @@ func (f *tcpFlags) add(cmd *cobra.Command) {
 }
 
 func (f *tcpFlags) set(o *restore.PlanOptions) { o.TCPEstablished, o.TCPClose = f.established, f.close }
+
+const extUnixSkHelp = "connect unix sockets whose peer is outside the dumped tree to the peer's recorded name"
 
 func loadPlan(dir string, opts restore.PlanOptions) (*restore.Plan, error) {
 	set, err := images.Load(dir)
@@ -81,6 +84,7 @@ type restoreFlags struct {
 	timeout       time.Duration
 	skipFileCheck bool
 	shellJob      bool
+	extUnixSk     bool
 	tcp           tcpFlags
 }
 
@@ -110,8 +114,9 @@ and exits with its status. On any failure every process it created is killed.`,
 	fl.StringVar(&f.pidMap, "pid-map", "", `write {"<image pid>": <new pid>, ...} as JSON to `+"`FILE`")
 	fl.DurationVar(&f.timeout, "timeout", 60*time.Second, "give up (and kill the tree) if the restore takes longer")
 	fl.BoolVar(&f.skipFileCheck, "skip-file-check", false, "do not check the size and mode of regular files")
-	f.tcp.add(cmd)
 	fl.BoolVar(&f.shellJob, "shell-job", false, "restore a tree dumped with --shell-job as a job of the caller's shell: its session and its terminal (stdin, stdout or stderr) become the caller's, and its root joins the caller's process group")
+	fl.BoolVar(&f.extUnixSk, "ext-unix-sk", false, extUnixSkHelp)
+	f.tcp.add(cmd)
 	return cmd
 }
 
@@ -141,7 +146,7 @@ func (a *app) runRestore(cmd *cobra.Command, f *restoreFlags) error {
 	if f.leaveStopped && !f.detach {
 		return usagef("--leave-stopped needs -d: stopped tasks never exit")
 	}
-	po := restore.PlanOptions{SkipFileCheck: f.skipFileCheck, ShellJob: f.shellJob}
+	po := restore.PlanOptions{SkipFileCheck: f.skipFileCheck, ShellJob: f.shellJob, ExtUnixSk: f.extUnixSk}
 	f.tcp.set(&po)
 	if f.shellJob {
 		if po.Terminal = tty.CurrentTTY(); po.Terminal == "" {

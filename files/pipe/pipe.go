@@ -7,6 +7,10 @@
 // publishes them all. FIFO descriptions are opened by path in the task that
 // holds them, behind a temporary O_RDWR open so no open blocks; the first
 // description of a FIFO writes its data.
+//
+// This is the opener only: the planner half, which reads the images into
+// PipeParams and FifoParams, is restore/spec_pipe.go, so that the helper
+// binary links no image model or protobuf.
 package pipe
 
 import (
@@ -14,7 +18,6 @@ import (
 	"strconv"
 
 	"github.com/fdrestore/fdrestore/files"
-	"github.com/fdrestore/fdrestore/images"
 	"golang.org/x/sys/unix"
 )
 
@@ -91,41 +94,6 @@ func (p *FifoParams) UnmarshalBinary(b []byte) error {
 	p.Path, p.Flags, p.Fown = d.String(), d.Uint32(), d.Fown()
 	p.WriteData, p.Data, p.Size = d.Bool(), d.Bytes(), d.Uint32()
 	return d.Done()
-}
-
-// PipeSpec returns the OpenSpec that creates ends (descriptions of pipe p),
-// with sendTo[i] the other tasks that need ends[i].
-func PipeSpec(p *images.Pipe, ends []*images.File, sendTo [][]uint32) (files.OpenSpec, error) {
-	var buf [2]End
-	pp := PipeParams{PipeID: p.ID, Data: p.Data, Size: p.Size, Ends: buf[:0]}
-	ids := make([]uint32, len(ends))
-	for i, f := range ends {
-		pe := f.Entry.GetPipe()
-		pp.Ends = append(pp.Ends, End{File: f.ID, Flags: pe.GetFlags(), Fown: files.FownFrom(pe.GetFown())})
-		ids[i] = f.ID
-	}
-	data, err := pp.MarshalBinary()
-	if err != nil {
-		return files.OpenSpec{}, err
-	}
-	return files.OpenSpec{Type: PipeType, Files: ids, SendTo: sendTo, Data: data, Name: pipeName(p.ID, ids)}, nil
-}
-
-// pipeName is fmt.Sprintf("pipe:[%d] (file ids %v)", id, ids), for a
-// fraction of the cost: a plan names every pipe.
-func pipeName(id uint32, ids []uint32) string {
-	b := make([]byte, 0, 32+len(ids)*8)
-	b = append(b, "pipe:["...)
-	b = strconv.AppendUint(b, uint64(id), 10)
-	b = append(b, "] (file ids ["...)
-	for i, f := range ids {
-		if i > 0 {
-			b = append(b, ' ')
-		}
-		b = strconv.AppendUint(b, uint64(f), 10)
-	}
-	b = append(b, "])"...)
-	return string(b)
 }
 
 // statusMask is what F_SETFL can change.
@@ -308,22 +276,6 @@ type FifoParams struct {
 	WriteData bool // this description restores the FIFO's queued data
 	Data      []byte
 	Size      uint32
-}
-
-// FifoSpec returns the OpenSpec that opens FIFO description f; writeData
-// says whether it also restores the FIFO's queued data.
-func FifoSpec(f *images.File, writeData bool, sendTo []uint32) (files.OpenSpec, error) {
-	reg := f.Path.Entry.GetReg()
-	fp := FifoParams{Path: reg.GetName(), Flags: reg.GetFlags(), Fown: files.FownFrom(reg.GetFown()), WriteData: writeData}
-	if writeData && f.Pipe != nil {
-		fp.Data, fp.Size = f.Pipe.Data, f.Pipe.Size
-	}
-	data, err := files.EncodeData(fp)
-	if err != nil {
-		return files.OpenSpec{}, err
-	}
-	return files.OpenSpec{Type: FifoType, Files: []uint32{f.ID}, SendTo: [][]uint32{sendTo}, Data: data,
-		Name: fmt.Sprintf("fifo %q (file id %d)", fp.Path, f.ID)}, nil
 }
 
 type fifoOpener struct {

@@ -1,5 +1,7 @@
 // Package reg restores regular files, directories and device nodes opened
-// by path (CRIU's REG file type).
+// by path (CRIU's REG file type). It is the opener only: the planner half,
+// which reads the images into Params, is restore/spec_reg.go, so that the
+// helper binary links no image model or protobuf.
 package reg
 
 import (
@@ -7,8 +9,6 @@ import (
 	"fmt"
 
 	"github.com/fdrestore/fdrestore/files"
-	"github.com/fdrestore/fdrestore/images"
-	"github.com/fdrestore/fdrestore/proto/criupb"
 	"golang.org/x/sys/unix"
 )
 
@@ -59,28 +59,6 @@ func (p *Params) UnmarshalBinary(b []byte) error {
 	p.Fown = d.Fown()
 	p.Via = d.String()
 	return d.Done()
-}
-
-// ParamsOf extracts the parameters of a REG description.
-func ParamsOf(e *criupb.RegFileEntry) Params {
-	return Params{
-		Path: e.GetName(), Flags: e.GetFlags(), Pos: e.GetPos(),
-		Size: e.GetSize(), HasSize: e.Size != nil,
-		Mode: e.GetMode(), HasMode: e.Mode != nil,
-		Fown: files.FownFrom(e.GetFown()),
-	}
-}
-
-// Spec returns the OpenSpec that recreates REG description f.
-func Spec(f *images.File, sendTo []uint32) (files.OpenSpec, error) {
-	data, err := files.EncodeData(ParamsOf(f.Entry.GetReg()))
-	if err != nil {
-		return files.OpenSpec{}, err
-	}
-	return files.OpenSpec{
-		Type: Type, Files: []uint32{f.ID}, SendTo: [][]uint32{sendTo}, Data: data,
-		Name: fmt.Sprintf("%q (file id %d)", f.Entry.GetReg().GetName(), f.ID),
-	}, nil
 }
 
 // Open opens p without creating, truncating or acquiring a controlling

@@ -3,7 +3,8 @@ package tcp
 import (
 	"errors"
 	"fmt"
-	"net/netip"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/fdrestore/fdrestore/files"
@@ -11,13 +12,53 @@ import (
 )
 
 // Addr formats an address and port for messages: 127.0.0.1:7000 or
-// [::1]:7000.
+// [::1]:7000. (Package net stays out of the lean helper binary.)
 func Addr(ip []byte, port uint32) string {
-	a, ok := netip.AddrFromSlice(ip)
-	if !ok {
-		return fmt.Sprintf("%x:%d", ip, port)
+	p := strconv.FormatUint(uint64(port), 10)
+	switch len(ip) {
+	case 4:
+		return fmt.Sprintf("%d.%d.%d.%d:%s", ip[0], ip[1], ip[2], ip[3], p)
+	case 16:
+		return "[" + ip6String(ip) + "]:" + p
 	}
-	return netip.AddrPortFrom(a, uint16(port)).String()
+	return fmt.Sprintf("%x:%s", ip, p)
+}
+
+// ip6String writes an IPv6 address in its RFC 5952 form: lowercase hex
+// groups, the longest run of two or more zero groups as "::".
+func ip6String(ip []byte) string {
+	var g [8]uint16
+	for i := range g {
+		g[i] = uint16(ip[2*i])<<8 | uint16(ip[2*i+1])
+	}
+	best, bestLen := -1, 1
+	for i := 0; i < 8; {
+		if g[i] != 0 {
+			i++
+			continue
+		}
+		j := i
+		for j < 8 && g[j] == 0 {
+			j++
+		}
+		if j-i > bestLen {
+			best, bestLen = i, j-i
+		}
+		i = j
+	}
+	var b strings.Builder
+	for i := 0; i < 8; i++ {
+		if i == best {
+			b.WriteString("::")
+			i += bestLen - 1
+			continue
+		}
+		if i > 0 && i != best+bestLen {
+			b.WriteByte(':')
+		}
+		b.WriteString(strconv.FormatUint(uint64(g[i]), 16))
+	}
+	return b.String()
 }
 
 // Describe names the socket for messages.

@@ -78,3 +78,29 @@ func TestSegmentChecksum(t *testing.T) {
 		}
 	}
 }
+
+func TestAddr(t *testing.T) {
+	v6 := func(groups ...uint16) []byte {
+		b := make([]byte, 16)
+		for i, g := range groups {
+			b[2*i], b[2*i+1] = byte(g>>8), byte(g)
+		}
+		return b
+	}
+	for _, c := range []struct {
+		ip   []byte
+		want string
+	}{
+		{[]byte{127, 0, 0, 1}, "127.0.0.1:7000"},
+		{v6(0, 0, 0, 0, 0, 0, 0, 1), "[::1]:7000"},
+		{v6(), "[::]:7000"},
+		{v6(0x2001, 0xdb8, 0, 0, 1, 0, 0, 1), "[2001:db8::1:0:0:1]:7000"},
+		{v6(0xfe80, 0, 0, 0, 0xa, 0xb, 0xc, 0xd), "[fe80::a:b:c:d]:7000"},
+		{v6(1, 0, 2, 0, 3, 0, 4, 0), "[1:0:2:0:3:0:4:0]:7000"},
+		{v6(0, 0, 0, 0, 0, 0xffff, 0x7f00, 1), "[::ffff:7f00:1]:7000"},
+	} {
+		if got := Addr(c.ip, 7000); got != c.want {
+			t.Errorf("Addr(%x) = %s, want %s", c.ip, got, c.want)
+		}
+	}
+}

@@ -44,14 +44,15 @@ type baselineSpec struct {
 	Mode   string // "own": every task creates its own pipes; "shared": the root creates them and sends them to every kid
 	Kids   int    // tasks besides the root
 	Pipes  int    // pipes per task ("own") or in total ("shared")
-	Data   int    // bytes queued in each pipe
+	Socks  int    // stream socketpairs after the pipes, counted like Pipes
+	Data   int    // bytes queued in each pipe and on the first end of each socketpair
 	Stdio  bool
 	Memfd  int    // the bench's memfd copy of itself
 	Prefix string // the memfd's /proc/PID/exe target
 }
 
 func (s baselineSpec) args(role string) []string {
-	return []string{"fdr-baseline", baselineArg, role, s.Mode, strconv.Itoa(s.Kids), strconv.Itoa(s.Pipes), strconv.Itoa(s.Data), strconv.FormatBool(s.Stdio)}
+	return []string{"fdr-baseline", baselineArg, role, s.Mode, strconv.Itoa(s.Kids), strconv.Itoa(s.Pipes), strconv.Itoa(s.Data), strconv.FormatBool(s.Stdio), strconv.Itoa(s.Socks)}
 }
 
 func childEnv() []string {
@@ -148,7 +149,7 @@ func baselineMain(args []string) int {
 			unix.Write(ctl, []byte("err "+err.Error()+"\n"))
 		}
 	}
-	if len(args) != 6 {
+	if len(args) != 7 {
 		report(errors.New("bad arguments"))
 		return 125
 	}
@@ -159,6 +160,7 @@ func baselineMain(args []string) int {
 	s.Pipes, _ = strconv.Atoi(args[3])
 	s.Data, _ = strconv.Atoi(args[4])
 	s.Stdio = args[5] == "true"
+	s.Socks, _ = strconv.Atoi(args[6])
 	if err := checkClean(ctl); err != nil {
 		report(err)
 		return 1
@@ -239,6 +241,39 @@ func stdio() error {
 	return unix.Dup3(1, 2, 0)
 }
 
+// objects creates the spec's pipes from fd first on, then its
+// socketpairs.
+func objects(s baselineSpec, first int) error {
+	if err := pipes(first, s.Pipes, s.Data); err != nil {
+		return err
+	}
+	return socketpairs(first+2*s.Pipes, s.Socks, s.Data)
+}
+
+// socketpairs creates n stream socketpairs, pair i at fds first+2i and
+// first+2i+1, with data queued toward the first end.
+func socketpairs(first, n, data int) error {
+	payload := make([]byte, data)
+	for i := 0; i < n; i++ {
+		p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+		if err != nil {
+			return fmt.Errorf("socketpair: %w", err)
+		}
+		if err := place(p[0], first+2*i); err != nil {
+			return err
+		}
+		if err := place(p[1], first+2*i+1); err != nil {
+			return err
+		}
+		if data > 0 {
+			if _, err := unix.Write(first+2*i+1, payload); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // pipes creates n pipes, pipe i at fds first+2i (read) and first+2i+1.
 func pipes(first, n, data int) error {
 	payload := make([]byte, data)
@@ -289,11 +324,11 @@ func baselineRoot(s baselineSpec) (string, error) {
 		pids = append(pids, strconv.Itoa(pid))
 		socks = append(socks, sock)
 	}
-	if err := pipes(3, s.Pipes, s.Data); err != nil {
+	if err := objects(s, 3); err != nil {
 		return "", err
 	}
 	if s.Mode == "shared" {
-		nfds := 2 * s.Pipes
+		nfds := 2 * (s.Pipes + s.Socks)
 		hdr := make([]byte, 8)
 		fds := make([]int, 0, maxRights)
 		for off := 0; off < nfds; off += maxRights {
@@ -333,7 +368,7 @@ func baselineRoot(s baselineSpec) (string, error) {
 
 func baselineKid(s baselineSpec, sock int) error {
 	if s.Mode != "shared" {
-		return pipes(3, s.Pipes, s.Data)
+		return objects(s, 3)
 	}
 	hdr := make([]byte, 8)
 	oob := make([]byte, unix.CmsgSpace(maxRights*4))

@@ -11,6 +11,9 @@
 //	b  10 tasks sharing 5,500 pipes, all ends each   restore ≤ 0.5 s
 //	   (110,000 fds + stdio)
 //	c  200 tasks with 100 private pipes each          restore ≤ 1 s, peak RSS ≤ 4 MiB per helper
+//	d  1 task, 9,000 unix socketpairs (18,000 fds)    restore ≤ 0.15 s
+//	e  10 tasks sharing 500 pipes and 5,000 socket-   restore ≤ 0.5 s
+//	   pairs, 5 bytes queued in each (110,000 fds)
 //
 // "restore" is load + plan + run. Every restored and baseline task is
 // killed and reaped after each run.
@@ -43,6 +46,7 @@ type scenario struct {
 	tasks, pipes int
 	build        func(data []byte) *synth.Builder
 	base         baselineSpec
+	data         int // bytes queued in each object whatever -data says (0: -data)
 }
 
 const pipeSize = 65536 // F_GETPIPE_SZ as CRIU records it for a default pipe
@@ -98,6 +102,51 @@ func scenarios() []scenario {
 				return b
 			},
 			base: baselineSpec{Mode: "own", Kids: 199, Pipes: 100}},
+		{name: "d", desc: "1 task, 9000 socketpairs", tasks: 1,
+			build: func(data []byte) *synth.Builder {
+				b := synth.New()
+				t := b.Task(1000)
+				b.Stdio(t)
+				for i := uint32(0); i < 9000; i++ {
+					x, y := b.UnixPair(synth.Stream)
+					b.Share(x, t, 3+2*i)
+					b.Share(y, t, 4+2*i)
+					if len(data) > 0 {
+						b.Packet(x, data)
+					}
+				}
+				return b
+			},
+			base: baselineSpec{Mode: "own", Kids: 0, Socks: 9000}},
+		{name: "e", desc: "10 tasks share 500 pipes + 5000 socketpairs, 5 bytes in each", tasks: 10, pipes: 500, data: 5,
+			build: func(data []byte) *synth.Builder {
+				b := synth.New()
+				root := b.Task(1000)
+				ts := []*synth.Task{root}
+				for i := 1; i < 10; i++ {
+					ts = append(ts, b.Child(root, uint32(1000+i)))
+				}
+				for _, t := range ts {
+					b.Stdio(t)
+				}
+				for i := uint32(0); i < 500; i++ {
+					p := b.Pipe(root, 3+2*i, root, 4+2*i, data, pipeSize)
+					for _, t := range ts[1:] {
+						b.Share(p.Read, t, 3+2*i)
+						b.Share(p.Write, t, 4+2*i)
+					}
+				}
+				for i := uint32(500); i < 5500; i++ {
+					x, y := b.UnixPair(synth.Stream)
+					b.Packet(x, data)
+					for _, t := range ts {
+						b.Share(x, t, 3+2*i)
+						b.Share(y, t, 4+2*i)
+					}
+				}
+				return b
+			},
+			base: baselineSpec{Mode: "shared", Kids: 9, Pipes: 500, Socks: 5000}},
 	}
 }
 
@@ -118,10 +167,11 @@ type result struct {
 	baseMem   memStats
 	err       error           // the restore failed
 	taskTook  []time.Duration // per-task engine time (-debug)
+	rootPid   int             // of the RSS run
 }
 
 var (
-	flagScen     = flag.String("scenarios", "a,b,c", "scenarios to run")
+	flagScen     = flag.String("scenarios", "a,b,c,d,e", "scenarios to run")
 	flagRuns     = flag.Int("runs", 3, "timed runs per scenario (medians are reported)")
 	flagData     = flag.Int("data", 0, "bytes queued in every pipe")
 	flagInterval = flag.Duration("rss-interval", 2*time.Millisecond, "sampling interval of the RSS run")
@@ -144,6 +194,11 @@ func main() {
 }
 
 func run() error {
+	if h := os.Getenv(restore.HelperEnv); h != "" {
+		fmt.Fprintf(os.Stderr, "helpers run %s\n", h)
+	} else {
+		fmt.Fprintf(os.Stderr, "%s is not set: restore helpers re-execute the bench binary, not the lean helper (make bench sets it)\n", restore.HelperEnv)
+	}
 	// fds: 18,003 in scenario a's single task, 11,003 per task in b.
 	var rl unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
@@ -207,7 +262,14 @@ func run() error {
 		}
 		dir := filepath.Join(root, "scenario-"+sc.name)
 		os.RemoveAll(dir)
-		b := sc.build(data)
+		scData := data
+		if sc.data > 0 {
+			scData = make([]byte, sc.data)
+			for i := range scData {
+				scData[i] = byte('a' + i%26)
+			}
+		}
+		b := sc.build(scData)
 		if err := b.Write(dir); err != nil {
 			return err
 		}
@@ -251,6 +313,9 @@ func run() error {
 		if !*flagNoBase {
 			spec := sc.base
 			spec.Data, spec.Stdio, spec.Memfd = *flagData, true, memfd
+			if sc.data > 0 {
+				spec.Data = sc.data
+			}
 			for i := 0; i < *flagRuns; i++ {
 				d, pids, err := runBaseline(spec)
 				killReap(pids)
@@ -393,6 +458,9 @@ func restoreOnce(dir string, rss bool, r *result) (runTimes, memStats, memStats,
 	// The restored tasks' helpers (not the forks seen before their exec,
 	// nor stand-ins).
 	helpers = summarize(peaks, only)
+	if r != nil && rss {
+		r.rootPid = res.RootPid
+	}
 	if rss {
 		buf := make([]byte, 4096)
 		now := map[int]procMem{}
@@ -469,6 +537,14 @@ func ms(d time.Duration) string { return fmt.Sprintf("%.1fms", float64(d)/1e6) }
 
 func mib(kb int64) string { return fmt.Sprintf("%.1f MiB", float64(kb)/1024) }
 
+// baseRatio describes restore time against the baseline.
+func baseRatio(r *result) string {
+	if r.baseline <= 0 {
+		return "no baseline"
+	}
+	return fmt.Sprintf("%.2f× the baseline's %s", float64(r.restore.total)/float64(r.baseline), ms(r.baseline))
+}
+
 func verdict(ok bool) string {
 	if ok {
 		return "PASS"
@@ -495,7 +571,7 @@ func report(w io.Writer, results []*result) {
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Targets (issue 3):")
+	fmt.Fprintln(w, "Targets (issues 3 and 6):")
 	for _, r := range results {
 		if r.err != nil {
 			fmt.Fprintf(w, "  %s: FAIL: restore failed: %v\n", r.sc.name, r.err)
@@ -509,6 +585,10 @@ func report(w io.Writer, results []*result) {
 			}
 		case "b":
 			fmt.Fprintf(w, "  b: restore ≤ 0.5 s               %s (%s)\n", verdict(t <= 500*time.Millisecond), ms(t))
+		case "d":
+			fmt.Fprintf(w, "  d: restore ≤ 0.15 s              %s (%s, %s)\n", verdict(t <= 150*time.Millisecond), ms(t), baseRatio(r))
+		case "e":
+			fmt.Fprintf(w, "  e: restore ≤ 0.5 s               %s (%s, %s)\n", verdict(t <= 500*time.Millisecond), ms(t), baseRatio(r))
 		case "c":
 			fmt.Fprintf(w, "  c: restore ≤ 1 s                 %s (%s)\n", verdict(t <= time.Second), ms(t))
 			fmt.Fprintf(w, "  c: ≤ 4 MiB peak RSS per helper   %s (max %s, median %s over %d helpers)\n", verdict(r.helperMem.Max <= 4096 && r.helperMem.N > 0), mib(r.helperMem.Max), mib(r.helperMem.Median), r.helperMem.N)
@@ -517,9 +597,15 @@ func report(w io.Writer, results []*result) {
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Memory detail (VmHWM sampled every", *flagInterval, "during Run; the stopper is the re-exec'd end state):")
 	for _, r := range results {
-		a := r.helperMem.AtMax
-		fmt.Fprintf(w, "  %s: helper max %s (RSS at that sample %s = anon %s + file %s + shmem %s); stopped task max %s; baseline task max %s median %s\n",
-			r.sc.name, mib(r.helperMem.Max), mib(a.RSS), mib(a.Anon), mib(a.File), mib(a.Shmem), mib(r.stopMem.Max), mib(r.baseMem.Max), mib(r.baseMem.Median))
+		a, m := r.helperMem.AtMax, r.helperMem.AtMedian
+		who := "a child task"
+		if r.helperMem.MaxPid == r.rootPid {
+			who = "the root task"
+		}
+		fmt.Fprintf(w, "  %s: helper max %s, %s (RSS at that sample %s = anon %s + file %s + shmem %s); median %s (%s = anon %s + file %s + shmem %s); stopped task max %s; baseline task max %s median %s\n",
+			r.sc.name, mib(r.helperMem.Max), who, mib(a.RSS), mib(a.Anon), mib(a.File), mib(a.Shmem),
+			mib(m.HWM), mib(m.RSS), mib(m.Anon), mib(m.File), mib(m.Shmem),
+			mib(r.stopMem.Max), mib(r.baseMem.Max), mib(r.baseMem.Median))
 		if len(r.taskTook) > 0 {
 			s := append([]time.Duration(nil), r.taskTook...)
 			sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })

@@ -158,24 +158,27 @@ type memStats struct {
 	N           int
 	Max, Median int64 // kB
 	AtMax       procMem
+	AtMedian    procMem // the sample of the median process
+	MaxPid      int
 }
 
 func summarize(peaks map[int]procMem, only map[int]bool) memStats {
-	var hw []int64
+	var hw []procMem
 	var st memStats
 	for pid, pm := range peaks {
 		if only != nil && !only[pid] {
 			continue
 		}
-		hw = append(hw, pm.HWM)
+		hw = append(hw, pm)
 		if pm.HWM > st.Max {
-			st.Max, st.AtMax = pm.HWM, pm
+			st.Max, st.AtMax, st.MaxPid = pm.HWM, pm, pid
 		}
 	}
 	if len(hw) == 0 {
 		return st
 	}
-	sort.Slice(hw, func(i, j int) bool { return hw[i] < hw[j] })
-	st.N, st.Median = len(hw), hw[len(hw)/2]
+	sort.Slice(hw, func(i, j int) bool { return hw[i].HWM < hw[j].HWM })
+	st.N, st.AtMedian = len(hw), hw[len(hw)/2]
+	st.Median = st.AtMedian.HWM
 	return st
 }

@@ -12,9 +12,13 @@
 //	b.Share(p.Read, child, 5) // fd 5 of child: the same read description
 //	if err := b.Write(dir); err != nil { ... }
 //
+// Unix sockets (UnixSocket, UnixPair, Connect) and their queued packets
+// with files in flight (Packet) are written to files.img and
+// sk-queues.img; a description installed nowhere exists only in flight.
+//
 // Write produces inventory.img (img_version 2, fdinfo_per_id), pstree.img,
 // ids-PID.img and fdinfo-<files_id>.img per task (files_id is the pid),
-// files.img, pipes-data.img, and fs-PID.img whose cwd and root are REG
+// files.img, pipes-data.img, sk-queues.img (when packets are queued), and fs-PID.img whose cwd and root are REG
 // entries of "/". core-PID.img and the memory images are not written;
 // fdrestore does not need them.
 //
@@ -46,6 +50,9 @@ type Builder struct {
 	nextID uint32
 	nextPI uint32
 	errs   []error
+
+	skIno   uint32   // unix socket inodes
+	packets []packet // sk-queues.img
 }
 
 // Task is one process of the tree. Pgid and Sid may be changed before
@@ -326,5 +333,11 @@ func (b *Builder) Write(dir string) error {
 		}
 		pd = append(pd, &images.Entry{Msg: m, Trailer: p.Data})
 	}
-	return put("pipes-data.img", "PIPES_DATA", pd)
+	if err := put("pipes-data.img", "PIPES_DATA", pd); err != nil {
+		return err
+	}
+	if len(b.packets) == 0 {
+		return nil
+	}
+	return put("sk-queues.img", "SK_QUEUES", b.skQueues())
 }

@@ -1,4 +1,4 @@
-package restore
+package helper
 
 import (
 	"fmt"
@@ -11,14 +11,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// stopperArg is argv[1] of the stopper: what a helper execs to leave its
+// StopperArg is argv[1] of the stopper: what a helper execs to leave its
 // task stopped. A stopped Go helper would keep the runtime's own fds (the
 // netpoller's epoll and eventfd); the freshly exec'd stopper does nothing
-// that creates one (it runs from the coordinator's memfd copy of the
-// binary, so no package initialiser can open the executable either). Its
+// that creates one. It is the helper's own executable again (the lean
+// helper binary, or the program that embeds restore in the fallback), run
+// from the coordinator's memfd copy, so that no package initialiser opens
+// the executable either and a stopped task pins no file on disk. Its
 // arguments: the control socket, the fds to make close-on-exec again (exec
 // would have closed them), and how many fds the task has.
-const stopperArg = "__fdrestore-stop"
+const StopperArg = "__fdrestore-stop"
 
 // execStopper replaces the helper with the stopper.
 func (h *helper) execStopper() error {
@@ -34,8 +36,8 @@ func (h *helper) execStopper() error {
 	if _, err := unix.FcntlInt(uintptr(h.ctl), unix.F_SETFD, 0); err != nil {
 		return fmt.Errorf("carry control socket across exec: %w", err)
 	}
-	argv := []string{"fdrestore-stop", stopperArg, strconv.Itoa(h.ctl), encodeRanges(cloexec), strconv.Itoa(len(h.plan.Fles)), fdList012(h.plan)}
-	err := unix.Exec(helperExe, argv, helperEnv())
+	argv := []string{"fdrestore-stop", StopperArg, strconv.Itoa(h.ctl), encodeRanges(cloexec), strconv.Itoa(len(h.plan.Fles)), fdList012(h.plan)}
+	err := unix.Exec(helperExe, argv, Env())
 	return fmt.Errorf("exec stopper: %w", err)
 }
 
@@ -61,7 +63,7 @@ func stopperMain(args []string) int {
 		return 125
 	}
 	fail := func(err error) int {
-		ctlSend(ctl, &ctlMsg{Op: ctlErr, Err: "stopper: " + err.Error()})
+		Send(ctl, &Msg{Op: OpErr, Err: "stopper: " + err.Error()})
 		return 1
 	}
 	cloexec, err := decodeRanges(args[1])
@@ -93,7 +95,7 @@ func stopperMain(args []string) int {
 	if n != want {
 		return fail(fmt.Errorf("%d fds open, want %d (unexpected: %s)", n, want, extra))
 	}
-	if err := ctlSend(ctl, &ctlMsg{Op: ctlOK}); err != nil {
+	if err := Send(ctl, &Msg{Op: OpOK}); err != nil {
 		return 1
 	}
 	unix.Close(ctl)
