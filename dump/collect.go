@@ -52,6 +52,7 @@ type fdEnt struct {
 	tty     ttyKey     // kindTTY: the tty side (tty.go)
 	anon    *anonInfo  // epoll, eventfd, signalfd, timerfd state (event.go)
 	usk     *unixSock  // a unix socket (unixsk.go)
+	inet    *inetSock  // kindInet: the socket's state (inet.go)
 
 	// A file found in flight in a unix socket queue (t is nil, fd -1):
 	// the dumper's fd of it, the task fd whose queue (or a queue nested
@@ -137,12 +138,18 @@ type state struct {
 	inflight []int
 	extUnix  bool
 	skBuf    []byte // peekQueue's scratch buffer
+	// diag caches sock_diag dumps of inet sockets (inet.go), and
+	// tcpEstablished allows dumping TCP connections.
+	diag           inetDiag
+	tcpEstablished bool
+	tcpConns       [][2]int // (pid, fd) of every TCP connection
 }
 
 // collect reads every task of the frozen tree. An unsupported fd anywhere
 // fails it with the list of such fds.
 func (d *dumper) collect(tasks []*task) (*imageSet, error) {
-	s := &state{tasks: tasks, log: d.log, ghostLimit: d.opts.ghostLimit(), extUnix: d.opts.ExtUnixSk}
+	s := &state{tasks: tasks, log: d.log, ghostLimit: d.opts.ghostLimit(), extUnix: d.opts.ExtUnixSk,
+		tcpEstablished: d.opts.TCPEstablished}
 	defer func() {
 		for _, fd := range s.inflight {
 			unix.Close(fd)
@@ -354,10 +361,27 @@ func (s *state) inspect(e *fdEnt, local int, depth int) (*UnsupportedError, erro
 		if err != nil {
 			return nil, err
 		}
-		if fam != unix.AF_UNIX {
+		switch fam {
+		case unix.AF_UNIX:
+			e.kind = kindUnix
+		case unix.AF_INET, unix.AF_INET6:
+			if e.t == nil {
+				return e.unsupported(familyName(fam)), nil
+			}
+			sk, bad, err := s.readInet(e, local, s.tcpEstablished)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", link, err)
+			}
+			if bad != "" {
+				return e.unsupported(bad), nil
+			}
+			e.kind, e.inet = kindInet, sk
+			if sk.stream != nil {
+				s.tcpConns = append(s.tcpConns, [2]int{e.t.pid, e.fd})
+			}
+		default:
 			return e.unsupported(familyName(fam)), nil
 		}
-		e.kind = kindUnix
 	case unix.S_IFCHR:
 		e.kind = kindReg
 		if ttyMajor(unix.Major(e.st.Rdev)) {

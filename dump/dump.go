@@ -51,6 +51,9 @@ type Options struct {
 	// outside the tree (CRIU's --ext-unix-sk): the peer is recorded as an
 	// external socket (USK_EXTERN) that restore reconnects to by name.
 	ExtUnixSk bool
+	// TCPEstablished dumps established TCP connections (with TCP
+	// repair); without it a tree holding one is refused.
+	TCPEstablished bool
 }
 
 // Stats describes a finished dump.
@@ -173,10 +176,17 @@ func Dump(ctx context.Context, pid int, dir string, opts Options) (*Stats, error
 		if err := img.write(dir); err != nil {
 			return abort(err)
 		}
-		if err := checkRestorable(dir, opts.ShellJob, opts.ExtUnixSk); err != nil {
+		if err := checkRestorable(dir, opts); err != nil {
 			return abort(err)
 		}
+		// Connections die silently: in repair mode when their last
+		// reference (the lock's dup) goes after the kill.
+		lock, err := lockConns(img.tcpConns)
+		if err != nil {
+			return abort(fmt.Errorf("dump: lock TCP connections: %w", err))
+		}
 		err = fz.kill(func() { st.Frozen = time.Since(frozenAt) })
+		lock.release()
 		if err != nil {
 			return nil, fmt.Errorf("dump: kill the tree: %w", err)
 		}
@@ -198,14 +208,15 @@ func Dump(ctx context.Context, pid int, dir string, opts Options) (*Stats, error
 var ErrNotRestorable = errors.New("fdrestore cannot restore this tree")
 
 // checkRestorable loads the images just written and plans their restore
-// (with --shell-job and --ext-unix-sk when the dump had them), so that a
-// tree is never killed for images its own restore refuses.
-func checkRestorable(dir string, shellJob, extUnixSk bool) error {
+// (with --shell-job, --ext-unix-sk and --tcp-established when the dump
+// had them), so that a tree is never killed for images its own restore
+// refuses.
+func checkRestorable(dir string, opts Options) error {
 	set, err := images.Load(dir)
 	if err != nil {
 		return fmt.Errorf("dump: %w: the images do not load: %v", ErrNotRestorable, err)
 	}
-	p, err := restore.NewPlan(set, restore.PlanOptions{ShellJob: shellJob, ExtUnixSk: extUnixSk})
+	p, err := restore.NewPlan(set, restore.PlanOptions{ShellJob: opts.ShellJob, ExtUnixSk: opts.ExtUnixSk, TCPEstablished: opts.TCPEstablished})
 	if err == nil {
 		err = p.Err()
 	}
@@ -301,7 +312,11 @@ func (d *dumper) prescan() error {
 			}
 			typ := unsupportedByLink(link)
 			if typ == "socket" {
-				typ = socketByFd(t.pid, fd)
+				// "" for the inet sockets dumped, "socket" for other
+				// families: then unix sockets are dumped too.
+				if typ = prescanInet(t.pid, fd, d.opts.TCPEstablished); typ == "socket" {
+					typ = socketByFd(t.pid, fd)
+				}
 			}
 			if typ == "" && isDeletedLink(link) && !isPtsLink(link) {
 				typ = deletedByStat(t.pid, fd, d.opts.ghostLimit())

@@ -602,10 +602,10 @@ func TestDumpRefusesSocket(t *testing.T) {
 	_, err := Dump(context.Background(), tr.pid, img, Options{Timeout: 20 * time.Second})
 	var ue *UnsupportedError
 	if !errors.As(err, &ue) || !errors.Is(err, ErrUnsupported) {
-		t.Fatalf("dump of a tree with an inet socket: %v, want UnsupportedError", err)
+		t.Fatalf("dump of a tree with a netlink socket: %v, want UnsupportedError", err)
 	}
 	msg := err.Error()
-	if want := fmt.Sprintf("pid %d fd 12: inet socket is not supported", tr.pid); !strings.Contains(msg, want) {
+	if want := fmt.Sprintf("pid %d fd 12: netlink socket is not supported", tr.pid); !strings.Contains(msg, want) {
 		t.Errorf("error %q does not name %q", msg, want)
 	}
 	if strings.Contains(msg, "fd 10") || strings.Contains(msg, "fd 11") {

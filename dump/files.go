@@ -88,6 +88,7 @@ const (
 	kindFifo
 	kindTTY // ptys and /dev/tty (tty.go)
 	kindUnix
+	kindInet
 )
 
 // Terminal-ish character device majors: tty/ttyS (4), tty/console/ptmx

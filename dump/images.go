@@ -40,6 +40,7 @@ type imageSet struct {
 
 	unixSockets  int
 	skQueueBytes int64
+	tcpConns     [][2]int // (pid, fd) of the TCP connections (inet.go)
 }
 
 func (is *imageSet) add(name, kind string, msgs ...proto.Message) *imageFile {
@@ -163,6 +164,7 @@ func (s *state) images() (*imageSet, error) {
 	pipes := map[uint64]bool{}
 	addFile := func(m *criupb.FileEntry) { files.entries = append(files.entries, &images.Entry{Msg: m}) }
 	var execs, remaps []proto.Message
+	var streams []*inetSock
 	doneTables := map[uint32]bool{}
 	uw := &unixWriter{s: s, add: addFile, netnsID: func(ino uint64) *uint32 { return nsID(1, ino) }}
 	// fileID returns the id of e's description, writing its entries the
@@ -207,6 +209,15 @@ func (s *state) images() (*imageSet, error) {
 			addFile(&criupb.FileEntry{Type: criupb.FdTypes_TTY.Enum(), Id: proto.Uint32(id),
 				Tty: &criupb.TtyFileEntry{Id: proto.Uint32(id), TtyInfoId: proto.Uint32(e.tty.id()), Flags: proto.Uint32(e.flags),
 					Fown: fownEntry(e.fown), RegfId: proto.Uint32(regID)}})
+		case kindInet:
+			ie := proto.Clone(e.inet.entry).(*criupb.InetSkEntry)
+			ie.Id = proto.Uint32(id)
+			ie.Fown = fownEntry(e.fown) // read after the socket
+			ie.Flags = proto.Uint32(e.flags)
+			addFile(&criupb.FileEntry{Type: criupb.FdTypes_INETSK.Enum(), Id: proto.Uint32(id), Isk: ie})
+			if sk := e.inet; sk.stream != nil {
+				streams = append(streams, sk)
+			}
 		case kindUnix:
 			uw.dump(e, id, fileID)
 		default:
@@ -220,7 +231,7 @@ func (s *state) images() (*imageSet, error) {
 		var fdinfo []proto.Message
 		for _, e := range t.fds {
 			id := fileID(e)
-			typ := map[fdKind]criupb.FdTypes{kindReg: criupb.FdTypes_REG, kindPipe: criupb.FdTypes_PIPE, kindFifo: criupb.FdTypes_FIFO, kindTTY: criupb.FdTypes_TTY, kindUnix: criupb.FdTypes_UNIXSK}[e.kind]
+			typ := map[fdKind]criupb.FdTypes{kindReg: criupb.FdTypes_REG, kindPipe: criupb.FdTypes_PIPE, kindFifo: criupb.FdTypes_FIFO, kindTTY: criupb.FdTypes_TTY, kindUnix: criupb.FdTypes_UNIXSK, kindInet: criupb.FdTypes_INETSK}[e.kind]
 			if t, ok := anonType(e.kind); ok {
 				typ = t
 			}
@@ -288,6 +299,12 @@ func (s *state) images() (*imageSet, error) {
 	}
 	data("pipes-data.img", "PIPES_DATA", s.pipes)
 	data("fifo-data.img", "FIFO_DATA", s.fifos)
+	is.tcpConns = s.tcpConns
+	for _, sk := range streams {
+		f := is.add(fmt.Sprintf("tcp-stream-%x.img", sk.entry.GetIno()), "TCP_STREAM")
+		trailer := append(append([]byte{}, sk.inq...), sk.outq...)
+		f.entries = append(f.entries, &images.Entry{Msg: sk.stream, Trailer: trailer})
+	}
 	if infos, tdata := s.ttyImages(); len(infos) > 0 {
 		is.add("tty-info.img", "TTY_INFO", infos...)
 		if len(tdata) > 0 {

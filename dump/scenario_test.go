@@ -171,8 +171,8 @@ func scenarioMain() int {
 		moveFd(p[0], 20, false)
 		moveFd(p[1], 21, false)
 		writeAll(21, []byte("still here"))
-		in, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0) // unbound
-		must(err, "inet socket")
+		in, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW, unix.NETLINK_ROUTE) // no dumper for netlink
+		must(err, "netlink socket")
 		moveFd(in, 12, false)
 		signalReady(3)
 		buf := make([]byte, 64)

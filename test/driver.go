@@ -57,6 +57,10 @@ type Config struct {
 	// WORKDIR/SCENARIO.ext.sock, outside the tree, for the scenario to
 	// connect to; ExtUnixSk passes --ext-unix-sk to dumps and restores.
 	ExtPeer, ExtUnixSk bool
+	// TCP: the scenario holds TCP connections: dumps and restores get
+	// --tcp-established, and without C/R it runs in a network namespace
+	// of its own (it brings lo up itself).
+	TCP bool
 }
 
 // Result is a driver's report, printed as one JSON line on stdout.
@@ -297,7 +301,7 @@ func (d *driver) startScenario() (int, error) {
 	pid, err := syscall.ForkExec(argv[0], argv, &syscall.ProcAttr{
 		Dir: d.cfg.WorkDir, Env: d.env,
 		Files: []uintptr{uintptr(devnull), uintptr(logfd), uintptr(logfd), uintptr(p[1])},
-		Sys:   &syscall.SysProcAttr{Setsid: true},
+		Sys:   &syscall.SysProcAttr{Setsid: true, Cloneflags: d.scenarioClone()},
 	})
 	unix.Close(p[1])
 	if err != nil {
@@ -316,6 +320,46 @@ func (d *driver) startScenario() (int, error) {
 		return 0, fmt.Errorf("scenario exited during setup (%s)%s", Describe(ws), d.logTail())
 	}
 	return 0, fmt.Errorf("scenario setup: %s", strings.TrimPrefix(msg, "error: "))
+}
+
+// silenceTCP turns TCP repair on for every TCP socket of the tasks, so
+// that killing them sends no FIN or reset to their peers. The dups taken
+// are closed at once: the tasks still hold the sockets.
+func silenceTCP(pids []int) {
+	for _, pid := range pids {
+		pidfd, err := unix.PidfdOpen(pid, 0)
+		if err != nil {
+			continue
+		}
+		ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		for _, e := range ents {
+			n, err := strconv.Atoi(e.Name())
+			if err != nil {
+				continue
+			}
+			if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", pid, n)); !strings.HasPrefix(l, "socket:") {
+				continue
+			}
+			fd, err := unix.PidfdGetfd(pidfd, n, 0)
+			if err != nil {
+				continue
+			}
+			if p, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL); err == nil && p == unix.IPPROTO_TCP {
+				unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_REPAIR, 1) // fails harmlessly on listeners
+			}
+			unix.Close(fd)
+		}
+		unix.Close(pidfd)
+	}
+}
+
+// scenarioClone gives a TCP scenario run without C/R a network namespace
+// of its own: it binds ports.
+func (d *driver) scenarioClone() uintptr {
+	if d.cfg.TCP && d.cfg.Flavor == FlavorNoCR {
+		return unix.CLONE_NEWNET
+	}
+	return 0
 }
 
 func (d *driver) logTail() string {
@@ -404,7 +448,11 @@ func (d *driver) logIssues(what, path string) {
 }
 
 func (d *driver) fdrestore(args ...string) []string {
-	return append([]string{d.cfg.Fdrestore}, args...)
+	out := append([]string{d.cfg.Fdrestore}, args...)
+	if d.cfg.TCP && (slices.Contains(args, "dump") || slices.Contains(args, "restore")) {
+		out = append(out, "--tcp-established")
+	}
+	return out
 }
 
 func (d *driver) runEnv() []string {
@@ -436,6 +484,14 @@ func (d *driver) dump(it int, img string, root int, keys PidKeys) error {
 		return fmt.Errorf("dump %d: %s", it+1, res.Brief())
 	}
 	d.step("dump %d: %d tasks in %v", it+1, len(keys), res.Took.Round(time.Millisecond))
+	if d.cfg.TCP {
+		// The restored tree's connections are the dumped ones.
+		prev := filepath.Join(d.cfg.WorkDir, "img-leave-running")
+		if it > 0 {
+			prev = filepath.Join(d.cfg.WorkDir, "img-"+strconv.Itoa(it-1))
+		}
+		d.compareInet(fmt.Sprintf("dump %d vs the dump before", it+1), prev, img)
+	}
 	if left := WaitGone(pidsOf(keys), d.deadline(10*time.Second)); len(left) > 0 {
 		var desc []string
 		for _, p := range left {
@@ -534,6 +590,11 @@ func (d *driver) restoreStopped(it int, img string, keys PidKeys) error {
 	}
 	pids := pidsOf(nkeys)
 	defer func() {
+		if d.cfg.TCP {
+			// This copy of the tree goes away without a word to the
+			// peers of its connections, for the next restore.
+			silenceTCP(pids)
+		}
 		for _, p := range pids {
 			unix.Kill(p, unix.SIGKILL)
 		}

@@ -33,6 +33,10 @@ type spec struct {
 	// needs a devpts instance of its own: it runs in the ns flavor only
 	// and never touches the host's /dev/pts.
 	nsOnly bool
+	// tcp: the scenario holds TCP connections and binds ports: it runs
+	// with --tcp-established, in the ns flavor only (nsOnly) and without
+	// C/R in a network namespace of its own.
+	tcp bool
 }
 
 var scenarios = []spec{
@@ -86,6 +90,15 @@ var scenarios = []spec{
 	{name: "eventfd00"},
 	{name: "signalfd00"},
 	{name: "timerfd00"},
+	{name: "tcp-pair", tcp: true, nsOnly: true},
+	{name: "tcp-ext", tcp: true, nsOnly: true},
+	{name: "tcp-bufs", tcp: true, nsOnly: true},
+	{name: "tcp-halfclosed", tcp: true, nsOnly: true},
+	{name: "tcp-halfclosed-full", tcp: true, nsOnly: true},
+	{name: "tcp6-udp", tcp: true, nsOnly: true},
+	{name: "tcp-crfail-pending", tcp: true, nsOnly: true, crfail: true,
+		crfailError: `^fdrestore: dump refused, the tree was left running unchanged: ` +
+			`pid {pid:root} fd 3: TCP listener with connections not yet accepted \(1\) is not supported \(socket:\[\d+\]\)$`},
 }
 
 // report collects one line per scenario and flavor.
@@ -175,11 +188,11 @@ func TestZdtm(t *testing.T) {
 				t.Run(fl, func(t *testing.T) {
 					t.Parallel()
 					if sc.nsOnly && fl != FlavorNS {
-						record(sc.name, fl, "skip: ns flavor only (needs its own devpts)")
-						t.Skip("ns flavor only: restoring ptys at their index needs a devpts instance of its own")
+						record(sc.name, fl, "skip: ns flavor only (needs namespaces of its own)")
+						t.Skip("ns flavor only: the scenario needs a devpts instance or a network namespace of its own")
 					}
 					res := runDriver(t, Config{Scenario: sc.name, Flavor: fl, CRFail: sc.crfail, CRFailError: sc.crfailError,
-						ExtPeer: sc.extPeer, ExtUnixSk: sc.extUnixSk})
+						ExtPeer: sc.extPeer, ExtUnixSk: sc.extUnixSk, TCP: sc.tcp})
 					if res.Status == "fail" && sc.unsupported != "" && regexp.MustCompile(sc.unsupported).MatchString(res.Reason) {
 						res.Status, res.Reason = "skip", "not supported yet: "+res.Reason
 					}
@@ -225,7 +238,7 @@ func TestScenarioSanity(t *testing.T) {
 	for _, sc := range scenarios {
 		t.Run(sc.name, func(t *testing.T) {
 			t.Parallel()
-			res := runDriver(t, Config{Scenario: sc.name, Flavor: FlavorNoCR, ExtPeer: sc.extPeer})
+			res := runDriver(t, Config{Scenario: sc.name, Flavor: FlavorNoCR, ExtPeer: sc.extPeer, TCP: sc.tcp})
 			if res.Status != "pass" {
 				t.Errorf("%s without C/R: %s", sc.name, res.Reason)
 			}

@@ -24,6 +24,7 @@ func (a *app) dumpCmd() *cobra.Command {
 		ghostLimit   string
 		shellJob     bool
 		extUnixSk    bool
+		tcpEst       bool
 	)
 	cmd := &cobra.Command{
 		Use:   "dump -t PID -D DIR [--leave-running]",
@@ -34,12 +35,14 @@ with their queued data, ptys with their settings, sessions and queued data,
 /dev/tty; files unlinked while open are saved with their content, up to
 --ghost-limit; unix sockets with their names, peers, options, pending
 connections and queued data, including files in flight in the queues; epoll
-sets, eventfds, signalfds and timerfds) in CRIU 4.2-format images in DIR, plus
-each task's argv, environment and cwd in fdrestore-exec.img, then kill the tree
-(the default, like CRIU) or thaw it unchanged (--leave-running). A tree holding
-any other kind of fd (inet socket, console, ...), or a unix socket connected
-outside the tree (see --ext-unix-sk), is refused and left running. Prints how
-long the tree was frozen.`,
+sets, eventfds, signalfds and timerfds; TCP and UDP sockets, and with
+--tcp-established TCP connections with their queues, read in TCP repair mode)
+in CRIU 4.2-format images in DIR, plus each task's argv, environment and cwd in
+fdrestore-exec.img, then kill the tree (the default, like CRIU) or thaw it
+unchanged (--leave-running). A tree holding any other kind of fd (console,
+netlink socket, ...), or a unix socket connected outside the tree (see
+--ext-unix-sk), is refused and left running. Prints how long the tree was
+frozen.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if pid <= 0 {
@@ -54,7 +57,7 @@ long the tree was frozen.`,
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			st, err := dump.Dump(ctx, pid, dir, dump.Options{LeaveRunning: leaveRunning, Timeout: timeout, Log: logrus.StandardLogger(), GhostLimit: limit, ShellJob: shellJob, ExtUnixSk: extUnixSk})
+			st, err := dump.Dump(ctx, pid, dir, dump.Options{LeaveRunning: leaveRunning, Timeout: timeout, Log: logrus.StandardLogger(), GhostLimit: limit, ShellJob: shellJob, ExtUnixSk: extUnixSk, TCPEstablished: tcpEst})
 			if err != nil {
 				return err
 			}
@@ -79,6 +82,7 @@ long the tree was frozen.`,
 	fl.BoolVar(&shellJob, "shell-job", false, "dump a job of a shell: the root's session and its terminal (a pty whose master is outside the tree) belong to the shell; restore with --shell-job")
 	fl.BoolVar(&extUnixSk, "ext-unix-sk", false, "allow unix datagram sockets connected to a named socket outside the tree (recorded as external, reconnected by name on restore)")
 	fl.StringVar(&ghostLimit, "ghost-limit", "1M", "largest deleted file to save with its content (`SIZE` in bytes, or with suffix K, M, G); a larger one refuses the dump")
+	fl.BoolVar(&tcpEst, "tcp-established", false, "dump established TCP connections (TCP repair on the frozen tree); without it a tree holding one is refused")
 	return cmd
 }
 

@@ -21,6 +21,7 @@ import (
 func (a *app) planCmd() *cobra.Command {
 	var dir string
 	var skipFileCheck, shellJob, extUnixSk bool
+	var tcpf tcpFlags
 	cmd := &cobra.Command{
 		Use:   "plan -D DIR",
 		Short: "Print what a restore of DIR would do, without creating a process",
@@ -34,7 +35,9 @@ be restored.`,
 			if dir == "" {
 				return usagef("plan needs -D DIR")
 			}
-			p, err := loadPlan(dir, restore.PlanOptions{SkipFileCheck: skipFileCheck, ShellJob: shellJob, Terminal: tty.CurrentTTY(), ExtUnixSk: extUnixSk})
+			opts := restore.PlanOptions{SkipFileCheck: skipFileCheck, ShellJob: shellJob, Terminal: tty.CurrentTTY(), ExtUnixSk: extUnixSk}
+			tcpf.set(&opts)
+			p, err := loadPlan(dir, opts)
 			if err != nil {
 				return err
 			}
@@ -46,8 +49,19 @@ be restored.`,
 	cmd.Flags().BoolVar(&skipFileCheck, "skip-file-check", false, "do not check the size and mode of regular files")
 	cmd.Flags().BoolVar(&shellJob, "shell-job", false, "plan the restore of a shell job into the caller's session and terminal")
 	cmd.Flags().BoolVar(&extUnixSk, "ext-unix-sk", false, extUnixSkHelp)
+	tcpf.add(cmd)
 	return cmd
 }
+
+// tcpFlags are --tcp-established and --tcp-close.
+type tcpFlags struct{ established, close bool }
+
+func (f *tcpFlags) add(cmd *cobra.Command) {
+	cmd.Flags().BoolVar(&f.established, "tcp-established", false, "restore established TCP connections (TCP repair)")
+	cmd.Flags().BoolVar(&f.close, "tcp-close", false, "restore established TCP connections as closed sockets")
+}
+
+func (f *tcpFlags) set(o *restore.PlanOptions) { o.TCPEstablished, o.TCPClose = f.established, f.close }
 
 const extUnixSkHelp = "connect unix sockets whose peer is outside the dumped tree to the peer's recorded name"
 
@@ -71,6 +85,7 @@ type restoreFlags struct {
 	skipFileCheck bool
 	shellJob      bool
 	extUnixSk     bool
+	tcp           tcpFlags
 }
 
 func (a *app) restoreCmd() *cobra.Command {
@@ -101,6 +116,7 @@ and exits with its status. On any failure every process it created is killed.`,
 	fl.BoolVar(&f.skipFileCheck, "skip-file-check", false, "do not check the size and mode of regular files")
 	fl.BoolVar(&f.shellJob, "shell-job", false, "restore a tree dumped with --shell-job as a job of the caller's shell: its session and its terminal (stdin, stdout or stderr) become the caller's, and its root joins the caller's process group")
 	fl.BoolVar(&f.extUnixSk, "ext-unix-sk", false, extUnixSkHelp)
+	f.tcp.add(cmd)
 	return cmd
 }
 
@@ -131,6 +147,7 @@ func (a *app) runRestore(cmd *cobra.Command, f *restoreFlags) error {
 		return usagef("--leave-stopped needs -d: stopped tasks never exit")
 	}
 	po := restore.PlanOptions{SkipFileCheck: f.skipFileCheck, ShellJob: f.shellJob, ExtUnixSk: f.extUnixSk}
+	f.tcp.set(&po)
 	if f.shellJob {
 		if po.Terminal = tty.CurrentTTY(); po.Terminal == "" {
 			return usagef("--shell-job needs a terminal on stdin, stdout or stderr")
