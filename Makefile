@@ -16,7 +16,7 @@ RACE_PKGS := ./files/... ./scm/...
 
 export FDRESTORE_FIXTURES := $(FIXTURES)
 
-.PHONY: all build helper demo test race vet bench bench-go proto proto-check lint fuzz clean zdtm
+.PHONY: all build helper demo test race vet bench bench-go proto proto-check lint fuzz clean zdtm netlock-tools
 
 all: build
 
@@ -54,7 +54,7 @@ vet:
 race: helper
 	$(WITH_HELPER) $(GO) test -race -count=1 $(RACE_PKGS)
 
-test: vet helper
+test: vet helper netlock-tools
 	$(WITH_HELPER) $(GO) test -count=1 -timeout 15m $(PKGS)
 	$(WITH_HELPER) $(GO) test -race -count=1 -timeout 10m $(RACE_PKGS)
 	@$(MAKE) --no-print-directory zdtm
@@ -63,8 +63,22 @@ test: vet helper
 # and ns flavors. T picks scenarios: `make zdtm T=pipe` runs
 # TestZdtm/.*pipe.*. Needs root. It builds fdrestore and fdrestore-helper
 # side by side, as installed, so FDRESTORE_HELPER stays unset.
-zdtm:
+zdtm: netlock-tools
 	cd test && env -u FDRESTORE_HELPER $(GO) test -count=1 -timeout 15m -run 'TestZdtm/.*$(T).*'
+
+# The network lock (internal/netlock) runs nft or iptables; their tests
+# and the TCP scenarios need them: as root, Debian's nftables and iptables
+# are installed when missing.
+netlock-tools:
+	@if [ "$$(id -u)" = 0 ]; then \
+	  for t in nft iptables-restore ip6tables-restore; do \
+	    command -v $$t >/dev/null 2>&1 || [ -x /usr/sbin/$$t ] || missing=1; \
+	  done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing Debian's nftables and iptables (network lock)"; \
+	    apt-get update -qq && apt-get install -y -qq nftables iptables; \
+	  fi; \
+	fi
 
 # Issue 3's restore benchmark: synthetic trees (internal/synth) restored
 # and built from scratch, with a PASS/FAIL table. BENCHFLAGS e.g.

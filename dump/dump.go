@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/fdrestore/fdrestore/images"
+	"github.com/fdrestore/fdrestore/internal/netlock"
 	"github.com/fdrestore/fdrestore/restore"
 	"os"
 	"time"
@@ -54,6 +55,12 @@ type Options struct {
 	// TCPEstablished dumps established TCP connections (with TCP
 	// repair); without it a tree holding one is refused.
 	TCPEstablished bool
+	// NetworkLock is how the dumped TCP connections are kept from their
+	// peers between the kill and the restore (netlock.go): "nftables",
+	// "iptables", "skip" (the peers may get resets), or "" for nftables
+	// when nft is installed, else iptables. A lock that cannot be set
+	// refuses the dump; the tree keeps running.
+	NetworkLock string
 }
 
 // Stats describes a finished dump.
@@ -126,6 +133,10 @@ func Dump(ctx context.Context, pid int, dir string, opts Options) (*Stats, error
 		return nil, fmt.Errorf("dump: image directory: %w", err)
 	}
 	d := &dumper{root: pid, dir: dir, opts: opts, log: opts.Log, deadline: deadline}
+	lockMethod, lockErr, err := resolveNetLock(opts)
+	if err != nil {
+		return nil, err
+	}
 
 	// Look for unsupported fds before touching anything.
 	if err := d.prescan(); err != nil {
@@ -151,14 +162,42 @@ func Dump(ctx context.Context, pid int, dir string, opts Options) (*Stats, error
 		}
 		return nil, err
 	}
+	// The network lock goes on before the connections are read, so that
+	// their queues hold still (netlock.go).
+	var nl *setLock
+	switch {
+	case opts.LeaveRunning:
+	case lockMethod == netlock.Skip && lockErr == nil:
+		if err := netlock.RemoveRecord(dir); err != nil { // an earlier dump's
+			return abort(err)
+		}
+	default:
+		conns, err := frozenConns(tasks)
+		if err == nil && len(conns) > 0 && lockErr != nil {
+			err = fmt.Errorf("dump: %w, the tree was left running: %v", ErrNetworkLock, lockErr)
+		}
+		if err == nil {
+			nl, err = setNetLock(dir, lockMethod, conns)
+		}
+		if err != nil {
+			return abort(err)
+		}
+	}
+	abortLocked := func(err error) (*Stats, error) {
+		return abort(errors.Join(err, unsetNetLock(dir, nl)))
+	}
 	img, err := d.collect(tasks)
 	if err == nil {
 		err = ctx.Err()
 	}
 	d.log.WithField("took", time.Since(frozenAt)).Debug("tree read")
-	if err != nil {
-		return abort(err)
+	if err == nil {
+		err = nl.covers(img.tcpConns)
 	}
+	if err != nil {
+		return abortLocked(err)
+	}
+	img.recordLockMethod(lockMethod)
 
 	if opts.LeaveRunning {
 		err = fz.thaw()
@@ -169,25 +208,31 @@ func Dump(ctx context.Context, pid int, dir string, opts Options) (*Stats, error
 		if err := img.write(dir); err != nil {
 			return nil, err
 		}
+		if err := removeNetLockRecord(dir); err != nil {
+			return nil, err
+		}
 	} else {
 		// Kill only once the images are safely written, and only if
 		// fdrestore can restore them: a tree restore would refuse is
 		// left running.
 		if err := img.write(dir); err != nil {
-			return abort(err)
+			return abortLocked(err)
 		}
 		if err := checkRestorable(dir, opts); err != nil {
-			return abort(err)
+			return abortLocked(err)
 		}
 		// Connections die silently: in repair mode when their last
 		// reference (the lock's dup) goes after the kill.
 		lock, err := lockConns(img.tcpConns)
 		if err != nil {
-			return abort(fmt.Errorf("dump: lock TCP connections: %w", err))
+			return abortLocked(fmt.Errorf("dump: lock TCP connections: %w", err))
 		}
 		err = fz.kill(func() { st.Frozen = time.Since(frozenAt) })
 		lock.release()
 		if err != nil {
+			if nl != nil {
+				err = fmt.Errorf("%w (the network lock %s stays until a restore removes it)", err, nl.l.Name)
+			}
 			return nil, fmt.Errorf("dump: kill the tree: %w", err)
 		}
 	}

@@ -52,6 +52,10 @@ type Options struct {
 	// fdrestore-helper next to the running executable, else the running
 	// executable itself (see helper.go).
 	Helper string
+	// NetworkLock: "skip" leaves the dump's network lock in place;
+	// anything else ("", "nftables", "iptables") removes the lock the
+	// dump recorded once the tree is restored (netlock.go).
+	NetworkLock string
 }
 
 // Result describes a restored tree.
@@ -103,6 +107,7 @@ type coordinator struct {
 	started  time.Time
 	recorded map[uint32]*criupb.FdrestoreExecEntry // EndExecRecorded: by image pid
 	ghosts   []*liveGhost                          // deleted files recreated for this run (ghost.go)
+	nl       netUnlock                             // the dump's network lock (netlock.go)
 }
 
 // Run restores the tree described by plan and brings it to the requested
@@ -152,7 +157,7 @@ func Run(ctx context.Context, plan *Plan, opts Options) (*Result, error) {
 	res, err := c.run(ctx)
 	if err != nil {
 		c.abort()
-		return nil, err
+		return nil, c.unlockAfterFailure(err)
 	}
 	return res, nil
 }
@@ -183,6 +188,7 @@ func (c *coordinator) run(ctx context.Context) (*Result, error) {
 	// Files: every task restores its fds at once; the coordinator only
 	// waits for them to report.
 	tasks := c.taskProcs()
+	c.nl.armed = true
 	for _, st := range tasks {
 		if err := c.sendPlan(st, pidMap); err != nil {
 			return nil, err
@@ -202,6 +208,10 @@ func (c *coordinator) run(ctx context.Context) (*Result, error) {
 		}
 	}
 	if err := c.collect(tasks, "end"); err != nil {
+		return nil, err
+	}
+	// Every connection is out of repair mode.
+	if err := c.unlockNetwork(); err != nil {
 		return nil, err
 	}
 	for _, st := range tasks {

@@ -92,6 +92,7 @@ var scenarios = []spec{
 	{name: "timerfd00"},
 	{name: "tcp-pair", tcp: true, nsOnly: true},
 	{name: "tcp-ext", tcp: true, nsOnly: true},
+	{name: "tcp-veth", tcp: true, nsOnly: true},
 	{name: "tcp-bufs", tcp: true, nsOnly: true},
 	{name: "tcp-halfclosed", tcp: true, nsOnly: true},
 	{name: "tcp-halfclosed-full", tcp: true, nsOnly: true},

@@ -25,6 +25,7 @@ func (a *app) dumpCmd() *cobra.Command {
 		shellJob     bool
 		extUnixSk    bool
 		tcpEst       bool
+		networkLock  string
 	)
 	cmd := &cobra.Command{
 		Use:   "dump -t PID -D DIR [--leave-running]",
@@ -51,13 +52,18 @@ frozen.`,
 			if dir == "" {
 				return usagef("dump needs -D DIR")
 			}
+			switch networkLock {
+			case "", "nftables", "iptables", "skip":
+			default:
+				return usagef("--network-lock %q: want nftables, iptables or skip", networkLock)
+			}
 			limit, err := parseSize(ghostLimit)
 			if err != nil || limit <= 0 {
 				return usagef("--ghost-limit %q: want a positive size in bytes (suffix K, M or G allowed)", ghostLimit)
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			st, err := dump.Dump(ctx, pid, dir, dump.Options{LeaveRunning: leaveRunning, Timeout: timeout, Log: logrus.StandardLogger(), GhostLimit: limit, ShellJob: shellJob, ExtUnixSk: extUnixSk, TCPEstablished: tcpEst})
+			st, err := dump.Dump(ctx, pid, dir, dump.Options{LeaveRunning: leaveRunning, Timeout: timeout, Log: logrus.StandardLogger(), GhostLimit: limit, ShellJob: shellJob, ExtUnixSk: extUnixSk, TCPEstablished: tcpEst, NetworkLock: networkLock})
 			if err != nil {
 				return err
 			}
@@ -83,6 +89,7 @@ frozen.`,
 	fl.BoolVar(&extUnixSk, "ext-unix-sk", false, "allow unix datagram sockets connected to a named socket outside the tree (recorded as external, reconnected by name on restore)")
 	fl.StringVar(&ghostLimit, "ghost-limit", "1M", "largest deleted file to save with its content (`SIZE` in bytes, or with suffix K, M, G); a larger one refuses the dump")
 	fl.BoolVar(&tcpEst, "tcp-established", false, "dump established TCP connections (TCP repair on the frozen tree); without it a tree holding one is refused")
+	fl.StringVar(&networkLock, "network-lock", "", "how the dumped TCP connections are kept from their peers until the restore (`MODE`): nftables (the default when nft is installed), iptables, or skip (the peers may get resets)")
 	return cmd
 }
 

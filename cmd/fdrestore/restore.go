@@ -86,6 +86,7 @@ type restoreFlags struct {
 	shellJob      bool
 	extUnixSk     bool
 	tcp           tcpFlags
+	networkLock   string
 }
 
 func (a *app) restoreCmd() *cobra.Command {
@@ -117,6 +118,7 @@ and exits with its status. On any failure every process it created is killed.`,
 	fl.BoolVar(&f.shellJob, "shell-job", false, "restore a tree dumped with --shell-job as a job of the caller's shell: its session and its terminal (stdin, stdout or stderr) become the caller's, and its root joins the caller's process group")
 	fl.BoolVar(&f.extUnixSk, "ext-unix-sk", false, extUnixSkHelp)
 	f.tcp.add(cmd)
+	fl.StringVar(&f.networkLock, "network-lock", "", "`MODE` of the network lock the dump set on its TCP connections: nftables or iptables (remove the recorded lock once the tree is restored; the default), or skip (leave it in place)")
 	return cmd
 }
 
@@ -124,7 +126,12 @@ func (a *app) runRestore(cmd *cobra.Command, f *restoreFlags) error {
 	if f.dir == "" {
 		return usagef("restore needs -D DIR")
 	}
-	opts := restore.Options{Timeout: f.timeout, Log: logrus.StandardLogger()}
+	switch f.networkLock {
+	case "", "nftables", "iptables", "skip":
+	default:
+		return usagef("--network-lock %q: want nftables, iptables or skip", f.networkLock)
+	}
+	opts := restore.Options{Timeout: f.timeout, Log: logrus.StandardLogger(), NetworkLock: f.networkLock}
 	ends := 0
 	for _, on := range []bool{f.leaveStopped, f.exec != "", f.execRecorded} {
 		if on {

@@ -40,12 +40,17 @@ const (
 	Skip     = "skip"
 )
 
+// ForgeMark is the packet mark of the segments the restore forges to
+// bring a half-closed connection to its state (files/tcp): the lock lets
+// them through.
+const ForgeMark = 0xC114
+
 // RecordFile is the file in the image directory that records the lock a
 // dump set (JSON; CRIU ignores it).
 const RecordFile = "fdrestore-netlock.json"
 
 // ErrUnavailable is wrapped when no tool for the method is installed.
-var ErrUnavailable = errors.New("network lock tool not available")
+var ErrUnavailable = errors.New("no firewall tool")
 
 // ErrNotFound is wrapped by Remove when the lock is not in the namespace
 // (already removed, or set in another network namespace).
@@ -88,14 +93,14 @@ func Resolve(method string) (string, error) {
 	case Skip:
 		return Skip, nil
 	case NFTables:
-		if _, err := exec.LookPath("nft"); err != nil {
-			return "", fmt.Errorf("network lock nftables: %w: nft is not installed (install Debian's nftables, or use --network-lock=iptables or skip)", ErrUnavailable)
+		if _, err := lookTool("nft"); err != nil {
+			return "", fmt.Errorf("%w: nft is not installed (install Debian's nftables, or use --network-lock=iptables or skip)", ErrUnavailable)
 		}
 		return method, nil
 	case IPTables:
 		for _, tool := range []string{"iptables-restore", "ip6tables-restore"} {
-			if _, err := exec.LookPath(tool); err != nil {
-				return "", fmt.Errorf("network lock iptables: %w: %s is not installed (install Debian's iptables, or use --network-lock=nftables or skip)", ErrUnavailable, tool)
+			if _, err := lookTool(tool); err != nil {
+				return "", fmt.Errorf("%w: %s is not installed (install Debian's iptables, or use --network-lock=nftables or skip)", ErrUnavailable, tool)
 			}
 		}
 		return method, nil
@@ -106,7 +111,7 @@ func Resolve(method string) (string, error) {
 		if m, err := Resolve(IPTables); err == nil {
 			return m, nil
 		}
-		return "", fmt.Errorf("network lock: %w: neither nft nor iptables is installed (install Debian's nftables, or use --network-lock=skip to let the peers of the dumped connections get resets)", ErrUnavailable)
+		return "", fmt.Errorf("%w: neither nft nor iptables is installed (install Debian's nftables, or use --network-lock=skip to let the peers of the dumped connections get resets)", ErrUnavailable)
 	}
 	return "", fmt.Errorf("network lock: unknown method %q (want nftables, iptables or skip)", method)
 }
@@ -262,7 +267,7 @@ func (l *Lock) nftScript() string {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "table inet %s {\n", l.Name)
-	var rules []string
+	rules := []string{fmt.Sprintf("meta mark 0x%x return", ForgeMark)}
 	if len(s4) > 0 {
 		fmt.Fprintf(&b, "\tset conns4 {\n\t\ttype ipv4_addr . inet_service . ipv4_addr . inet_service\n\t\telements = { %s }\n\t}\n", strings.Join(s4, ", "))
 		rules = append(rules, "ip saddr . tcp sport . ip daddr . tcp dport @conns4 drop")
@@ -302,6 +307,7 @@ func (l *Lock) iptScript(v4, set bool) string {
 	if len(rules) == 0 {
 		return ""
 	}
+	rules = append([]string{fmt.Sprintf("-A %s -m mark --mark 0x%x -j RETURN", l.Name, ForgeMark)}, rules...)
 	var s strings.Builder
 	s.WriteString("*raw\n")
 	if set {
@@ -325,7 +331,7 @@ func rawAbsent(v4 bool) (string, bool) {
 	if v, err := run(tool, nil, "--version"); err != nil || !strings.Contains(v, "nf_tables") {
 		return "", false
 	}
-	if _, err := exec.LookPath("nft"); err != nil {
+	if _, err := lookTool("nft"); err != nil {
 		return "", false
 	}
 	out, err := run("nft", nil, "list", "tables", fam)
@@ -376,7 +382,7 @@ func ipt(v4 bool, script string) error {
 // run runs a firewall tool (within 20 s) and returns its output; its
 // error names the tool and carries what it printed.
 func run(tool string, stdin []byte, args ...string) (string, error) {
-	path, err := exec.LookPath(tool)
+	path, err := lookTool(tool)
 	if err != nil {
 		return "", fmt.Errorf("%w: %s is not installed", ErrUnavailable, tool)
 	}
@@ -405,6 +411,23 @@ func run(tool string, stdin []byte, args ...string) (string, error) {
 		return "", fmt.Errorf("%s %s: %w: %s", tool, strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
 	}
 	return out.String(), nil
+}
+
+var sbinDirs = []string{"/usr/sbin", "/sbin", "/usr/local/sbin"}
+
+// lookTool finds a firewall tool in $PATH or, as root's tools often are
+// where a user's $PATH does not look, in the sbin directories.
+func lookTool(name string) (string, error) {
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	for _, dir := range sbinDirs {
+		p := filepath.Join(dir, name)
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", exec.ErrNotFound
 }
 
 // netnsInode returns the inode of the network namespace of pid (0: the

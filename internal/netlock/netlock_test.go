@@ -223,6 +223,9 @@ func TestResolve(t *testing.T) {
 		t.Errorf("skip: %q %v", m, err)
 	}
 	t.Setenv("PATH", t.TempDir())
+	saved := sbinDirs
+	sbinDirs = nil
+	defer func() { sbinDirs = saved }()
 	if _, err := Resolve(""); err == nil || !strings.Contains(err.Error(), "neither nft nor iptables") {
 		t.Errorf("no tools: %v", err)
 	}
