@@ -162,6 +162,8 @@ func TestUsageErrors(t *testing.T) {
 		{"bogus"},
 		{"version", "extra"},
 		{"check", "extra"},
+		{"dump", "-t", "1", "-D", "/tmp/x", "--network-lock", "bogus"},
+		{"restore", "-D", "/tmp/x", "--leave-stopped", "--network-lock", "bogus"},
 	} {
 		code, out, errs := fdrestore(t, args...)
 		if code != 2 || out != "" || !strings.HasPrefix(errs, "fdrestore: ") {
