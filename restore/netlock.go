@@ -39,6 +39,9 @@ func (c *coordinator) unlockNetwork() error {
 	default:
 		return fmt.Errorf("restore: %w: unknown method %q (want nftables, iptables or skip)", ErrNetworkLock, c.opts.NetworkLock)
 	}
+	if c.plan.Set == nil || c.plan.Set.Dir == "" {
+		return nil // images built in memory: no dump, no lock
+	}
 	l, err := netlock.ReadRecord(c.plan.Set.Dir)
 	if err != nil {
 		return fmt.Errorf("restore: %w: %v", ErrNetworkLock, err)

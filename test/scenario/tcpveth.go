@@ -26,17 +26,18 @@ import (
 // count, answers, and sees the client close. A client that sees a reset
 // (or any other error) writes it to tcp-veth.ext-error and exits.
 const (
-	vethPort      = 7600
-	vethRecLen    = 64
-	vethTrailer   = ^uint64(0)
-	vethInterval  = 10 * time.Millisecond
-	vethAnswer    = "answer-after-restore\n"
-	vethThanks    = "thanks\n"
-	vethStop      = "stop\n"
-	vethTreeIf    = "vzs"
-	vethClientIf  = "vzc"
-	vethTreeAddr  = "10.199.0.1"
-	vethClientIPs = "10.199.0.2/24"
+	vethPort       = 7600
+	vethRecLen     = 64
+	vethMinRecords = 10
+	vethTrailer    = ^uint64(0)
+	vethInterval   = 10 * time.Millisecond
+	vethAnswer     = "answer-after-restore\n"
+	vethThanks     = "thanks\n"
+	vethStop       = "stop\n"
+	vethTreeIf     = "vzs"
+	vethClientIf   = "vzc"
+	vethTreeAddr   = "10.199.0.1"
+	vethClientIPs  = "10.199.0.2/24"
 )
 
 var vethServer = [4]byte{10, 199, 0, 1}
@@ -327,6 +328,26 @@ func vethReadUntil(fd int, want string, deadline time.Time) (string, error) {
 // vethVerify: stop the stream, read every record in order up to the
 // trailer, answer, and see the client's thanks and close.
 func vethVerify(t *T) {
+	// The client keeps sending: let a few records (more than the
+	// verification counts on) queue up first.
+	deadline := time.Now().Add(ioTimeout)
+	for {
+		n, err := unix.IoctlGetInt(4, unix.SIOCINQ)
+		if !t.Check(err, "fd 4: SIOCINQ") {
+			return
+		}
+		if n >= vethMinRecords*vethRecLen {
+			break
+		}
+		if _, err := readFile(t.Path("ext-error")); err == nil {
+			return // the client failed: the caller reports why
+		}
+		if time.Now().After(deadline) {
+			t.Fail("fd 4: %d bytes queued after %v: the client does not keep sending", n, ioTimeout)
+			return
+		}
+		sleep(5 * time.Millisecond)
+	}
 	if !t.Check(WriteAll(4, []byte(vethStop)), "fd 4: send stop") {
 		return
 	}
@@ -340,7 +361,7 @@ func vethVerify(t *T) {
 				t.Fail("fd 4: %d records received in order, the client sent %d", n, cnt)
 				return
 			}
-			if n < 10 {
+			if n < vethMinRecords {
 				t.Fail("fd 4: only %d records: the client did not keep sending", n)
 			}
 			break
