@@ -252,6 +252,7 @@ func (l *Lock) present() (bool, error) {
 // in both directions), dropped on input and output before conntrack.
 func (l *Lock) nftScript() string {
 	var s4, s6 []string
+	seen := map[string]bool{}
 	for _, c := range l.Conns {
 		a, b := c.Src.Unmap(), c.Dst.Unmap()
 		if !c.is4() {
@@ -259,10 +260,18 @@ func (l *Lock) nftScript() string {
 		}
 		e1 := fmt.Sprintf("%s . %d . %s . %d", a, c.SrcPort, b, c.DstPort)
 		e2 := fmt.Sprintf("%s . %d . %s . %d", b, c.DstPort, a, c.SrcPort)
-		if c.is4() {
-			s4 = append(s4, e1, e2)
-		} else {
-			s6 = append(s6, e1, e2)
+		for _, e := range []string{e1, e2} {
+			// Both ends of a connection inside the tree give the same
+			// pair of elements.
+			if seen[e] {
+				continue
+			}
+			seen[e] = true
+			if c.is4() {
+				s4 = append(s4, e)
+			} else {
+				s6 = append(s6, e)
+			}
 		}
 	}
 	var b strings.Builder
@@ -292,6 +301,7 @@ func (l *Lock) nftScript() string {
 // connection of that family.
 func (l *Lock) iptScript(v4, set bool) string {
 	var rules []string
+	seen := map[string]bool{}
 	for _, c := range l.Conns {
 		if c.is4() != v4 {
 			continue
@@ -300,9 +310,15 @@ func (l *Lock) iptScript(v4, set bool) string {
 		if v4 {
 			a, b = a.Unmap(), b.Unmap()
 		}
-		rules = append(rules,
+		for _, r := range []string{
 			fmt.Sprintf("-A %s -p tcp -s %s --sport %d -d %s --dport %d -j DROP", l.Name, a, c.SrcPort, b, c.DstPort),
-			fmt.Sprintf("-A %s -p tcp -s %s --sport %d -d %s --dport %d -j DROP", l.Name, b, c.DstPort, a, c.SrcPort))
+			fmt.Sprintf("-A %s -p tcp -s %s --sport %d -d %s --dport %d -j DROP", l.Name, b, c.DstPort, a, c.SrcPort),
+		} {
+			if !seen[r] {
+				seen[r] = true
+				rules = append(rules, r)
+			}
+		}
 	}
 	if len(rules) == 0 {
 		return ""
