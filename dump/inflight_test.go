@@ -43,6 +43,8 @@ const (
 //	lost: the same socketpair; 11 sent "lost" with an eventfd and an
 //	      epoll set watching it (registered as fd 30); the task closed
 //	      both, so the target exists only in flight.
+//	held: fd 30 is an epoll set watching the pipe's read end (20, with
+//	      "pp"), also sent in flight alone.
 //	split: as ok without the timerfd and signalfd, but the receiving
 //	      socket, the pipe's read end and eventfd 22 are handed to a
 //	      child (at fds 4, 5 and 6) and the root keeps only 11, 20, 21
@@ -119,6 +121,20 @@ func inflightRoot() {
 			moveFd(fd, fd, false)
 		}
 		unix.Close(ifSock)
+	case "held":
+		// The epoll set is also the task's fd 30, a higher number than
+		// the socket whose queue carries it: the dump meets it in
+		// flight first.
+		var p [2]int
+		must(unix.Pipe2(p[:], 0), "pipe")
+		moveFd(p[0], ifPipeR, false)
+		moveFd(p[1], ifPipeR+1, false)
+		writeAll(ifPipeR+1, []byte("pp"))
+		ep, err := unix.EpollCreate1(0)
+		must(err, "epoll_create1")
+		moveFd(ep, 30, false)
+		add(30, ifPipeR, 0x20)
+		must(unix.Sendmsg(11, []byte(ifMessage), unix.UnixRights(30), nil, 0), "sendmsg")
 	case "lost":
 		efd, err := unix.Eventfd(1, 0)
 		must(err, "eventfd")
@@ -486,5 +502,76 @@ func TestDumpInflightEpollOtherTask(t *testing.T) {
 		if r, err := kcmpEpollTarget(res.PidMap[child.Pid], fd, os.Getpid(), slot); err != nil || r != 0 {
 			t.Errorf("kcmp(KCMP_EPOLL_TFD) restored child fd %d vs registration: %d, %v", fd, r, err)
 		}
+	}
+}
+
+// TestDumpInflightEpollAlsoHeld: an epoll set both in flight and held by
+// the task (at a number above the socket that carries it, so the dump
+// meets it in flight first) is one description, recorded with the task's
+// fds as targets; restored, the set received is the task's fd 30.
+func TestDumpInflightEpollAlsoHeld(t *testing.T) {
+	tr := startScenario(t, "inflight", t.TempDir(), envN+"=held")
+	img := filepath.Join(t.TempDir(), "img")
+	doDump(t, tr.pid, img, false)
+	tr.cmd.Wait()
+	critCheck(t, img)
+	set, err := images.Load(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	task := set.TaskByPid[uint32(tr.pid)]
+	fd := task.Fds.Lookup(30)
+	if fd == nil || fd.File.Type != criupb.FdTypes_EVENTPOLL {
+		t.Fatalf("fd 30: %v, want the epoll set", fd)
+	}
+	tfds := fd.File.Entry.GetEpfd().GetTfd()
+	if len(tfds) != 1 || tfds[0].GetTfd() != ifPipeR || tfds[0].GetData() != 0x20 {
+		t.Errorf("epoll registrations %v, want fd 20 with data 0x20", tfds)
+	}
+	plan, err := restore.NewPlan(set, restore.PlanOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	res, err := restore.Run(ctx, plan, restore.Options{End: restore.EndStop, Timeout: 60 * time.Second})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	t.Cleanup(func() {
+		for _, p := range res.PidMap {
+			syscall.Kill(p, syscall.SIGKILL)
+		}
+		var ws syscall.WaitStatus
+		syscall.Wait4(res.RootPid, &ws, 0, nil)
+	})
+	pidfd, err := unix.PidfdOpen(res.RootPid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pidfd)
+	s, err := unix.PidfdGetfd(pidfd, ifSock, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(s)
+	buf, oob := make([]byte, 64), make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := unix.Recvmsg(s, buf, oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+	if err != nil || string(buf[:n]) != ifMessage {
+		t.Fatalf("recvmsg: %q, %v", buf[:n], err)
+	}
+	fds, err := rightsOf(oob[:oobn])
+	for _, fd := range fds {
+		defer unix.Close(fd)
+	}
+	if err != nil || len(fds) != 1 {
+		t.Fatalf("restored message carries %d fds (%v), want 1", len(fds), err)
+	}
+	if r, err := kcmp(res.RootPid, os.Getpid(), kcmpFile, 30, fds[0]); err != nil || r != 0 {
+		t.Errorf("kcmp(KCMP_FILE) restored fd 30 vs the set received: %d, %v; want the same description", r, err)
+	}
+	evs := make([]unix.EpollEvent, 4)
+	if n, err := unix.EpollWait(fds[0], evs, 0); err != nil || n != 1 || evs[0].Fd != 0x20 || evs[0].Events != unix.EPOLLIN {
+		t.Errorf("epoll_wait: %d %+v, %v; want the pipe ready with data 0x20", n, evs[:max(n, 0)], err)
 	}
 }
