@@ -16,7 +16,7 @@ import (
 //	[eventfd (counter 9, O_NONBLOCK), timerfd (CLOCK_MONOTONIC, 1000 s
 //	left, 7 s interval, O_NONBLOCK), signalfd (SIGWINCH, O_NONBLOCK),
 //	epoll set watching the pipe's read end (registered through a
-//	duplicate that was closed: the task holds it at 5) with data 0x55 and
+//	duplicate at 12 that was closed: the task holds it at 5) with data 0x55 and
 //	eventfd 7 with 64-bit data 0x77_0000_0007]
 //
 // and none of the four is open in the task. After restore the task
@@ -79,12 +79,11 @@ func init() {
 				if err := take(unix.EpollCreate1(unix.EPOLL_CLOEXEC)); err != nil {
 					return fmt.Errorf("epoll_create1: %w", err)
 				}
-				dup, err := unix.FcntlInt(5, unix.F_DUPFD_CLOEXEC, t.floor)
-				if err != nil {
+				if err := t.DupAt(5, 12); err != nil {
 					return err
 				}
-				err = epollAdd(fly[3], dup, unix.EPOLLIN, pipeData)
-				unix.Close(dup)
+				err = epollAdd(fly[3], 12, unix.EPOLLIN, pipeData)
+				unix.Close(12)
 				if err != nil {
 					return err
 				}
@@ -152,7 +151,13 @@ func init() {
 					}
 				}()
 				// epoll
-				t.checkRegs(ep, map[int]string{5: fmt.Sprintf("%x %x", unix.EPOLLIN|unix.EPOLLERR|unix.EPOLLHUP, pipeData),
+				// Registered through 12 (closed): without C/R fdinfo
+				// shows 12, restored the task's fd of the pipe, 5.
+				viaDup := 5
+				if !t.Restored {
+					viaDup = 12
+				}
+				t.checkRegs(ep, map[int]string{viaDup: fmt.Sprintf("%x %x", unix.EPOLLIN|unix.EPOLLERR|unix.EPOLLHUP, pipeData),
 					7: fmt.Sprintf("%x %x", unix.EPOLLIN|unix.EPOLLERR|unix.EPOLLHUP, uint64(efdData))})
 				t.checkReady(ep, map[uint64]uint32{pipeData: unix.EPOLLIN, efdData: unix.EPOLLIN}, "on the set in flight")
 				t.CheckQueueEmpty(3)
