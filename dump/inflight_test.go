@@ -45,6 +45,10 @@ const (
 //	      both, so the target exists only in flight.
 //	held: fd 30 is an epoll set watching the pipe's read end (20, with
 //	      "pp"), also sent in flight alone.
+//	nested: 11 sent "inflight" with the end y of a socketpair whose other
+//	      end (closed since) sent "inner" with an epoll set watching 20
+//	      (the pipe, "pp") and 22 (eventfd, counter 3): the set is in
+//	      flight in the queue of a socket in flight that no task holds.
 //	split: as ok without the timerfd and signalfd, but the receiving
 //	      socket, the pipe's read end and eventfd 22 are handed to a
 //	      child (at fds 4, 5 and 6) and the root keeps only 11, 20, 21
@@ -135,6 +139,26 @@ func inflightRoot() {
 		moveFd(ep, 30, false)
 		add(30, ifPipeR, 0x20)
 		must(unix.Sendmsg(11, []byte(ifMessage), unix.UnixRights(30), nil, 0), "sendmsg")
+	case "nested":
+		var p [2]int
+		must(unix.Pipe2(p[:], 0), "pipe")
+		moveFd(p[0], ifPipeR, false)
+		moveFd(p[1], ifPipeR+1, false)
+		writeAll(ifPipeR+1, []byte("pp"))
+		w, err := unix.Eventfd(ifWatchedN, 0)
+		must(err, "eventfd")
+		moveFd(w, ifWatched, false)
+		ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+		must(err, "epoll_create1")
+		add(ep, ifPipeR, 0x20)
+		add(ep, ifWatched, 0x22)
+		sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		must(err, "socketpair")
+		must(unix.Sendmsg(sp[0], []byte("inner"), unix.UnixRights(ep), nil, 0), "sendmsg inner")
+		must(unix.Sendmsg(11, []byte(ifMessage), unix.UnixRights(sp[1]), nil, 0), "sendmsg outer")
+		unix.Close(ep)
+		unix.Close(sp[0])
+		unix.Close(sp[1])
 	case "lost":
 		efd, err := unix.Eventfd(1, 0)
 		must(err, "eventfd")
@@ -573,5 +597,91 @@ func TestDumpInflightEpollAlsoHeld(t *testing.T) {
 	evs := make([]unix.EpollEvent, 4)
 	if n, err := unix.EpollWait(fds[0], evs, 0); err != nil || n != 1 || evs[0].Fd != 0x20 || evs[0].Events != unix.EPOLLIN {
 		t.Errorf("epoll_wait: %d %+v, %v; want the pipe ready with data 0x20", n, evs[:max(n, 0)], err)
+	}
+}
+
+// TestDumpInflightEpollNested: an epoll set in flight in the queue of a
+// socket that is itself only in flight, in the task's queue: restore
+// refills the inner queue in the task that refills the outer one, so the
+// targets are that task's fds (20, 22). Restored, the set arrives through
+// both queues and reports both targets ready.
+func TestDumpInflightEpollNested(t *testing.T) {
+	tr := startScenario(t, "inflight", t.TempDir(), envN+"=nested")
+	img := filepath.Join(t.TempDir(), "img")
+	doDump(t, tr.pid, img, false)
+	tr.cmd.Wait()
+	critCheck(t, img)
+	set, err := images.Load(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tfds []uint32
+	for _, f := range set.FileOrder {
+		if f.Type == criupb.FdTypes_EVENTPOLL {
+			for _, te := range f.Entry.GetEpfd().GetTfd() {
+				tfds = append(tfds, te.GetTfd())
+			}
+		}
+	}
+	slices.Sort(tfds)
+	if !slices.Equal(tfds, []uint32{ifPipeR, ifWatched}) {
+		t.Errorf("epoll targets recorded as fds %v, want [20 22]", tfds)
+	}
+	plan, err := restore.NewPlan(set, restore.PlanOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	res, err := restore.Run(ctx, plan, restore.Options{End: restore.EndStop, Timeout: 60 * time.Second})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	t.Cleanup(func() {
+		for _, p := range res.PidMap {
+			syscall.Kill(p, syscall.SIGKILL)
+		}
+		var ws syscall.WaitStatus
+		syscall.Wait4(res.RootPid, &ws, 0, nil)
+	})
+	pidfd, err := unix.PidfdOpen(res.RootPid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pidfd)
+	s, err := unix.PidfdGetfd(pidfd, ifSock, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(s)
+	recv := func(fd int, want string) int {
+		t.Helper()
+		buf, oob := make([]byte, 64), make([]byte, unix.CmsgSpace(4))
+		n, oobn, _, _, err := unix.Recvmsg(fd, buf, oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+		if err != nil || string(buf[:n]) != want {
+			t.Fatalf("recvmsg: %q, %v; want %q", buf[:n], err, want)
+		}
+		fds, err := rightsOf(oob[:oobn])
+		for _, fd := range fds {
+			t.Cleanup(func() { unix.Close(fd) })
+		}
+		if err != nil || len(fds) != 1 {
+			t.Fatalf("%q carries %d fds (%v), want 1", want, len(fds), err)
+		}
+		return fds[0]
+	}
+	ep := recv(recv(s, ifMessage), "inner")
+	evs := make([]unix.EpollEvent, 8)
+	n, err := unix.EpollWait(ep, evs, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ready []string
+	for _, e := range evs[:n] {
+		ready = append(ready, fmt.Sprintf("%#x:%#x", e.Fd, e.Events))
+	}
+	slices.Sort(ready)
+	if want := []string{"0x20:0x1", "0x22:0x1"}; !slices.Equal(ready, want) {
+		t.Errorf("epoll_wait on the restored set: %q, want %q", ready, want)
 	}
 }
