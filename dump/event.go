@@ -298,9 +298,9 @@ func (s *state) resolveEpolls() ([]error, error) {
 				continue
 			}
 			if e.t == nil {
-				refused = append(refused, e.inflightEpollRefusal(fmt.Sprintf("its target registered as fd %d (inode %d, data %#x) is not open in pid %d, "+
+				refused = append(refused, e.inflightEpollRefusal(fmt.Sprintf("its target registered as fd %d (inode %d, data %#x%s) is not open in pid %d, "+
 					"the task that refills the queue and in whose fd table restore looks the set's targets up (or only at fds that other registrations of the same file use)",
-					t.tfd, t.ino, t.data, pid)))
+					t.tfd, t.ino, t.data, s.nameTarget(epid, slot), pid)))
 				continue
 			}
 			refused = append(refused, &UnsupportedError{Pid: pid, Fd: e.fd, Target: e.link,
@@ -308,6 +308,26 @@ func (s *state) resolveEpolls() ([]error, error) {
 		}
 	}
 	return refused, nil
+}
+
+// nameTarget names, for a refusal, the dumped file that is the target of
+// registration slot of the epoll set at fd slot.efd of epid (", the X at
+// pid P fd N" or ", an X that is only in flight, in socket:[N]"), or ""
+// if none is.
+func (s *state) nameTarget(epid int, slot *kcmpEpollSlot) string {
+	for _, x := range s.all {
+		if x.desc != x {
+			continue
+		}
+		pid, fd := x.kcmpRef()
+		if r, err := kcmpEpollTarget(pid, fd, epid, slot); err == nil && r == 0 {
+			if x.t == nil {
+				return fmt.Sprintf(", an %s that is only in flight, in socket:[%d]", x.link, x.via)
+			}
+			return fmt.Sprintf(", the %s at pid %d fd %d", x.link, x.t.pid, x.fd)
+		}
+	}
+	return ""
 }
 
 // inflightEpollRefusal refuses epoll set e, found in flight, naming the

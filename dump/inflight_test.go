@@ -385,7 +385,8 @@ func TestDumpInflightEpollLostTarget(t *testing.T) {
 	for _, want := range []string{
 		fmt.Sprintf("pid %d fd %d: an epoll set in flight (SCM_RIGHTS) in the queue of socket:[", tr.pid, ifSock),
 		"its target registered as fd 30 (inode ",
-		fmt.Sprintf("data 0x30) is not open in pid %d", tr.pid),
+		"data 0x30, an anon_inode:[eventfd] that is only in flight, in socket:[",
+		fmt.Sprintf("]) is not open in pid %d, the task that refills the queue", tr.pid),
 	} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("refusal %q does not say %q", msg, want)
