@@ -44,6 +44,10 @@ type PlanOptions struct {
 	// (USK_EXTERN): they connect to the peer's recorded name, as CRIU's
 	// --ext-unix-sk does. Without it such a peer is an error.
 	ExtUnixSk bool
+	// Inherit hands the caller's fds to the tree in place of the
+	// descriptions their keys name (see Inherit; InheritStdio maps a
+	// descriptors.json to them).
+	Inherit []Inherit
 }
 
 // Plan is what a restore will do: the processes and the steps that build
@@ -61,6 +65,13 @@ type Plan struct {
 	Unsupported []string
 	// Warnings lists what will be restored differently from the dump.
 	Warnings []string
+	// Inherited lists the descriptions the caller's fds replace
+	// (PlanOptions.Inherit).
+	Inherited []InheritedFd
+
+	// inherited holds, by task index, the caller's fds sent with each
+	// task's plan, in the order of their inherit.Params.Index.
+	inherited [][]*inhMatch
 
 	// edges add the type planners' own stage-graph edges (bind before
 	// connect, queues before shutdown, ...) once every object is planned.
@@ -117,6 +128,9 @@ func NewPlan(set *images.Set, opts PlanOptions) (*Plan, error) {
 	}
 
 	pl := &planner{p: p, set: set, taskIx: taskIx, opts: opts}
+	if err := pl.resolveInherit(); err != nil {
+		return nil, err
+	}
 	if err := pl.planInflight(); err != nil {
 		return nil, err
 	}
@@ -358,6 +372,12 @@ func (p *Plan) Print(w io.Writer) {
 	}
 	fmt.Fprintf(w, "Stage graph: %d nodes, %d edges, no cycle\n", p.Graph.Len(), p.Graph.Edges())
 	p.printEdges(w)
+	if len(p.Inherited) > 0 {
+		fmt.Fprintf(w, "Inherited (%d):\n", len(p.Inherited))
+		for _, in := range p.Inherited {
+			fmt.Fprintf(w, "  %s: the caller's fd for %q, received by task %d\n", p.Set.Files[in.File].Name(), in.Key, in.Task)
+		}
+	}
 	if len(p.Warnings) > 0 {
 		fmt.Fprintf(w, "Warnings (%d):\n", len(p.Warnings))
 		for _, s := range p.Warnings {

@@ -43,6 +43,10 @@ type planner struct {
 
 	// usk holds the unix sockets grouped into components (spec_unix.go).
 	usk *uskState
+
+	// inh maps the ids of descriptions the caller hands over to their fd
+	// (inherit.go).
+	inh map[uint32]*inhMatch
 }
 
 // delivery asks that description file be present in task.
@@ -137,6 +141,9 @@ func (pl *planner) planInflight() error {
 // planFile plans one description of files.img.
 func (pl *planner) planFile(f *images.File) error {
 	p := pl.p
+	if m := pl.inherited(f.ID); m != nil {
+		return pl.planInherit(f, m)
+	}
 	hs := pl.holders(f)
 	switch f.Type {
 	case criupb.FdTypes_REG:
@@ -209,12 +216,20 @@ func (pl *planner) planPipe(pp *images.Pipe) error {
 	var allBuf [4]int
 	var holdBuf [2][]int
 	ends, all, endHolders := endsBuf[:0], allBuf[:0], holdBuf[:0]
+	handed := 0
 	for _, e := range pp.Ends {
+		if pl.inherited(e.ID) != nil {
+			handed++ // the caller's (inherit.go)
+			continue
+		}
 		if eh := pl.holders(e); len(eh) > 0 {
 			ends = append(ends, e)
 			endHolders = append(endHolders, eh)
 			all = append(all, eh...)
 		}
+	}
+	if len(ends) == 0 && handed > 0 {
+		return nil
 	}
 	if len(ends) == 0 {
 		p.Unsupported = append(p.Unsupported, fmt.Sprintf("pipe:[%d] (file ids %v) exists only in flight (in a unix socket queue)", pp.ID, fileIDs(pp.Ends)))

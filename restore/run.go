@@ -403,7 +403,11 @@ func (c *coordinator) sendPlan(st *procState, pidMap map[uint32]int) error {
 		}
 		off += n
 	}
-	if err := ctlSend(st.ctl, &ctlMsg{Op: ctlPlan}, mfd); err != nil {
+	inh, err := c.plan.taskInherited(st.p.TaskIx)
+	if err != nil {
+		return c.fail(st, "plan", err)
+	}
+	if err := ctlSend(st.ctl, &ctlMsg{Op: ctlPlan}, append([]int{mfd}, inh...)...); err != nil {
 		return c.fail(st, "plan", err)
 	}
 	return nil

@@ -174,7 +174,7 @@ func (pl *planner) unixSockets() (*uskState, error) {
 			case p == nil:
 				return nil, fmt.Errorf("files.img: %s: its peer, socket inode %d, is not in the images", uskName(n), pi)
 			case p.e.GetUflags()&uskExtern != 0 && len(p.f.Fds) == 0:
-				if !pl.opts.ExtUnixSk {
+				if !pl.opts.ExtUnixSk && pl.inherited(n.f.ID) == nil {
 					return nil, fmt.Errorf("%s: its peer %s is outside the dumped tree (USK_EXTERN): restore with --ext-unix-sk to connect it by name", uskName(n), uskName(p))
 				}
 				if len(p.e.GetName()) == 0 {
