@@ -16,11 +16,13 @@ package dump
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"github.com/fdrestore/fdrestore/images"
 	"github.com/fdrestore/fdrestore/restore"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -138,6 +140,15 @@ func Dump(ctx context.Context, pid int, dir string, opts Options) (*Stats, error
 	d.log.WithField("took", time.Since(frozenAt)).Debug("tree read")
 	if err != nil {
 		return abort(err)
+	}
+	// What the root's stdio was, as runc records it (the tree is frozen:
+	// the links are those the images hold).
+	stdio, err := json.Marshal(stdioLinks(pid))
+	if err == nil {
+		err = os.WriteFile(filepath.Join(dir, DescriptorsFile), append(stdio, '\n'), 0o644)
+	}
+	if err != nil {
+		return abort(fmt.Errorf("dump: %s: %w", DescriptorsFile, err))
 	}
 
 	if opts.LeaveRunning {
