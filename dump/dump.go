@@ -45,6 +45,11 @@ type Options struct {
 	// session, and a pty slave whose master is outside the tree (the
 	// shell's terminal) is recorded for restore --shell-job.
 	ShellJob bool
+	// Console dumps a tree whose terminal is a console from outside it
+	// (a pty slave whose master a container runtime holds), to be
+	// restored with a new console (restore.Config.OnConsole,
+	// --console-socket).
+	Console bool
 }
 
 // Stats describes a finished dump.
@@ -167,7 +172,7 @@ func Dump(ctx context.Context, pid int, dir string, opts Options) (*Stats, error
 		if err := img.write(dir); err != nil {
 			return abort(err)
 		}
-		if err := checkRestorable(dir, opts.ShellJob); err != nil {
+		if err := checkRestorable(dir, opts.ShellJob, opts.Console); err != nil {
 			return abort(err)
 		}
 		err = fz.kill(func() { st.Frozen = time.Since(frozenAt) })
@@ -193,12 +198,16 @@ var ErrNotRestorable = errors.New("fdrestore cannot restore this tree")
 
 // checkRestorable loads the images just written and plans their restore,
 // so that a tree is never killed for images its own restore refuses.
-func checkRestorable(dir string, shellJob bool) error {
+func checkRestorable(dir string, shellJob, console bool) error {
 	set, err := images.Load(dir)
 	if err != nil {
 		return fmt.Errorf("dump: %w: the images do not load: %v", ErrNotRestorable, err)
 	}
-	p, err := restore.NewPlan(set, restore.PlanOptions{ShellJob: shellJob})
+	po := restore.PlanOptions{ShellJob: shellJob}
+	if console {
+		po.Console = "/dev/console" // a stand-in: planning opens nothing
+	}
+	p, err := restore.NewPlan(set, po)
 	if err == nil {
 		err = p.Err()
 	}

@@ -53,6 +53,13 @@ type Config struct {
 	// OnPlan, when set, sees the plan before anything runs; an error
 	// stops the restore there.
 	OnPlan func(*Plan) error
+	// OnConsole, when set, hands over a console: if the tree had a
+	// terminal from outside (a pty slave whose master is not in the
+	// images), Restore gives it a fresh pty's slave instead and passes
+	// the master to OnConsole once the fds are in place, before the tree
+	// resumes (SendConsole sends it to a runc-style --console-socket).
+	// The master is the callee's to close. An error aborts the restore.
+	OnConsole func(master *os.File) error
 }
 
 // imagesPath returns the path to load the images from.
@@ -84,9 +91,23 @@ func Restore(ctx context.Context, cfg Config) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	var cs *consoleState
+	if cfg.OnConsole != nil {
+		m, slave, err := NewConsole()
+		if err != nil {
+			return nil, err
+		}
+		cs = &consoleState{master: m, give: cfg.OnConsole}
+		defer cs.close()
+		cfg.Plan.Console = slave
+	}
 	p, err := NewPlan(set, cfg.Plan)
 	if err != nil {
 		return nil, err
+	}
+	if cs != nil {
+		cs.used = p.Console
+		cfg.Run.Hooks.PreResume = cs.hook(cfg.Run.Hooks.PreResume)
 	}
 	if err := p.Err(); err != nil {
 		return nil, err

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -175,5 +176,26 @@ func TestInheritErrors(t *testing.T) {
 				t.Errorf("key %q: error %q does not mention %q", c.key, err, s)
 			}
 		}
+	}
+}
+
+// TestInheritCLI: fdrestore plan takes --inherit-fd fd[N]:KEY, lists
+// what each fd replaces, and fails on a key that matches nothing.
+func TestInheritCLI(t *testing.T) {
+	b, _ := inheritImages(t, "/nonexistent/fdr-inherit-log")
+	dir, _, _ := planSynth(t, b, restore.PlanOptions{ExtUnixSk: true})
+	// fd 1 of the CLI is the pipe CombinedOutput reads: write-only, as
+	// pipe:[200001] was.
+	out, err := exec.Command(cliBinary(t), "plan", "-D", dir, "--ext-unix-sk", "--inherit-fd", "fd[1]:pipe:[200001]").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "Inherited (1):") || !strings.Contains(string(out), `the caller's fd for "pipe:[200001]"`) {
+		t.Errorf("plan --inherit-fd: %v\n%s", err, out)
+	}
+	out, err = exec.Command(cliBinary(t), "plan", "-D", dir, "--ext-unix-sk", "--inherit-fd", "fd[1]:pipe[200001]").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), `inherit key "pipe[200001]": matches nothing`) || !strings.Contains(string(out), "pipe:[200001]") {
+		t.Errorf("plan with a wrong key: %v\n%s", err, out)
+	}
+	out, err = exec.Command(cliBinary(t), "plan", "-D", dir, "--inherit-fd", "3:pipe:[200001]").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "want fd[N]:KEY") {
+		t.Errorf("plan with a malformed --inherit-fd: %v\n%s", err, out)
 	}
 }

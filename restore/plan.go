@@ -44,6 +44,13 @@ type PlanOptions struct {
 	// (USK_EXTERN): they connect to the peer's recorded name, as CRIU's
 	// --ext-unix-sk does. Without it such a peer is an error.
 	ExtUnixSk bool
+	// Console is the path of a pty slave (see NewConsole) that stands in
+	// for the terminal the tree had from outside: a pty slave whose
+	// master is not in the images (a container's console, whose master
+	// the runtime held). Unlike with ShellJob the session stays the
+	// tree's and its leader gets the console as its controlling
+	// terminal. Plan.Console says whether the images have such a pty.
+	Console string
 	// Inherit hands the caller's fds to the tree in place of the
 	// descriptions their keys name (see Inherit; InheritStdio maps a
 	// descriptors.json to them).
@@ -65,6 +72,9 @@ type Plan struct {
 	Unsupported []string
 	// Warnings lists what will be restored differently from the dump.
 	Warnings []string
+	// Console is true when the tree takes PlanOptions.Console for a
+	// terminal whose master was outside it.
+	Console bool
 	// Inherited lists the descriptions the caller's fds replace
 	// (PlanOptions.Inherit).
 	Inherited []InheritedFd

@@ -150,7 +150,8 @@ func (pl *planner) planTTYs() error {
 	sessions := map[uint32]*session{}
 	var sids []uint32
 	nextID := maxID + 1
-	var shellPty *ptyGroup // the shell's terminal, with ShellJob
+	var shellPty *ptyGroup   // the shell's terminal, with ShellJob
+	var consolePty *ptyGroup // the console, with Console
 	specs := map[*ptyGroup]*tty.PtyParams{}
 	ids := map[*ptyGroup][]uint32{}
 	for _, idx := range idxs {
@@ -178,6 +179,7 @@ func (pl *planner) planTTYs() error {
 			continue
 		}
 		params := &tty.PtyParams{Index: idx, Master: sideFrom(g.master), Slave: sideFrom(g.slave)}
+		console := false
 		switch {
 		case len(g.masters) == 1:
 			g.creator = pl.creator(pl.holders(g.masters[0]))
@@ -186,6 +188,15 @@ func (pl *planner) planTTYs() error {
 			// The master was closed: the slave is hung up.
 			params.HangUp = true
 			g.creator = pl.creator(all)
+		case pl.opts.Console != "" && !pl.opts.ShellJob && (consolePty == nil || consolePty == g):
+			// The container's console: a fresh pty's slave, whose
+			// master goes to the caller (console.go). The session
+			// stays the tree's, its leader gets it back as its
+			// controlling terminal.
+			consolePty, console = g, true
+			params.Reopen, params.Path = true, pl.opts.Console
+			g.creator = pl.creator(all)
+			p.Console = true
 		case pl.opts.ShellJob && (shellPty == nil || shellPty == g):
 			// The shell's terminal: the caller's terminal now.
 			shellPty = g
@@ -223,7 +234,7 @@ func (pl *planner) planTTYs() error {
 				break
 			}
 		}
-		if sid != 0 && !params.HangUp && !params.Reopen {
+		if sid != 0 && !params.HangUp && (!params.Reopen || console) {
 			leader := set.TaskByPid[sid]
 			switch {
 			case leader == nil || !leader.SessionLeader():
@@ -262,6 +273,8 @@ func (pl *planner) planTTYs() error {
 		switch {
 		case params.HangUp:
 			kind = "hung-up pty"
+		case console:
+			kind = "the console " + params.Path + " for pty"
 		case params.Reopen:
 			kind = "the caller's terminal " + cmp.Or(params.Path, "(at restore)") + " for pty"
 		}

@@ -23,6 +23,7 @@ func (a *app) dumpCmd() *cobra.Command {
 		timeout      time.Duration
 		ghostLimit   string
 		shellJob     bool
+		console      bool
 	)
 	cmd := &cobra.Command{
 		Use:   "dump -t PID -D DIR [--leave-running]",
@@ -50,7 +51,7 @@ changed. Prints how long the tree was frozen.`,
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			st, err := dump.Dump(ctx, pid, dir, dump.Options{LeaveRunning: leaveRunning, Timeout: timeout, Log: logrus.StandardLogger(), GhostLimit: limit, ShellJob: shellJob})
+			st, err := dump.Dump(ctx, pid, dir, dump.Options{LeaveRunning: leaveRunning, Timeout: timeout, Log: logrus.StandardLogger(), GhostLimit: limit, ShellJob: shellJob, Console: console})
 			if err != nil {
 				return err
 			}
@@ -69,6 +70,7 @@ changed. Prints how long the tree was frozen.`,
 	fl.StringVarP(&dir, "images-dir", "D", "", "image `DIR`ectory (created if missing)")
 	fl.BoolVar(&leaveRunning, "leave-running", false, "thaw the tree after the dump instead of killing it")
 	fl.DurationVar(&timeout, "timeout", 30*time.Second, "give up (and thaw the tree) if freezing or dumping takes longer")
+	fl.BoolVar(&console, "console", false, "the tree's terminal is a console from outside it (a pty whose master a runtime holds): restore it with --console-socket")
 	fl.BoolVar(&shellJob, "shell-job", false, "dump a job of a shell: the root's session and its terminal (a pty whose master is outside the tree) belong to the shell; restore with --shell-job")
 	fl.StringVar(&ghostLimit, "ghost-limit", "1M", "largest deleted file to save with its content (`SIZE` in bytes, or with suffix K, M, G); a larger one refuses the dump")
 	return cmd

@@ -1,0 +1,66 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/fdrestore/fdrestore/restore"
+	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
+)
+
+// externalFlags are the restore and plan flags for external resources.
+type externalFlags struct {
+	inheritFd     []string
+	inheritStdio  bool
+	consoleSocket string
+}
+
+func (e *externalFlags) add(fl *pflag.FlagSet) {
+	fl.StringArrayVar(&e.inheritFd, "inherit-fd", nil, "`fd[N]:KEY`: fdrestore's fd N replaces what KEY names in the images: pipe:[INO], socket:[INO], a path, fd[M] (what the root task had at fd M) or fd[PID:M]; repeatable. A key that matches nothing is an error")
+	fl.BoolVar(&e.inheritStdio, "inherit-stdio", false, "replace the pipes and sockets the root task had as fds 0-2 at dump (descriptors.json of the images) with fdrestore's own fds 0-2, as runc does")
+	fl.StringVar(&e.consoleSocket, "console-socket", "", "give the tree a new console in place of the terminal it had from outside, and send the console's master to the unix socket at `PATH` (runc's --console-socket protocol)")
+}
+
+// parseInheritFd parses "fd[N]:KEY".
+func parseInheritFd(s string) (int, string, error) {
+	rest, ok := strings.CutPrefix(s, "fd[")
+	i := strings.Index(rest, "]:")
+	if !ok || i <= 0 {
+		return 0, "", usagef("--inherit-fd %q: want fd[N]:KEY", s)
+	}
+	n, err := strconv.Atoi(rest[:i])
+	if err != nil || n < 0 {
+		return 0, "", usagef("--inherit-fd %q: fd number %q", s, rest[:i])
+	}
+	key := rest[i+2:]
+	if key == "" {
+		return 0, "", usagef("--inherit-fd %q: no key", s)
+	}
+	return n, key, nil
+}
+
+// inherits builds the plan's inherited fds from the flags.
+func (e *externalFlags) inherits(dir string) ([]restore.Inherit, error) {
+	var out []restore.Inherit
+	for _, s := range e.inheritFd {
+		n, key, err := parseInheritFd(s)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := unix.FcntlInt(uintptr(n), unix.F_GETFD, 0); err != nil {
+			return nil, usagef("--inherit-fd %q: fdrestore has no fd %d: %v", s, n, err)
+		}
+		out = append(out, restore.Inherit{Key: key, File: os.NewFile(uintptr(n), fmt.Sprintf("fd %d", n))})
+	}
+	if e.inheritStdio {
+		descs, err := restore.ReadDescriptors(dir)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, restore.InheritStdio(descs, os.Stdin, os.Stdout, os.Stderr)...)
+	}
+	return out, nil
+}
