@@ -44,6 +44,11 @@ type PlanOptions struct {
 	// (USK_EXTERN): they connect to the peer's recorded name, as CRIU's
 	// --ext-unix-sk does. Without it such a peer is an error.
 	ExtUnixSk bool
+	// ExtUnix is the policy for unix sockets whose peer is outside the
+	// tree, and ExtUnixSockets the policy of single sockets by inode
+	// (socket:[INO]), which takes precedence. See ExtUnixPolicy.
+	ExtUnix        ExtUnixPolicy
+	ExtUnixSockets map[uint32]ExtUnixPolicy
 	// Console is the path of a pty slave (see NewConsole) that stands in
 	// for the terminal the tree had from outside: a pty slave whose
 	// master is not in the images (a container's console, whose master
@@ -72,6 +77,9 @@ type Plan struct {
 	Unsupported []string
 	// Warnings lists what will be restored differently from the dump.
 	Warnings []string
+	// ExtUnix lists the unix sockets whose peer is outside the tree and
+	// the policy each gets.
+	ExtUnix []ExtUnixChoice
 	// Console is true when the tree takes PlanOptions.Console for a
 	// terminal whose master was outside it.
 	Console bool
@@ -142,6 +150,9 @@ func NewPlan(set *images.Set, opts PlanOptions) (*Plan, error) {
 		return nil, err
 	}
 	if err := pl.planInflight(); err != nil {
+		return nil, err
+	}
+	if err := pl.checkExtUnixSockets(); err != nil {
 		return nil, err
 	}
 	for _, f := range set.FileOrder {
@@ -382,6 +393,7 @@ func (p *Plan) Print(w io.Writer) {
 	}
 	fmt.Fprintf(w, "Stage graph: %d nodes, %d edges, no cycle\n", p.Graph.Len(), p.Graph.Edges())
 	p.printEdges(w)
+	p.printExtUnix(w)
 	if len(p.Inherited) > 0 {
 		fmt.Fprintf(w, "Inherited (%d):\n", len(p.Inherited))
 		for _, in := range p.Inherited {

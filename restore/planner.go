@@ -47,6 +47,9 @@ type planner struct {
 	// inh maps the ids of descriptions the caller hands over to their fd
 	// (inherit.go).
 	inh map[uint32]*inhMatch
+	// extUnixSeen holds the inodes of sockets with an outside peer
+	// (extunix.go).
+	extUnixSeen map[uint32]bool
 }
 
 // delivery asks that description file be present in task.

@@ -16,12 +16,43 @@ type externalFlags struct {
 	inheritFd     []string
 	inheritStdio  bool
 	consoleSocket string
+	extUnix       string
+	extUnixSocket []string
 }
 
 func (e *externalFlags) add(fl *pflag.FlagSet) {
 	fl.StringArrayVar(&e.inheritFd, "inherit-fd", nil, "`fd[N]:KEY`: fdrestore's fd N replaces what KEY names in the images: pipe:[INO], socket:[INO], a path, fd[M] (what the root task had at fd M) or fd[PID:M]; repeatable. A key that matches nothing is an error")
 	fl.BoolVar(&e.inheritStdio, "inherit-stdio", false, "replace the pipes and sockets the root task had as fds 0-2 at dump (descriptors.json of the images) with fdrestore's own fds 0-2, as runc does")
+	fl.StringVar(&e.extUnix, "ext-unix", "", "`POLICY` for unix sockets whose peer is outside the tree: reconnect (to the peer's recorded name, as --ext-unix-sk), inherit (an --inherit-fd for socket:[INO] must be given) or disconnect (no peer: EOF, or unconnected)")
+	fl.StringArrayVar(&e.extUnixSocket, "ext-unix-socket", nil, "`socket:[INO]=POLICY`: the policy of one socket with an outside peer, before --ext-unix; repeatable")
 	fl.StringVar(&e.consoleSocket, "console-socket", "", "give the tree a new console in place of the terminal it had from outside, and send the console's master to the unix socket at `PATH` (runc's --console-socket protocol)")
+}
+
+// extUnixPolicies sets the plan's external unix socket policies.
+func (e *externalFlags) extUnixPolicies(po *restore.PlanOptions) error {
+	if e.extUnix != "" {
+		pol, err := restore.ParseExtUnixPolicy(e.extUnix)
+		if err != nil {
+			return usagef("--ext-unix: %v", err)
+		}
+		po.ExtUnix = pol
+	}
+	for _, s := range e.extUnixSocket {
+		key, name, ok := strings.Cut(s, "=")
+		ino, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(key, "socket:["), "]"), 10, 32)
+		if !ok || err != nil || !strings.HasPrefix(key, "socket:[") {
+			return usagef("--ext-unix-socket %q: want socket:[INO]=POLICY", s)
+		}
+		pol, err := restore.ParseExtUnixPolicy(name)
+		if err != nil {
+			return usagef("--ext-unix-socket %q: %v", s, err)
+		}
+		if po.ExtUnixSockets == nil {
+			po.ExtUnixSockets = map[uint32]restore.ExtUnixPolicy{}
+		}
+		po.ExtUnixSockets[uint32(ino)] = pol
+	}
+	return nil
 }
 
 // parseInheritFd parses "fd[N]:KEY".

@@ -41,6 +41,9 @@ be restored.`,
 				return err
 			}
 			po.Inherit = inh
+			if err := ext.extUnixPolicies(&po); err != nil {
+				return err
+			}
 			if ext.consoleSocket != "" {
 				po.Console = "(a new console at restore)"
 			}
@@ -151,6 +154,9 @@ func (a *app) runRestore(cmd *cobra.Command, f *restoreFlags) error {
 		}
 	}
 	if po.Inherit, err = f.ext.inherits(f.dir); err != nil {
+		return err
+	}
+	if err := f.ext.extUnixPolicies(&po); err != nil {
 		return err
 	}
 	cfg := restore.Config{ImagesDir: f.dir, Plan: po, Run: opts}
