@@ -2,6 +2,16 @@
 // load → plan → run. Plan finds every problem the images can reveal before
 // any process exists; Run builds the tree from helper processes, runs the
 // files engine in each, and leaves the tree in the requested end state.
+//
+// Restore does all three for a program that embeds fdrestore (a container
+// runtime): it takes the caller's fds in place of recorded ones (Inherit,
+// InheritStdio for a runc-style descriptors.json), policies for unix
+// sockets with a peer outside the tree (ExtUnixPolicy), a console handover
+// (Config.OnConsole, SendConsole), hooks around the run (Hooks), and
+// returns the root's pid and pidfd, the pid map and timings (Result), or
+// an error to branch on (see api.go: ErrUnsupported, ErrUnresolved,
+// ErrTaskDied, *TaskError, *HookError, *files.CycleError,
+// *images.FormatError).
 package restore
 
 import (
