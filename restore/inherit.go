@@ -22,7 +22,8 @@ import (
 //
 //	pipe:[INO]        every description of the pipe with inode INO
 //	socket:[INO]      the socket with inode INO
-//	tty[RDEV:DEV]     a tty by its device numbers, in hex (not restorable yet: listed as unsupported)
+//	tty[RDEV:DEV]     a pty slave whose master was outside the tree, by its device numbers in hex
+//	file[MNT:INO]     a file dumped as external (CRIU's --external file[...]: its recorded name)
 //	/a/path           regular files and FIFOs opened at that path
 //	fd[N]             what the root task had at fd N
 //	fd[PID:N]         what task PID had at fd N
@@ -264,8 +265,17 @@ func (pl *planner) planInherit(f *images.File, m *inhMatch) error {
 	p := pl.p
 	switch f.Type {
 	case criupb.FdTypes_TTY:
-		p.Unsupported = append(p.Unsupported, fmt.Sprintf("%s: inheriting a tty (key %q) is not supported; use --shell-job or --console-socket", f.Name(), m.key))
-		return nil
+		// The tty planner plans every pty at once, at the first tty
+		// of files.img: it must run even when that one is the
+		// caller's. It leaves out a pty whose master is outside the
+		// tree and whose every slave description is inherited.
+		if info := f.TTY.Info; info.GetType() != criupb.TtyType_PTY || isPtyMaster(info) {
+			p.Unsupported = append(p.Unsupported, fmt.Sprintf("%s: inheriting a pty master or /dev/tty (key %q) is not supported; inherit the slave of a terminal outside the tree", f.Name(), m.key))
+			return nil
+		}
+		if err := pl.planTTYs(); err != nil {
+			return err
+		}
 	case criupb.FdTypes_UNIXSK:
 		if n := pl.usk.byID[f.ID]; n != nil && n.comp != nil && len(n.comp.socks) > 1 {
 			p.Unsupported = append(p.Unsupported, fmt.Sprintf("%s: inheriting a unix socket (key %q) whose peer or listener is in the tree is not supported", uskName(n), m.key))
@@ -311,3 +321,25 @@ func (p *Plan) taskInherited(ti int) ([]int, error) {
 
 // maxInheritedPerTask is what one plan message carries.
 const maxInheritedPerTask = helper.MaxInherited
+
+// externalFile plans a regular file that was dumped as external (CRIU's
+// --external file[MNT:INO]; its name is that key): only the caller's fd
+// can stand for it.
+func (pl *planner) externalFile(f *images.File) error {
+	key := f.Entry.GetReg().GetName()
+	return &UnresolvedError{Key: key, Reason: fmt.Sprintf("%s was dumped as an external file: give an fd for it (--inherit-fd fd[N]:%s)", f.Name(), key)}
+}
+
+// ttyInherited reports whether every slave description of an outside
+// terminal is the caller's, so that the tty planner leaves it out.
+func (pl *planner) ttyInherited(slaves []*images.File) bool {
+	if pl.inh == nil || len(slaves) == 0 {
+		return false
+	}
+	for _, f := range slaves {
+		if pl.inh[f.ID] == nil && len(f.Fds) > 0 {
+			return false
+		}
+	}
+	return true
+}

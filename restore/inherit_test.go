@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fdrestore/fdrestore/images"
 	"github.com/fdrestore/fdrestore/internal/fdcheck"
 	"github.com/fdrestore/fdrestore/internal/synth"
 	"github.com/fdrestore/fdrestore/proto/criupb"
@@ -197,5 +198,74 @@ func TestInheritCLI(t *testing.T) {
 	out, err = exec.Command(cliBinary(t), "plan", "-D", dir, "--inherit-fd", "3:pipe:[200001]").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "want fd[N]:KEY") {
 		t.Errorf("plan with a malformed --inherit-fd: %v\n%s", err, out)
+	}
+}
+
+// TestInheritTTYAndExternalFile: tty[RDEV:DEV] hands the caller's
+// terminal to a task whose terminal was outside the tree (its pty's master
+// is not in the images); file[MNT:INO] stands for a file dumped as external (CRIU's
+// --external file[...]), which without an fd is an error naming the key.
+func TestInheritTTYAndExternalFile(t *testing.T) {
+	needRoot(t)
+	build := func() (*ttyImages, uint32) {
+		b := newImgBuilder()
+		ti := &ttyImages{b: b}
+		outside := ti.file(ti.pty(7, false, 400, 400, false), "/dev/pts/7", unix.O_RDWR|unix.O_LARGEFILE)
+		ext := b.reg("file[1f:abc]", unix.O_WRONLY|unix.O_LARGEFILE, 0, -1, 0)
+		b.files[len(b.files)-1].Reg.Ext = proto.Bool(true)
+		b.task(400, 0, 400, 400).fd(0, outside, false).fd(1, outside, false).fd(2, outside, false).fd(3, ext, false)
+		return ti, ext
+	}
+	ti, _ := build()
+	dir := ti.write(t)
+	set, err := images.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	master, slavePath, err := restore.NewConsole()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer master.Close()
+	slave, err := os.OpenFile(slavePath, os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slave.Close()
+	extFile, err := os.OpenFile(filepath.Join(t.TempDir(), "ext"), os.O_WRONLY|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extFile.Close()
+	rdev := fmt.Sprintf("tty[%x:0]", 136<<8|7)
+
+	// Without the external file's fd: an error naming it.
+	_, err = restore.NewPlan(set, restore.PlanOptions{Inherit: []restore.Inherit{{Key: rdev, File: slave}}})
+	if !errors.Is(err, restore.ErrUnresolved) || !strings.Contains(err.Error(), "file[1f:abc]") {
+		t.Errorf("external file without an fd: %v", err)
+	}
+	// A wrong tty key lists the right one.
+	_, err = restore.NewPlan(set, restore.PlanOptions{Inherit: []restore.Inherit{{Key: "tty[88:7]", File: slave}}})
+	if err == nil || !strings.Contains(err.Error(), rdev) {
+		t.Errorf("wrong tty key: %v, want %s among the candidates", err, rdev)
+	}
+	p, err := restore.NewPlan(set, restore.PlanOptions{Inherit: []restore.Inherit{{Key: rdev, File: slave}, {Key: "file[1f:abc]", File: extFile}}})
+	if err == nil {
+		err = p.Err()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := restore.Run(context.Background(), p, restore.Options{End: restore.EndStop, Timeout: 20 * time.Second, Log: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cleanupPids(t, res.PidMap)
+	pid := res.PidMap[400]
+	for fd, mine := range map[int]*os.File{0: slave, 1: slave, 2: slave, 3: extFile} {
+		same, err := fdcheck.SameDescription(pid, fd, os.Getpid(), int(mine.Fd()))
+		if err != nil || !same {
+			t.Errorf("fd %d is not the caller's %s (%v)", fd, mine.Name(), err)
+		}
 	}
 }

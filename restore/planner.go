@@ -153,6 +153,9 @@ func (pl *planner) planFile(f *images.File) error {
 		if len(hs) == 0 {
 			return nil // a path entry of a FIFO or tty, or cwd/root
 		}
+		if f.Entry.GetReg().GetExt() {
+			return pl.externalFile(f) // inherit.go
+		}
 		c := pl.creator(hs)
 		spec, err := regSpec(f, pl.others(hs, c))
 		return pl.add(c, spec, err)

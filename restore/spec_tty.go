@@ -188,6 +188,10 @@ func (pl *planner) planTTYs() error {
 			// The master was closed: the slave is hung up.
 			params.HangUp = true
 			g.creator = pl.creator(all)
+		case len(g.masters) == 0 && pl.ttyInherited(g.slaves):
+			// The caller's fds stand for this terminal (inherit.go).
+			p.Warnings = append(p.Warnings, fmt.Sprintf("pty %d: the caller's fd stands in for this terminal; it is nobody's controlling terminal after the restore", idx))
+			continue
 		case pl.opts.Console != "" && !pl.opts.ShellJob && (consolePty == nil || consolePty == g):
 			// The container's console: a fresh pty's slave, whose
 			// master goes to the caller (console.go). The session
@@ -219,7 +223,7 @@ func (pl *planner) planTTYs() error {
 		}
 		for _, f := range g.slaves {
 			hs := pl.holders(f)
-			if len(hs) == 0 {
+			if len(hs) == 0 || pl.inherited(f.ID) != nil {
 				continue
 			}
 			params.Slaves = append(params.Slaves, ttyDesc(f))
