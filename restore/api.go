@@ -29,7 +29,8 @@ import (
 //
 //	ErrUnsupported        the images hold objects fdrestore cannot restore (Plan.Unsupported lists them)
 //	ErrUnresolved         an external resource does not resolve (*UnresolvedError: key, reason, candidates)
-//	*files.CycleError     the objects depend on each other in a cycle (the steps name them)
+//	ErrDependencyCycle    the objects depend on each other in a cycle; a stage-graph cycle is
+//	                      also a *files.CycleError (its steps name the objects)
 //	*images.FormatError   an image is corrupt (file, entry, offset, field)
 //	ErrTaskDied           a process of the tree died during the restore (*TaskError names it)
 //	*TaskError            a process of the tree failed (proc, step, cause)
@@ -160,3 +161,16 @@ func InheritStdio(descs []string, stdio ...*os.File) []Inherit {
 	}
 	return out
 }
+
+// ErrDependencyCycle is wrapped by plan errors for objects that depend on
+// each other in a cycle, which no order can restore: a cycle of the stage
+// graph (errors.As gives its *files.CycleError) or datagram sockets
+// connected in a ring.
+var ErrDependencyCycle = errors.New("dependency cycle")
+
+// cycleError marks an error as a dependency cycle, keeping its message and
+// what it wraps.
+type cycleError struct{ error }
+
+func (e cycleError) Unwrap() error        { return e.error }
+func (e cycleError) Is(target error) bool { return target == ErrDependencyCycle }

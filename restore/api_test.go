@@ -137,6 +137,26 @@ func TestTypedErrors(t *testing.T) {
 	}
 }
 
+// TestCycleErrors: a plan's dependency cycle is ErrDependencyCycle.
+func TestCycleErrors(t *testing.T) {
+	b := synth.New()
+	tk := b.Task(320)
+	b.Stdio(tk)
+	var ds []*synth.Desc
+	for i := range 3 {
+		name, _ := abstractName(t, fmt.Sprintf("cyc%d", i))
+		ds = append(ds, b.UnixSocket(synth.Dgram, synth.Established, name))
+	}
+	for i, d := range ds {
+		b.Connect(d, ds[(i+1)%3])
+		b.Share(d, tk, uint32(3+i))
+	}
+	_, _, err := planSynth(t, b, restore.PlanOptions{})
+	if !errors.Is(err, restore.ErrDependencyCycle) || !strings.Contains(err.Error(), "connected in a cycle") {
+		t.Errorf("datagram connect cycle: got %v, want ErrDependencyCycle", err)
+	}
+}
+
 // Example of a runtime's restore: inherit new stdio from the
 // descriptors.json of the dump and run the recorded commands again.
 func ExampleRestore() {

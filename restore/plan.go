@@ -10,8 +10,8 @@
 // (Config.OnConsole, SendConsole), hooks around the run (Hooks), and
 // returns the root's pid and pidfd, the pid map and timings (Result), or
 // an error to branch on (see api.go: ErrUnsupported, ErrUnresolved,
-// ErrTaskDied, *TaskError, *HookError, *files.CycleError,
-// *images.FormatError).
+// ErrDependencyCycle, ErrTaskDied, *TaskError, *HookError,
+// *files.CycleError, *images.FormatError).
 package restore
 
 import (
@@ -367,7 +367,10 @@ func (p *Plan) buildGraph() error {
 			return err
 		}
 	}
-	return g.Check()
+	if err := g.Check(); err != nil {
+		return cycleError{err}
+	}
+	return nil
 }
 
 // Print writes the plan for people: tasks, tree steps, objects with their

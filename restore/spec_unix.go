@@ -536,7 +536,7 @@ func uskOrder(c *uskComp) error {
 			names = append(names, uskName(m))
 		}
 		names = append(names, uskName(start))
-		return fmt.Errorf("files.img: unix datagram sockets are connected in a cycle, which no connect order can restore: %s", strings.Join(names, " -> "))
+		return cycleError{fmt.Errorf("files.img: unix datagram sockets are connected in a cycle, which no connect order can restore: %s", strings.Join(names, " -> "))}
 	}
 	c.order = order
 	return nil
