@@ -105,6 +105,26 @@ func TestHooks(t *testing.T) {
 	}
 }
 
+// TestCancel: cancelling the context while the tree is being built stops
+// the restore with context.Canceled and leaves no process.
+func TestCancel(t *testing.T) {
+	needRoot(t)
+	dir := t.TempDir()
+	if err := twoTasks().Write(dir); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, err := restore.Restore(ctx, restore.Config{ImagesDir: dir, Run: restore.Options{End: restore.EndStop, Timeout: 20 * time.Second, Log: testLogger(t),
+		Hooks: restore.Hooks{SetupNamespaces: func(context.Context, *restore.Result) error { cancel(); return nil }}}})
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("got %v, want context.Canceled", err)
+	}
+	if left := restoreProcs(nil); len(left) > 0 {
+		t.Errorf("processes left after the cancelled restore: %s", strings.Join(left, "; "))
+	}
+}
+
 // TestTypedErrors: the errors a caller branches on are reachable with
 // errors.Is / errors.As from what Restore returns.
 func TestTypedErrors(t *testing.T) {
