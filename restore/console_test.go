@@ -161,3 +161,47 @@ func TestConsoleSocket(t *testing.T) {
 		t.Errorf("restored root: session %d (%v), want its own", s.Session, err)
 	}
 }
+
+// TestInheritStdioCLI: a tree dumped with its stdin and stdout on pipes
+// is restored by fdrestore restore --inherit-stdio onto fdrestore's own
+// stdio (new pipes), through descriptors.json, and answers there; its
+// stderr (/dev/null) is reopened as recorded.
+func TestInheritStdioCLI(t *testing.T) {
+	needRoot(t)
+	cmd := exec.Command("/bin/sh", "-c", shellLike)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	outR, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Env = []string{"PATH=/usr/bin:/bin"}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	dir := t.TempDir()
+	if out, err := exec.Command(cliBinary(t), "dump", "-t", strconv.Itoa(cmd.Process.Pid), "-D", dir).CombinedOutput(); err != nil {
+		t.Fatalf("dump: %v\n%s", err, out)
+	}
+	cmd.Wait()
+	in.Close()
+	outR.Close()
+	descs, err := restore.ReadDescriptors(dir)
+	if err != nil || len(descs) != 3 || !strings.HasPrefix(descs[0], "pipe:[") || !strings.HasPrefix(descs[1], "pipe:[") || descs[2] != "/dev/null" {
+		t.Fatalf("descriptors.json: %q, %v", descs, err)
+	}
+	rc := exec.Command(cliBinary(t), "restore", "-D", dir, "--exec-recorded", "--inherit-stdio")
+	rc.Stdin = strings.NewReader("hello\n")
+	var stdout, stderr strings.Builder
+	rc.Stdout, rc.Stderr = &stdout, &stderr
+	if err := rc.Run(); err != nil {
+		t.Fatalf("restore --inherit-stdio: %v\n%s", err, stderr.String())
+	}
+	if want := "answer: hello (restored)\n"; stdout.String() != want {
+		t.Errorf("restored tree wrote %q, want %q", stdout.String(), want)
+	}
+}
