@@ -125,6 +125,52 @@ func TestCancel(t *testing.T) {
 	}
 }
 
+// TestEndFunc: the caller's function chooses each task's exec; the
+// restored fds are there after it (the root reads the byte queued in the
+// pipe it shares with its child).
+func TestEndFunc(t *testing.T) {
+	needRoot(t)
+	dir, out := t.TempDir(), t.TempDir()
+	if err := twoTasks().Write(dir); err != nil {
+		t.Fatal(err)
+	}
+	var seen []uint32
+	res, err := restore.Restore(context.Background(), restore.Config{ImagesDir: dir, Run: restore.Options{End: restore.EndFunc, Timeout: 20 * time.Second, Log: testLogger(t),
+		EndFunc: func(te restore.TaskEnd) (restore.Exec, error) {
+			seen = append(seen, te.ImagePid)
+			if te.Recorded != nil || te.Pid <= 0 {
+				t.Errorf("task %d: %+v", te.ImagePid, te)
+			}
+			script := `echo ok > "$0/out-$1"`
+			if te.ImagePid == 300 {
+				script = `head -c1 <&3 > "$0/out-$1"`
+			}
+			return restore.Exec{Argv: []string{"sh", "-c", script, out, strconv.Itoa(int(te.ImagePid))}, Env: []string{"PATH=/usr/bin:/bin"}}, nil
+		}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cleanupPids(t, res.PidMap)
+	if res.PidFd != nil {
+		res.PidFd.Close()
+	}
+	if len(seen) != 2 {
+		t.Errorf("EndFunc called for %v", seen)
+	}
+	for pid, want := range map[int]string{300: "x", 301: "ok\n"} {
+		p := fmt.Sprintf("%s/out-%d", out, pid)
+		var got []byte
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if got, _ = os.ReadFile(p); string(got) == want {
+				break
+			}
+		}
+		if string(got) != want {
+			t.Errorf("task %d wrote %q, want %q", pid, got, want)
+		}
+	}
+}
+
 // TestTypedErrors: the errors a caller branches on are reachable with
 // errors.Is / errors.As from what Restore returns.
 func TestTypedErrors(t *testing.T) {

@@ -34,6 +34,9 @@ const (
 	// FDRESTORE_RESTORED=1) and cwd recorded by fdrestore dump in
 	// fdrestore-exec.img (see exec_recorded.go).
 	EndExecRecorded
+	// EndFunc: every task execs what Options.EndFunc returns for it
+	// (endfunc.go): a runtime's own command per task.
+	EndFunc
 )
 
 // Options control a restore run.
@@ -52,6 +55,8 @@ type Options struct {
 	LogEntry *logrus.Entry
 	// Hooks are called at fixed points of the run (see Hooks).
 	Hooks Hooks
+	// EndFunc chooses each task's exec for the EndFunc end state.
+	EndFunc func(TaskEnd) (Exec, error)
 	// Helper is the path of the helper binary (cmd/fdrestore-helper) the
 	// tree's processes run. Empty: $FDRESTORE_HELPER, else
 	// fdrestore-helper next to the running executable, else the running
@@ -134,8 +139,11 @@ func Run(ctx context.Context, plan *Plan, opts Options) (*Result, error) {
 	if err := plan.Err(); err != nil {
 		return nil, err
 	}
-	if opts.End != EndStop && opts.End != EndExec && opts.End != EndExecRecorded {
+	if opts.End != EndStop && opts.End != EndExec && opts.End != EndExecRecorded && opts.End != EndFunc {
 		return nil, fmt.Errorf("restore: choose an end state (stop or exec)")
+	}
+	if opts.End == EndFunc && opts.EndFunc == nil {
+		return nil, fmt.Errorf("restore: the EndFunc end state needs Options.EndFunc")
 	}
 	if opts.End == EndExec && strings.TrimSpace(opts.Exec) == "" {
 		return nil, fmt.Errorf("restore: exec end state needs a command")
@@ -151,6 +159,12 @@ func Run(ctx context.Context, plan *Plan, opts Options) (*Result, error) {
 		log = opts.LogEntry
 	}
 	c := &coordinator{ctx: ctx, plan: plan, opts: opts, log: log, runID: scm.NewRunID(), started: time.Now()}
+	if opts.End == EndFunc {
+		// Records are optional here: the function sees them if any.
+		if recs, err := LoadExecRecords(plan.Set.Dir); err == nil {
+			c.recorded = recs
+		}
+	}
 	if opts.End == EndExecRecorded {
 		recs, err := LoadExecRecords(plan.Set.Dir)
 		if err == nil {
@@ -590,6 +604,10 @@ func (c *coordinator) sendEnd(st *procState) error {
 		m.Env = os.Environ()
 	case EndExecRecorded:
 		execRecorded(m, c.recorded[st.p.Task.Pid])
+	case EndFunc:
+		if err := c.endFunc(m, st); err != nil {
+			return c.fail(st, "end", err)
+		}
 	}
 	if err := ctlSend(st.ctl, m); err != nil {
 		return c.fail(st, "end", err)
