@@ -15,6 +15,7 @@ import (
 	"github.com/fdrestore/fdrestore/internal/synth"
 	"github.com/fdrestore/fdrestore/proto/criupb"
 	"github.com/fdrestore/fdrestore/restore"
+	"github.com/sirupsen/logrus"
 )
 
 func twoTasks() *synth.Builder {
@@ -168,6 +169,35 @@ func TestEndFunc(t *testing.T) {
 		if string(got) != want {
 			t.Errorf("task %d wrote %q, want %q", pid, got, want)
 		}
+	}
+}
+
+// TestLogEntry: a caller's log entry carries its fields into the
+// restore's log, helpers' entries included.
+func TestLogEntry(t *testing.T) {
+	needRoot(t)
+	dir := t.TempDir()
+	if err := twoTasks().Write(dir); err != nil {
+		t.Fatal(err)
+	}
+	log := logrus.New()
+	log.SetLevel(logrus.DebugLevel)
+	var buf strings.Builder
+	log.SetOutput(&buf)
+	res, err := restore.Restore(context.Background(), restore.Config{ImagesDir: dir, Run: restore.Options{End: restore.EndStop, Timeout: 20 * time.Second,
+		LogEntry: log.WithField("container", "c1")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cleanupPids(t, res.PidMap)
+	res.PidFd.Close()
+	var restored, helper bool
+	for _, l := range strings.Split(buf.String(), "\n") {
+		restored = restored || strings.Contains(l, "tree restored") && strings.Contains(l, "container=c1")
+		helper = helper || strings.Contains(l, "proc=") && strings.Contains(l, "container=c1")
+	}
+	if !restored || !helper {
+		t.Errorf("log lacks the caller's field (coordinator %v, helpers %v):\n%s", restored, helper, buf.String())
 	}
 }
 
