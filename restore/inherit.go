@@ -273,6 +273,13 @@ func (pl *planner) planInherit(f *images.File, m *inhMatch) error {
 			p.Unsupported = append(p.Unsupported, fmt.Sprintf("%s: inheriting a pty master or /dev/tty (key %q) is not supported; inherit the slave of a terminal outside the tree", f.Name(), m.key))
 			return nil
 		}
+		idx := f.TTY.Info.GetPty().GetIndex()
+		for _, o := range pl.set.FileOrder {
+			if o.Type == criupb.FdTypes_TTY && len(o.Fds) > 0 && isPtyMaster(o.TTY.Info) && o.TTY.Info.GetPty().GetIndex() == idx {
+				p.Unsupported = append(p.Unsupported, fmt.Sprintf("%s: inheriting a slave of pty %d (key %q), whose master the tree holds too, is not supported", f.Name(), idx, m.key))
+				return nil
+			}
+		}
 		if err := pl.planTTYs(); err != nil {
 			return err
 		}
