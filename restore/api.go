@@ -12,33 +12,6 @@ import (
 	"github.com/fdrestore/fdrestore/images"
 )
 
-// Embedding
-//
-// A container runtime (or any program) restores a tree with Restore, or in
-// two steps with NewPlan and Run when it wants to look at the plan first;
-// the fdrestore CLI is a thin layer over the same calls. A program that
-// restores must let its helpers start: call MaybeHelper first thing in
-// main, or install cmd/fdrestore-helper and name it in Options.Helper (or
-// $FDRESTORE_HELPER, or next to the executable).
-//
-// External resources are explicit: the caller's fds replace descriptions
-// by key (PlanOptions.Inherit, InheritStdio for a runc-style
-// descriptors.json), and a key that matches nothing fails the plan.
-//
-// Errors a caller can branch on, with errors.Is / errors.As:
-//
-//	ErrUnsupported        the images hold objects fdrestore cannot restore (Plan.Unsupported lists them)
-//	ErrUnresolved         an external resource does not resolve (*UnresolvedError: key, reason, candidates)
-//	ErrDependencyCycle    the objects depend on each other in a cycle; a stage-graph cycle is
-//	                      also a *files.CycleError (its steps name the objects)
-//	*images.FormatError   an image is corrupt (file, entry, offset, field)
-//	ErrTaskDied           a process of the tree died during the restore (*TaskError names it)
-//	*TaskError            a process of the tree failed (proc, step, cause)
-//	*HookError            one of the caller's Hooks failed
-//	context.Canceled, context.DeadlineExceeded, scm.ErrTimeout
-//
-// After any error no process of the restore is left.
-
 // Config is everything Restore needs.
 type Config struct {
 	// ImagesDir is the image directory's path; ImagesDirFile an open

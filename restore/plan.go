@@ -3,15 +3,36 @@
 // any process exists; Run builds the tree from helper processes, runs the
 // files engine in each, and leaves the tree in the requested end state.
 //
+// # Embedding
+//
 // Restore does all three for a program that embeds fdrestore (a container
-// runtime): it takes the caller's fds in place of recorded ones (Inherit,
-// InheritStdio for a runc-style descriptors.json), policies for unix
-// sockets with a peer outside the tree (ExtUnixPolicy), a console handover
-// (Config.OnConsole, SendConsole), hooks around the run (Hooks), and
-// returns the root's pid and pidfd, the pid map and timings (Result), or
-// an error to branch on (see api.go: ErrUnsupported, ErrUnresolved,
-// ErrDependencyCycle, ErrTaskDied, *TaskError, *HookError,
-// *files.CycleError, *images.FormatError).
+// runtime; the fdrestore CLI is a thin layer over the same calls). A
+// program that restores must let its helpers start: call MaybeHelper first
+// thing in main, or install cmd/fdrestore-helper and name it in
+// Options.Helper (or $FDRESTORE_HELPER, or next to the executable).
+//
+// External resources are explicit: the caller's fds replace descriptions
+// by key (PlanOptions.Inherit, InheritStdio for a runc-style
+// descriptors.json), and a key that matches nothing fails the plan; unix
+// sockets whose peer was outside the tree follow an ExtUnixPolicy; a
+// terminal from outside becomes a new console whose master goes to
+// Config.OnConsole (SendConsole speaks runc's --console-socket protocol).
+// Hooks run around the restore; Result has the root's pid and pidfd, the
+// pid map and timings.
+//
+// Errors a caller can branch on, with errors.Is / errors.As:
+//
+//	ErrUnsupported        the images hold objects fdrestore cannot restore (Plan.Unsupported lists them)
+//	ErrUnresolved         an external resource does not resolve (*UnresolvedError: key, reason, candidates)
+//	ErrDependencyCycle    objects depend on each other in a cycle; a stage-graph cycle is
+//	                      also a *files.CycleError (its steps name the objects)
+//	*images.FormatError   an image is corrupt (file, entry, offset, field)
+//	ErrTaskDied           a process of the tree died during the restore (*TaskError names it)
+//	*TaskError            a process of the tree failed (proc, step, cause)
+//	*HookError            one of the caller's Hooks failed
+//	context.Canceled, context.DeadlineExceeded, scm.ErrTimeout
+//
+// After any error no process of the restore is left.
 package restore
 
 import (

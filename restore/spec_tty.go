@@ -209,7 +209,7 @@ func (pl *planner) planTTYs() error {
 		default:
 			for _, f := range g.slaves {
 				for _, fd := range f.Fds {
-					p.Unsupported = append(p.Unsupported, fmt.Sprintf("task %s fd %d: %s: pty slave /dev/pts/%d whose master is not in the images (a terminal outside the dumped tree; --shell-job takes one such terminal for the caller's)", pids(fd.Table.Tasks), fd.Num, f.Name(), idx))
+					p.Unsupported = append(p.Unsupported, fmt.Sprintf("task %s fd %d: %s: pty slave /dev/pts/%d whose master is not in the images (a terminal outside the dumped tree; --shell-job takes one such terminal for the caller's, --console-socket gives it a new console)", pids(fd.Table.Tasks), fd.Num, f.Name(), idx))
 				}
 			}
 			continue
