@@ -21,10 +21,10 @@ type externalFlags struct {
 }
 
 func (e *externalFlags) add(fl *pflag.FlagSet) {
-	fl.StringArrayVar(&e.inheritFd, "inherit-fd", nil, "`fd[N]:KEY`: fdrestore's fd N replaces what KEY names in the images: pipe:[INO], socket:[INO], a path, fd[M] (what the root task had at fd M) or fd[PID:M]; repeatable. A key that matches nothing is an error")
+	fl.StringArrayVar(&e.inheritFd, "inherit-fd", nil, "fdrestore's fd N replaces what KEY names in the images (`fd[N]:KEY`): pipe:[INO], socket:[INO], tty[RDEV:DEV], file[MNT:INO], a path, fd[M] (what the root task had at fd M) or fd[PID:M]; repeatable. A key that matches nothing is an error that lists the images' keys")
 	fl.BoolVar(&e.inheritStdio, "inherit-stdio", false, "replace the pipes and sockets the root task had as fds 0-2 at dump (descriptors.json of the images) with fdrestore's own fds 0-2, as runc does")
 	fl.StringVar(&e.extUnix, "ext-unix", "", "`POLICY` for unix sockets whose peer is outside the tree: reconnect (to the peer's recorded name, as --ext-unix-sk), inherit (an --inherit-fd for socket:[INO] must be given) or disconnect (no peer: EOF, or unconnected)")
-	fl.StringArrayVar(&e.extUnixSocket, "ext-unix-socket", nil, "`socket:[INO]=POLICY`: the policy of one socket with an outside peer, before --ext-unix; repeatable")
+	fl.StringArrayVar(&e.extUnixSocket, "ext-unix-socket", nil, "the policy of one socket with an outside peer (`socket:[INO]=POLICY`), before --ext-unix; repeatable")
 	fl.StringVar(&e.consoleSocket, "console-socket", "", "give the tree a new console in place of the terminal it had from outside, and send the console's master to the unix socket at `PATH` (runc's --console-socket protocol)")
 }
 
