@@ -55,7 +55,10 @@ func inheritImages(t *testing.T, log string) (*synth.Builder, uint32) {
 	return b, s.Usk().GetIno()
 }
 
-// TestInheritKeys: every key form hands the caller's fd to the task, and
+// TestInheritKeys: the key forms hand the caller's fd to the task (here
+// fd[N], pipe:[INO], a path and fd[PID:N]; socket:[INO] in
+// TestExtUnixPolicies, tty[...] and file[...] in
+// TestInheritTTYAndExternalFile), and
 // the restored fd is the caller's description (kcmp); the rest of the
 // tree is restored as usual.
 func TestInheritKeys(t *testing.T) {
@@ -94,12 +97,12 @@ func TestInheritKeys(t *testing.T) {
 	own("w0", stdin[1])
 	own("r1", stdout[0])
 	wr := own("pipe:[200001]", stdout[1])
-	sk := own(fmt.Sprintf("socket:[%d]", sockIno), sp[0])
+	sk := own(fmt.Sprintf("socket:[%d]", sockIno), sp[0]) // by fd[101:3] (socket:[INO]: TestExtUnixPolicies)
 	own("peer", sp[1])
 	lg := own(log, logFd)
 
 	inh := []restore.Inherit{{Key: "fd[0]", File: rd}, {Key: "pipe:[200001]", File: wr},
-		{Key: log, File: lg}, {Key: fmt.Sprintf("socket:[%d]", sockIno), File: sk}}
+		{Key: log, File: lg}, {Key: "fd[101:3]", File: sk}}
 	_, p, err := planSynth(t, b, restore.PlanOptions{Inherit: inh})
 	if err != nil {
 		t.Fatalf("plan: %v", err)
