@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -321,4 +322,46 @@ func pidfdPid(f *os.File) (int, error) {
 		}
 	}
 	return 0, fmt.Errorf("no Pid in the pidfd's fdinfo")
+}
+
+// TestActionScripts: fdrestore restore --action-script runs the script at
+// every hook with CRIU's variables; a failing one aborts the restore and
+// leaves no process.
+func TestActionScripts(t *testing.T) {
+	needRoot(t)
+	dir := t.TempDir()
+	if err := twoTasks().Write(dir); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(cliBinary(t), "restore", "-D", dir, "--leave-stopped", "-d", "--action-script", `[ "$CRTOOLS_SCRIPT_ACTION" != post-restore ]`).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "post-restore hook") {
+		t.Errorf("failing action script: %v\n%s", err, out)
+	}
+	if left := restoreProcs(nil); len(left) > 0 {
+		t.Errorf("processes left after the failed action script: %s", strings.Join(left, "; "))
+	}
+
+	log := dir + "/actions"
+	pidfile := dir + "/pid"
+	script := `echo "$CRTOOLS_SCRIPT_ACTION $CRTOOLS_INIT_PID" >> ` + log
+	out, err = exec.Command(cliBinary(t), "restore", "-D", dir, "--leave-stopped", "-d", "--pidfile", pidfile, "--action-script", script).CombinedOutput()
+	if b, rerr := os.ReadFile(pidfile); rerr == nil {
+		if pid, _ := strconv.Atoi(strings.TrimSpace(string(b))); pid > 0 {
+			all := map[uint32]int{0: pid}
+			for i, d := range fdcheck.Descendants(pid) {
+				all[uint32(i+1)] = d
+			}
+			cleanupPids(t, all)
+		}
+	}
+	if err != nil {
+		t.Fatalf("restore --action-script: %v\n%s", err, out)
+	}
+	pid, _ := os.ReadFile(pidfile)
+	p := strings.TrimSpace(string(pid))
+	got, _ := os.ReadFile(log)
+	want := "pre-restore \nsetup-namespaces " + p + "\npost-restore " + p + "\npre-resume " + p + "\npost-resume " + p + "\n"
+	if string(got) != want {
+		t.Errorf("action scripts ran as\n%s\nwant\n%s", got, want)
+	}
 }

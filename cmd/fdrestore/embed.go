@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 
@@ -18,9 +20,13 @@ type externalFlags struct {
 	consoleSocket string
 	extUnix       string
 	extUnixSocket []string
+	actionScripts []string
 }
 
-func (e *externalFlags) add(fl *pflag.FlagSet) {
+func (e *externalFlags) add(fl *pflag.FlagSet, restoring bool) {
+	if restoring {
+		fl.StringArrayVar(&e.actionScripts, "action-script", nil, "run `SCRIPT` (via /bin/sh -c) at each hook of the restore, as CRIU does: CRTOOLS_SCRIPT_ACTION is pre-restore, setup-namespaces, post-restore, pre-resume or post-resume, CRTOOLS_INIT_PID the root's pid once it exists; a failing script aborts the restore; repeatable")
+	}
 	fl.StringArrayVar(&e.inheritFd, "inherit-fd", nil, "fdrestore's fd N replaces what KEY names in the images (`fd[N]:KEY`): pipe:[INO], socket:[INO], tty[RDEV:DEV], file[MNT:INO], a path, fd[M] (what the root task had at fd M) or fd[PID:M]; repeatable. A key that matches nothing is an error that lists the images' keys")
 	fl.BoolVar(&e.inheritStdio, "inherit-stdio", false, "replace the pipes and sockets the root task had as fds 0-2 at dump (descriptors.json of the images) with fdrestore's own fds 0-2, as runc does")
 	fl.StringVar(&e.extUnix, "ext-unix", "", "`POLICY` for unix sockets whose peer is outside the tree: reconnect (to the peer's recorded name, as --ext-unix-sk), inherit (an --inherit-fd for socket:[INO] must be given) or disconnect (no peer: EOF, or unconnected)")
@@ -94,4 +100,29 @@ func (e *externalFlags) inherits(dir string) ([]restore.Inherit, error) {
 		out = append(out, restore.InheritStdio(descs, os.Stdin, os.Stdout, os.Stderr)...)
 	}
 	return out, nil
+}
+
+// hooks runs the --action-script scripts at every hook of the restore.
+func (e *externalFlags) hooks() restore.Hooks {
+	if len(e.actionScripts) == 0 {
+		return restore.Hooks{}
+	}
+	run := func(action string) func(context.Context, *restore.Result) error {
+		return func(ctx context.Context, res *restore.Result) error {
+			for _, script := range e.actionScripts {
+				cmd := exec.CommandContext(ctx, "/bin/sh", "-c", script)
+				cmd.Env = append(os.Environ(), "CRTOOLS_SCRIPT_ACTION="+action)
+				if res != nil && res.RootPid > 0 {
+					cmd.Env = append(cmd.Env, "CRTOOLS_INIT_PID="+strconv.Itoa(res.RootPid))
+				}
+				cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+				if err := cmd.Run(); err != nil {
+					return fmt.Errorf("action script %q: %w", script, err)
+				}
+			}
+			return nil
+		}
+	}
+	return restore.Hooks{PreRestore: run("pre-restore"), SetupNamespaces: run("setup-namespaces"),
+		PostRestore: run("post-restore"), PreResume: run("pre-resume"), PostResume: run("post-resume")}
 }

@@ -59,7 +59,7 @@ be restored.`,
 	cmd.Flags().BoolVar(&skipFileCheck, "skip-file-check", false, "do not check the size and mode of regular files")
 	cmd.Flags().BoolVar(&shellJob, "shell-job", false, "plan the restore of a shell job into the caller's session and terminal")
 	cmd.Flags().BoolVar(&extUnixSk, "ext-unix-sk", false, extUnixSkHelp)
-	ext.add(cmd.Flags())
+	ext.add(cmd.Flags(), false)
 	return cmd
 }
 
@@ -116,7 +116,7 @@ and exits with its status. On any failure every process it created is killed.`,
 	fl.BoolVar(&f.skipFileCheck, "skip-file-check", false, "do not check the size and mode of regular files")
 	fl.BoolVar(&f.shellJob, "shell-job", false, "restore a tree dumped with --shell-job as a job of the caller's shell: its session and its terminal (stdin, stdout or stderr) become the caller's, and its root joins the caller's process group")
 	fl.BoolVar(&f.extUnixSk, "ext-unix-sk", false, extUnixSkHelp)
-	f.ext.add(fl)
+	f.ext.add(fl, true)
 	return cmd
 }
 
@@ -159,6 +159,7 @@ func (a *app) runRestore(cmd *cobra.Command, f *restoreFlags) error {
 	if err := f.ext.extUnixPolicies(&po); err != nil {
 		return err
 	}
+	opts.Hooks = f.ext.hooks()
 	cfg := restore.Config{ImagesDir: f.dir, Plan: po, Run: opts}
 	if f.ext.consoleSocket != "" {
 		sock := f.ext.consoleSocket
