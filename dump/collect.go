@@ -51,6 +51,49 @@ type fdEnt struct {
 	ghost   *ghostFile // a regular file unlinked while open (ghost.go)
 	tty     ttyKey     // kindTTY: the tty side (tty.go)
 	anon    *anonInfo  // epoll, eventfd, signalfd, timerfd state (event.go)
+	usk     *unixSock  // a unix socket (unixsk.go)
+	inet    *inetSock  // kindInet: the socket's state (inet.go)
+
+	// A file found in flight in a unix socket queue (t is nil, fd -1):
+	// the dumper's fd of it, the task fd whose queue (or a queue nested
+	// in it) holds it, and the inode of the socket whose queue holds it.
+	local   int
+	carrier *fdEnt
+	via     uint32
+}
+
+// kcmpRef is the (pid, fd) by which kcmp reaches e's description.
+func (e *fdEnt) kcmpRef() (int, int) {
+	if e.t == nil {
+		return os.Getpid(), e.local
+	}
+	return e.t.pid, e.fd
+}
+
+// ownerPid is the pid of the task that holds e, or whose queue holds
+// it in flight.
+func (e *fdEnt) ownerPid() int {
+	if e.t == nil {
+		return e.carrier.t.pid
+	}
+	return e.t.pid
+}
+
+// where names e in errors: the task's fd, or where it is in flight.
+func (e *fdEnt) where() string {
+	if e.t == nil {
+		return fmt.Sprintf("file in flight in socket:[%d] (queue reached from pid %d fd %d)", e.via, e.carrier.t.pid, e.carrier.fd)
+	}
+	return fmt.Sprintf("pid %d fd %d", e.t.pid, e.fd)
+}
+
+// unsupported is the refusal of e as a file of type typ.
+func (e *fdEnt) unsupported(typ string) *UnsupportedError {
+	if e.t == nil {
+		return &UnsupportedError{Pid: e.carrier.t.pid, Fd: e.carrier.fd,
+			Type: fmt.Sprintf("%s in flight (SCM_RIGHTS) in the queue of socket:[%d]", typ, e.via), Target: e.link}
+	}
+	return &UnsupportedError{Pid: e.t.pid, Fd: e.fd, Type: typ, Target: e.link}
 }
 
 // pipeData is the queued content of one pipe or FIFO.
@@ -72,6 +115,10 @@ type state struct {
 	fifos  []*pipeData // fifo-data.img, in dump order
 	selfNS [len(nsKinds)]uint64
 	log    *logrus.Logger
+	// pk peeks pipe data; peeked lists the pipes and FIFOs (by inode)
+	// whose data is saved.
+	pk     *peeker
+	peeked map[uint64]bool
 	// unread holds, for every pipe or FIFO seen only through fds that
 	// cannot read (write-only ends), the first such fd in dump order.
 	unread map[uint64]*fdEnt
@@ -82,12 +129,32 @@ type state struct {
 	ghostLimit int64
 	// ttys: every side of a tty the tree holds (tty.go).
 	ttys ttys
+	// Unix sockets (unixsk.go): sock_diag tables by netns inode, the
+	// tree's sockets by inode and in dump order, the dumper's fds of
+	// files in flight (closed when the dump ends), and --ext-unix-sk.
+	diags    map[uint64]unixDiagTable
+	socks    map[uint32]*unixSock
+	sockList []*unixSock
+	inflight []int
+	extUnix  bool
+	skBuf    []byte // peekQueue's scratch buffer
+	// diag caches sock_diag dumps of inet sockets (inet.go), and
+	// tcpEstablished allows dumping TCP connections.
+	diag           inetDiag
+	tcpEstablished bool
+	tcpConns       [][2]int // (pid, fd) of every TCP connection
 }
 
 // collect reads every task of the frozen tree. An unsupported fd anywhere
 // fails it with the list of such fds.
 func (d *dumper) collect(tasks []*task) (*imageSet, error) {
-	s := &state{tasks: tasks, log: d.log, ghostLimit: d.opts.ghostLimit()}
+	s := &state{tasks: tasks, log: d.log, ghostLimit: d.opts.ghostLimit(), extUnix: d.opts.ExtUnixSk,
+		tcpEstablished: d.opts.TCPEstablished}
+	defer func() {
+		for _, fd := range s.inflight {
+			unix.Close(fd)
+		}
+	}()
 	for i, k := range nsKinds {
 		ino, err := nsInode(0, k)
 		if err != nil {
@@ -95,25 +162,27 @@ func (d *dumper) collect(tasks []*task) (*imageSet, error) {
 		}
 		s.selfNS[i] = ino
 	}
-	pk := &peeker{}
-	defer pk.close()
+	s.pk, s.peeked = &peeker{}, map[uint64]bool{}
+	defer s.pk.close()
 	defer s.closeTTYs()
-	peeked := map[uint64]bool{}
 	var refused []error
 	for _, t := range tasks {
 		if err := readTask(t); err != nil {
 			return nil, fmt.Errorf("dump: pid %d: %w", t.pid, err)
 		}
-		errs, err := s.readFds(t, pk, peeked)
+		errs, err := s.readFds(t)
 		if err != nil {
 			return nil, fmt.Errorf("dump: pid %d: %w", t.pid, err)
 		}
 		refused = append(refused, errs...)
 	}
+	if len(refused) == 0 {
+		refused = s.resolveUnix()
+	}
 	if err := refusal(refused); err != nil {
 		return nil, err
 	}
-	if err := s.peekUnread(pk, peeked); err != nil {
+	if err := s.peekUnread(); err != nil {
 		return nil, fmt.Errorf("dump: %w", err)
 	}
 	if err := s.finishTTYs(); err != nil {
@@ -202,7 +271,7 @@ func readTask(t *task) error {
 // inspected, and pipe data is peeked from the first read side of each pipe.
 // Unsupported fds are returned as errors to report (the walk goes on to
 // find them all); a failing system call is an error.
-func (s *state) readFds(t *task, pk *peeker, peeked map[uint64]bool) ([]error, error) {
+func (s *state) readFds(t *task) ([]error, error) {
 	pidfd, err := unix.PidfdOpen(t.pid, 0)
 	if err != nil {
 		return nil, fmt.Errorf("pidfd_open: %w", err)
@@ -214,7 +283,7 @@ func (s *state) readFds(t *task, pk *peeker, peeked map[uint64]bool) ([]error, e
 	}
 	var refused []error
 	for _, fd := range fds {
-		e, bad, err := s.readFd(t, pidfd, fd, pk, peeked)
+		e, bad, err := s.readFd(t, pidfd, fd)
 		if err != nil {
 			return nil, fmt.Errorf("fd %d: %w", fd, err)
 		}
@@ -228,7 +297,7 @@ func (s *state) readFds(t *task, pk *peeker, peeked map[uint64]bool) ([]error, e
 	return refused, nil
 }
 
-func (s *state) readFd(t *task, pidfd, fd int, pk *peeker, peeked map[uint64]bool) (*fdEnt, *UnsupportedError, error) {
+func (s *state) readFd(t *task, pidfd, fd int) (*fdEnt, *UnsupportedError, error) {
 	link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", t.pid, fd))
 	if err != nil {
 		return nil, nil, err
@@ -236,14 +305,14 @@ func (s *state) readFd(t *task, pidfd, fd int, pk *peeker, peeked map[uint64]boo
 	unsupported := func(typ string) (*fdEnt, *UnsupportedError, error) {
 		return nil, &UnsupportedError{Pid: t.pid, Fd: fd, Type: typ, Target: link}, nil
 	}
-	if typ := unsupportedByLink(link); typ != "" {
+	if typ := unsupportedByLink(link); typ != "" && typ != "socket" { // sockets: by family (inspect)
 		return unsupported(typ)
 	}
 	fi, err := readFdInfo(t.pid, fd)
 	if err != nil {
 		return nil, nil, err
 	}
-	e := &fdEnt{t: t, fd: fd, link: link, pos: fi.pos, mntID: fi.mntID,
+	e := &fdEnt{t: t, fd: fd, link: link, pos: fi.pos, mntID: fi.mntID, local: -1,
 		cloexec: fi.flags&unix.O_CLOEXEC != 0, flags: fi.flags &^ unix.O_CLOEXEC}
 	local, err := unix.PidfdGetfd(pidfd, fd, 0)
 	if err != nil {
@@ -253,32 +322,80 @@ func (s *state) readFd(t *task, pidfd, fd int, pk *peeker, peeked map[uint64]boo
 	if err := unix.Fstat(local, &e.st); err != nil {
 		return nil, nil, fmt.Errorf("fstat: %w", err)
 	}
+	bad, err := s.inspect(e, local, 0)
+	if bad != nil || err != nil {
+		return nil, bad, err
+	}
+	return e, nil, nil
+}
+
+// inspect reads what e is through the dumper's fd local of it (e.st is
+// filled): its kind, owner, queued pipe data, deleted-file content,
+// anon-inode state (event.go), or unix socket state and queue (files in
+// flight there are read at depth+1).
+func (s *state) inspect(e *fdEnt, local int, depth int) (*UnsupportedError, error) {
+	var err error
+	link := e.link
 	if k, ok := anonKinds[link]; ok {
+		if e.t == nil {
+			// Their state is read from the holder's fdinfo, and an
+			// epoll set's targets are the holder's fd numbers.
+			return e.unsupported(strings.TrimSuffix(strings.TrimPrefix(link, "anon_inode:["), "]")), nil
+		}
 		if err := readAnon(e, k); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		if e.fown, err = readFown(local); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
-		return e, nil, nil
+		return nil, nil
 	}
 	if (e.st.Mode&unix.S_IFMT == unix.S_IFREG && e.st.Nlink == 0) || (isDeletedLink(link) && !isPtsLink(link)) {
 		if bad, err := s.readGhost(e, local); bad != nil || err != nil {
-			return nil, bad, err
+			return bad, err
 		}
 	}
 	switch e.st.Mode & unix.S_IFMT {
 	case unix.S_IFSOCK:
-		return unsupported("socket")
+		fam, err := socketFamily(local)
+		if err != nil {
+			return nil, err
+		}
+		switch fam {
+		case unix.AF_UNIX:
+			e.kind = kindUnix
+		case unix.AF_INET, unix.AF_INET6:
+			if e.t == nil {
+				return e.unsupported(familyName(fam)), nil
+			}
+			sk, bad, err := s.readInet(e, local, s.tcpEstablished)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", link, err)
+			}
+			if bad != "" {
+				return e.unsupported(bad), nil
+			}
+			e.kind, e.inet = kindInet, sk
+			if sk.stream != nil {
+				s.tcpConns = append(s.tcpConns, [2]int{e.t.pid, e.fd})
+			}
+		default:
+			return e.unsupported(familyName(fam)), nil
+		}
 	case unix.S_IFCHR:
 		e.kind = kindReg
 		if ttyMajor(unix.Major(e.st.Rdev)) {
+			if e.t == nil {
+				// A tty's session and data are read through its
+				// holder; in flight it has none.
+				return e.unsupported("tty"), nil
+			}
 			typ, err := s.readTTY(e, local)
 			if err != nil {
-				return nil, nil, err
+				return nil, err
 			}
 			if typ != "" {
-				return unsupported(typ)
+				return e.unsupported(typ), nil
 			}
 		}
 	case unix.S_IFREG, unix.S_IFDIR, unix.S_IFBLK, unix.S_IFLNK:
@@ -289,13 +406,16 @@ func (s *state) readFd(t *task, pidfd, fd int, pk *peeker, peeked map[uint64]boo
 			e.kind = kindPipe
 		}
 	default:
-		return unsupported(fmt.Sprintf("file of mode %#o", e.st.Mode))
+		return e.unsupported(fmt.Sprintf("file of mode %#o", e.st.Mode)), nil
 	}
 	if e.fown, err = readFown(local); err != nil {
-		return nil, nil, err
+		return nil, err
+	}
+	if e.kind == kindUnix {
+		return s.readUnix(e, local, depth)
 	}
 	acc := e.flags & unix.O_ACCMODE
-	if (e.kind == kindPipe || e.kind == kindFifo) && acc == unix.O_WRONLY && !peeked[e.st.Ino] {
+	if (e.kind == kindPipe || e.kind == kindFifo) && acc == unix.O_WRONLY && !s.peeked[e.st.Ino] {
 		if s.unread == nil {
 			s.unread = map[uint64]*fdEnt{}
 		}
@@ -303,11 +423,11 @@ func (s *state) readFd(t *task, pidfd, fd int, pk *peeker, peeked map[uint64]boo
 			s.unread[e.st.Ino] = e
 		}
 	}
-	if (e.kind == kindPipe || e.kind == kindFifo) && (acc == unix.O_RDONLY || acc == unix.O_RDWR) && !peeked[e.st.Ino] {
-		peeked[e.st.Ino] = true
-		data, size, err := pk.peek(local)
+	if (e.kind == kindPipe || e.kind == kindFifo) && (acc == unix.O_RDONLY || acc == unix.O_RDWR) && !s.peeked[e.st.Ino] {
+		s.peeked[e.st.Ino] = true
+		data, size, err := s.pk.peek(local)
 		if err != nil {
-			return nil, nil, fmt.Errorf("peek %s: %w", link, err)
+			return nil, fmt.Errorf("peek %s: %w", link, err)
 		}
 		pd := &pipeData{ino: e.st.Ino, data: data, size: size}
 		if e.kind == kindPipe {
@@ -316,14 +436,15 @@ func (s *state) readFd(t *task, pidfd, fd int, pk *peeker, peeked map[uint64]boo
 			s.fifos = append(s.fifos, pd)
 		}
 	}
-	return e, nil, nil
+	return nil, nil
 }
 
 // peekUnread saves the data of every pipe and FIFO the tree holds only
 // write ends of: a read side is opened for the moment through
 // /proc/PID/fd/N (non-blocking, so it never waits for a writer) and the
 // data is peeked from it without being consumed.
-func (s *state) peekUnread(pk *peeker, peeked map[uint64]bool) error {
+func (s *state) peekUnread() error {
+	pk, peeked := s.pk, s.peeked
 	var todo []*fdEnt
 	for ino, e := range s.unread {
 		if !peeked[ino] {
@@ -332,15 +453,16 @@ func (s *state) peekUnread(pk *peeker, peeked map[uint64]bool) error {
 	}
 	sort.Slice(todo, func(i, j int) bool { return todo[i].st.Ino < todo[j].st.Ino })
 	for _, e := range todo {
-		path := fmt.Sprintf("/proc/%d/fd/%d", e.t.pid, e.fd)
+		pid, fd := e.kcmpRef()
+		path := fmt.Sprintf("/proc/%d/fd/%d", pid, fd)
 		r, err := unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 		if err != nil {
-			return fmt.Errorf("pid %d fd %d: open a read side of %s to save its data: %w", e.t.pid, e.fd, e.link, err)
+			return fmt.Errorf("%s: open a read side of %s to save its data: %w", e.where(), e.link, err)
 		}
 		data, size, err := pk.peek(r)
 		unix.Close(r)
 		if err != nil {
-			return fmt.Errorf("pid %d fd %d: peek %s: %w", e.t.pid, e.fd, e.link, err)
+			return fmt.Errorf("%s: peek %s: %w", e.where(), e.link, err)
 		}
 		peeked[e.st.Ino] = true
 		pd := &pipeData{ino: e.st.Ino, data: data, size: size}
@@ -377,9 +499,11 @@ func (s *state) shareDescriptions() error {
 	for _, k := range keys {
 		b := buckets[k]
 		rep, err := groupByKcmp(len(b), func(i, j int) (int, error) {
-			r, err := kcmp(b[i].t.pid, b[j].t.pid, kcmpFile, b[i].fd, b[j].fd)
+			pi, fi := b[i].kcmpRef()
+			pj, fj := b[j].kcmpRef()
+			r, err := kcmp(pi, pj, kcmpFile, fi, fj)
 			if err != nil {
-				return 0, fmt.Errorf("kcmp(KCMP_FILE) pid %d fd %d, pid %d fd %d: %w", b[i].t.pid, b[i].fd, b[j].t.pid, b[j].fd, err)
+				return 0, fmt.Errorf("kcmp(KCMP_FILE) %s, %s: %w", b[i].where(), b[j].where(), err)
 			}
 			return r, nil
 		})

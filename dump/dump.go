@@ -8,10 +8,14 @@
 // Supported fd types: regular files, directories and device nodes other
 // than terminals (CRIU's REG), pipes and FIFOs, ptys and /dev/tty (tty.go:
 // settings, sessions and the data queued both ways, which is read and
-// written back while the tree is frozen). A regular file unlinked
+// written back while the tree is frozen), unix sockets (unixsk.go: state
+// from sock_diag, options, bound files, queues peeked with SO_PEEK_OFF,
+// pending connections, files in flight in the queues), and epoll sets,
+// eventfds, signalfds and timerfds (event.go). A regular file unlinked
 // while open is saved with its content as a ghost (ghost.go), up to
-// Options.GhostLimit. A tree that holds anything else is refused before
-// anything is changed.
+// Options.GhostLimit. A tree that holds anything else, or a unix socket
+// connected outside the tree (see Options.ExtUnixSk), is refused and left
+// running.
 package dump
 
 import (
@@ -45,6 +49,13 @@ type Options struct {
 	// session, and a pty slave whose master is outside the tree (the
 	// shell's terminal) is recorded for restore --shell-job.
 	ShellJob bool
+	// ExtUnixSk allows unix datagram sockets connected to a named socket
+	// outside the tree (CRIU's --ext-unix-sk): the peer is recorded as an
+	// external socket (USK_EXTERN) that restore reconnects to by name.
+	ExtUnixSk bool
+	// TCPEstablished dumps established TCP connections (with TCP
+	// repair); without it a tree holding one is refused.
+	TCPEstablished bool
 	// Console dumps a tree whose terminal is a console from outside it
 	// (a pty slave whose master a container runtime holds), to be
 	// restored with a new console (restore.Config.OnConsole,
@@ -59,6 +70,8 @@ type Stats struct {
 	Files          int   // entries in files.img
 	Pipes          int   // distinct pipes and FIFOs
 	PipeBytes      int64 // queued bytes saved in pipes-data.img and fifo-data.img
+	UnixSockets    int   // unix sockets of the tree (at fds or in flight)
+	SkQueueBytes   int64 // queued bytes saved in sk-queues.img
 	// Freezing is how long it took to freeze the tree; Frozen is how long
 	// the first task stayed frozen (from the moment it was frozen until the
 	// tree was thawed or killed); Total is the wall time of the dump.
@@ -74,11 +87,18 @@ var ErrUnsupported = errors.New("unsupported file")
 // such an fd leaves the tree running and unchanged.
 type UnsupportedError struct {
 	Pid, Fd int
-	Type    string // "socket", "eventpoll", "tty", "deleted file", ...
+	Type    string // "inet socket", "eventpoll", "tty", "deleted file", ...
 	Target  string // readlink of /proc/PID/fd/N
+	// Why, when set, says why this particular file cannot be dumped
+	// although its type can (a unix socket connected outside the tree,
+	// ...).
+	Why string
 }
 
 func (e *UnsupportedError) Error() string {
+	if e.Why != "" {
+		return fmt.Sprintf("pid %d fd %d: %s cannot be dumped: %s", e.Pid, e.Fd, e.Type, e.Why)
+	}
 	return fmt.Sprintf("pid %d fd %d: %s is not supported (%s)", e.Pid, e.Fd, e.Type, e.Target)
 }
 
@@ -172,10 +192,17 @@ func Dump(ctx context.Context, pid int, dir string, opts Options) (*Stats, error
 		if err := img.write(dir); err != nil {
 			return abort(err)
 		}
-		if err := checkRestorable(dir, opts.ShellJob, opts.Console); err != nil {
+		if err := checkRestorable(dir, opts); err != nil {
 			return abort(err)
 		}
+		// Connections die silently: in repair mode when their last
+		// reference (the lock's dup) goes after the kill.
+		lock, err := lockConns(img.tcpConns)
+		if err != nil {
+			return abort(fmt.Errorf("dump: lock TCP connections: %w", err))
+		}
 		err = fz.kill(func() { st.Frozen = time.Since(frozenAt) })
+		lock.release()
 		if err != nil {
 			return nil, fmt.Errorf("dump: kill the tree: %w", err)
 		}
@@ -196,15 +223,17 @@ func Dump(ctx context.Context, pid int, dir string, opts Options) (*Stats, error
 // could not restore the images it would leave; the tree keeps running.
 var ErrNotRestorable = errors.New("fdrestore cannot restore this tree")
 
-// checkRestorable loads the images just written and plans their restore,
-// so that a tree is never killed for images its own restore refuses.
-func checkRestorable(dir string, shellJob, console bool) error {
+// checkRestorable loads the images just written and plans their restore
+// (with --shell-job, --ext-unix-sk and --tcp-established when the dump
+// had them), so that a tree is never killed for images its own restore
+// refuses.
+func checkRestorable(dir string, opts Options) error {
 	set, err := images.Load(dir)
 	if err != nil {
 		return fmt.Errorf("dump: %w: the images do not load: %v", ErrNotRestorable, err)
 	}
-	po := restore.PlanOptions{ShellJob: shellJob}
-	if console {
+	po := restore.PlanOptions{ShellJob: opts.ShellJob, ExtUnixSk: opts.ExtUnixSk, TCPEstablished: opts.TCPEstablished}
+	if opts.Console {
 		po.Console = "/dev/console" // a stand-in: planning opens nothing
 	}
 	p, err := restore.NewPlan(set, po)
@@ -302,6 +331,13 @@ func (d *dumper) prescan() error {
 				continue // closed meanwhile; the frozen walk decides
 			}
 			typ := unsupportedByLink(link)
+			if typ == "socket" {
+				// "" for the inet sockets dumped, "socket" for other
+				// families: then unix sockets are dumped too.
+				if typ = prescanInet(t.pid, fd, d.opts.TCPEstablished); typ == "socket" {
+					typ = socketByFd(t.pid, fd)
+				}
+			}
 			if typ == "" && isDeletedLink(link) && !isPtsLink(link) {
 				typ = deletedByStat(t.pid, fd, d.opts.ghostLimit())
 			}

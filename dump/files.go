@@ -87,6 +87,8 @@ const (
 	kindPipe
 	kindFifo
 	kindTTY // ptys and /dev/tty (tty.go)
+	kindUnix
+	kindInet
 )
 
 // Terminal-ish character device majors: tty/ttyS (4), tty/console/ptmx

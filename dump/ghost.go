@@ -74,7 +74,7 @@ func (s *state) readGhost(e *fdEnt, local int) (*UnsupportedError, error) {
 		return nil, nil
 	}
 	if why := deletedKind(&e.st, s.ghostLimit); why != "" {
-		return &UnsupportedError{Pid: e.t.pid, Fd: e.fd, Type: why, Target: e.link}, nil
+		return e.unsupported(why), nil
 	}
 	runs, err := readGhostData(local, e.st.Size)
 	if err != nil {

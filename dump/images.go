@@ -37,6 +37,10 @@ type imageSet struct {
 	nfiles    int
 	pipes     int
 	pipeBytes int64
+
+	unixSockets  int
+	skQueueBytes int64
+	tcpConns     [][2]int // (pid, fd) of the TCP connections (inet.go)
 }
 
 func (is *imageSet) add(name, kind string, msgs ...proto.Message) *imageFile {
@@ -160,52 +164,74 @@ func (s *state) images() (*imageSet, error) {
 	pipes := map[uint64]bool{}
 	addFile := func(m *criupb.FileEntry) { files.entries = append(files.entries, &images.Entry{Msg: m}) }
 	var execs, remaps []proto.Message
+	var streams []*inetSock
 	doneTables := map[uint32]bool{}
+	uw := &unixWriter{s: s, add: addFile, netnsID: func(ino uint64) *uint32 { return nsID(1, ino) }}
+	// fileID returns the id of e's description, writing its entries the
+	// first time (a unix socket's queue, with the files in flight in it,
+	// goes first).
+	var fileID func(e *fdEnt) uint32
+	fileID = func(e *fdEnt) uint32 {
+		if id, ok := ids[e.desc]; ok {
+			return id
+		}
+		e = e.desc
+		id := nextID
+		nextID++
+		ids[e] = id
+		switch e.kind {
+		case kindReg:
+			name := e.link
+			if e.ghost != nil {
+				name = e.ghost.path
+				remaps = append(remaps, ghostRemap(id, e.ghost))
+			}
+			addFile(&criupb.FileEntry{Type: criupb.FdTypes_REG.Enum(), Id: proto.Uint32(id),
+				Reg: regEntry(id, name, e.flags, e.pos, &e.st, e.fown)})
+		case kindPipe:
+			pipes[e.st.Ino] = true
+			addFile(&criupb.FileEntry{Type: criupb.FdTypes_PIPE.Enum(), Id: proto.Uint32(id),
+				Pipe: &criupb.PipeEntry{Id: proto.Uint32(id), PipeId: proto.Uint32(uint32(e.st.Ino)),
+					Flags: proto.Uint32(e.flags), Fown: fownEntry(e.fown)}})
+		case kindFifo:
+			pipes[e.st.Ino] = true
+			regID := nextID
+			nextID++
+			addFile(&criupb.FileEntry{Type: criupb.FdTypes_REG.Enum(), Id: proto.Uint32(regID),
+				Reg: regEntry(regID, e.link, e.flags, e.pos, &e.st, e.fown)})
+			addFile(&criupb.FileEntry{Type: criupb.FdTypes_FIFO.Enum(), Id: proto.Uint32(id),
+				Fifo: &criupb.FifoEntry{Id: proto.Uint32(id), PipeId: proto.Uint32(uint32(e.st.Ino)), RegfId: proto.Uint32(regID)}})
+		case kindTTY:
+			regID := nextID
+			nextID++
+			addFile(&criupb.FileEntry{Type: criupb.FdTypes_REG.Enum(), Id: proto.Uint32(regID),
+				Reg: regEntry(regID, ttyPath(e.link), e.flags, 0, &e.st, e.fown)})
+			addFile(&criupb.FileEntry{Type: criupb.FdTypes_TTY.Enum(), Id: proto.Uint32(id),
+				Tty: &criupb.TtyFileEntry{Id: proto.Uint32(id), TtyInfoId: proto.Uint32(e.tty.id()), Flags: proto.Uint32(e.flags),
+					Fown: fownEntry(e.fown), RegfId: proto.Uint32(regID)}})
+		case kindInet:
+			ie := proto.Clone(e.inet.entry).(*criupb.InetSkEntry)
+			ie.Id = proto.Uint32(id)
+			ie.Fown = fownEntry(e.fown) // read after the socket
+			ie.Flags = proto.Uint32(e.flags)
+			addFile(&criupb.FileEntry{Type: criupb.FdTypes_INETSK.Enum(), Id: proto.Uint32(id), Isk: ie})
+			if sk := e.inet; sk.stream != nil {
+				streams = append(streams, sk)
+			}
+		case kindUnix:
+			uw.dump(e, id, fileID)
+		default:
+			if fe := anonEntry(e, id); fe != nil {
+				addFile(fe) // event.go
+			}
+		}
+		return id
+	}
 	for _, t := range s.tasks {
 		var fdinfo []proto.Message
 		for _, e := range t.fds {
-			id, ok := ids[e.desc]
-			if !ok {
-				id = nextID
-				nextID++
-				ids[e.desc] = id
-				switch e.kind {
-				case kindReg:
-					name := e.link
-					if e.ghost != nil {
-						name = e.ghost.path
-						remaps = append(remaps, ghostRemap(id, e.ghost))
-					}
-					addFile(&criupb.FileEntry{Type: criupb.FdTypes_REG.Enum(), Id: proto.Uint32(id),
-						Reg: regEntry(id, name, e.flags, e.pos, &e.st, e.fown)})
-				case kindPipe:
-					pipes[e.st.Ino] = true
-					addFile(&criupb.FileEntry{Type: criupb.FdTypes_PIPE.Enum(), Id: proto.Uint32(id),
-						Pipe: &criupb.PipeEntry{Id: proto.Uint32(id), PipeId: proto.Uint32(uint32(e.st.Ino)),
-							Flags: proto.Uint32(e.flags), Fown: fownEntry(e.fown)}})
-				case kindTTY:
-					regID := nextID
-					nextID++
-					addFile(&criupb.FileEntry{Type: criupb.FdTypes_REG.Enum(), Id: proto.Uint32(regID),
-						Reg: regEntry(regID, ttyPath(e.link), e.flags, 0, &e.st, e.fown)})
-					addFile(&criupb.FileEntry{Type: criupb.FdTypes_TTY.Enum(), Id: proto.Uint32(id),
-						Tty: &criupb.TtyFileEntry{Id: proto.Uint32(id), TtyInfoId: proto.Uint32(e.tty.id()), Flags: proto.Uint32(e.flags),
-							Fown: fownEntry(e.fown), RegfId: proto.Uint32(regID)}})
-				case kindFifo:
-					pipes[e.st.Ino] = true
-					regID := nextID
-					nextID++
-					addFile(&criupb.FileEntry{Type: criupb.FdTypes_REG.Enum(), Id: proto.Uint32(regID),
-						Reg: regEntry(regID, e.link, e.flags, e.pos, &e.st, e.fown)})
-					addFile(&criupb.FileEntry{Type: criupb.FdTypes_FIFO.Enum(), Id: proto.Uint32(id),
-						Fifo: &criupb.FifoEntry{Id: proto.Uint32(id), PipeId: proto.Uint32(uint32(e.st.Ino)), RegfId: proto.Uint32(regID)}})
-				default:
-					if fe := anonEntry(e, id); fe != nil {
-						addFile(fe) // event.go
-					}
-				}
-			}
-			typ := map[fdKind]criupb.FdTypes{kindReg: criupb.FdTypes_REG, kindPipe: criupb.FdTypes_PIPE, kindFifo: criupb.FdTypes_FIFO, kindTTY: criupb.FdTypes_TTY}[e.kind]
+			id := fileID(e)
+			typ := map[fdKind]criupb.FdTypes{kindReg: criupb.FdTypes_REG, kindPipe: criupb.FdTypes_PIPE, kindFifo: criupb.FdTypes_FIFO, kindTTY: criupb.FdTypes_TTY, kindUnix: criupb.FdTypes_UNIXSK, kindInet: criupb.FdTypes_INETSK}[e.kind]
 			if t, ok := anonType(e.kind); ok {
 				typ = t
 			}
@@ -245,8 +271,19 @@ func (s *state) images() (*imageSet, error) {
 		}
 		execs = append(execs, ex)
 	}
+	// Datagram sockets connected to sockets outside the tree
+	// (--ext-unix-sk): the outside sockets come last.
+	if err := uw.external(func() uint32 { id := nextID; nextID++; return id }); err != nil {
+		return nil, err
+	}
 	is.nfiles = len(files.entries)
 	is.pipes = len(pipes)
+	is.unixSockets = len(s.sockList)
+	if len(uw.packets) > 0 {
+		f := is.add("sk-queues.img", "SK_QUEUES")
+		f.entries = uw.packets
+		is.skQueueBytes = uw.bytes
+	}
 
 	data := func(name, kind string, list []*pipeData) {
 		if len(list) == 0 {
@@ -262,6 +299,12 @@ func (s *state) images() (*imageSet, error) {
 	}
 	data("pipes-data.img", "PIPES_DATA", s.pipes)
 	data("fifo-data.img", "FIFO_DATA", s.fifos)
+	is.tcpConns = s.tcpConns
+	for _, sk := range streams {
+		f := is.add(fmt.Sprintf("tcp-stream-%x.img", sk.entry.GetIno()), "TCP_STREAM")
+		trailer := append(append([]byte{}, sk.inq...), sk.outq...)
+		f.entries = append(f.entries, &images.Entry{Msg: sk.stream, Trailer: trailer})
+	}
 	if infos, tdata := s.ttyImages(); len(infos) > 0 {
 		is.add("tty-info.img", "TTY_INFO", infos...)
 		if len(tdata) > 0 {
@@ -317,6 +360,7 @@ func (is *imageSet) write(dir string) error {
 
 func (is *imageSet) fillStats(st *Stats) {
 	st.Tasks, st.Threads, st.Fds, st.Files, st.Pipes, st.PipeBytes = is.tasks, is.threads, is.fds, is.nfiles, is.pipes, is.pipeBytes
+	st.UnixSockets, st.SkQueueBytes = is.unixSockets, is.skQueueBytes
 }
 
 // writeStats writes stats-dump (CRIU's dump statistics; times in µs).

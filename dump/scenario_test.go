@@ -171,6 +171,9 @@ func scenarioMain() int {
 		moveFd(p[0], 20, false)
 		moveFd(p[1], 21, false)
 		writeAll(21, []byte("still here"))
+		in, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW, unix.NETLINK_ROUTE) // no dumper for netlink
+		must(err, "netlink socket")
+		moveFd(in, 12, false)
 		signalReady(3)
 		buf := make([]byte, 64)
 		for { // echo on fd 11
@@ -183,6 +186,14 @@ func scenarioMain() int {
 			}
 			writeAll(11, buf[:n])
 		}
+	case "unix/root":
+		unixRoot(dir) // unix_test.go
+	case "unixfx/root":
+		unixFixtureRoot(dir) // unixfx_test.go
+	case "unixmany/root":
+		unixManyRoot()
+	case "unixext/root":
+		unixExtRoot()
 	case "pipes/root":
 		n, _ := strconv.Atoi(os.Getenv(envN))
 		must(unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: uint64(2*n + 100), Max: uint64(2*n + 100)}), "setrlimit")

@@ -137,6 +137,7 @@ type Engine struct {
 	temps    []int
 	ctx      Context
 	ctlFD    int
+	after    []func() error // Context.AfterTree, in registration order
 
 	// Idle, when set, is told when the task has had nothing to do for
 	// IdleAfter (idle true, with what it waits for) and when it next
@@ -587,6 +588,20 @@ func (e *Engine) closeTemps() error {
 	return nil
 }
 
+// RunAfterTree runs the functions openers registered with
+// Context.AfterTree, in registration order, once the coordinator reports
+// that every task of the tree is restored. It stops at the first error.
+func (e *Engine) RunAfterTree() error {
+	fns := e.after
+	e.after = nil
+	for _, fn := range fns {
+		if err := fn(); err != nil {
+			return &EngineError{Task: e.plan.Pid, Stage: "after tree", Err: err}
+		}
+	}
+	return nil
+}
+
 // Context is what an Opener gets to work with.
 type Context struct {
 	e   *Engine
@@ -656,6 +671,12 @@ func (c *Context) FD(id uint32) int {
 	}
 	return -1
 }
+
+// AfterTree registers fn to run in this task after the whole tree is
+// restored (every task's fds in place) and before the task reaches its
+// end state: for work that must wait for every other object, such as
+// turning TCP repair mode off. fn must leave the fd table as it found it.
+func (c *Context) AfterTree(fn func() error) { c.e.after = append(c.e.after, fn) }
 
 // MapPid translates an image pid to the restored pid (0 when unknown).
 func (c *Context) MapPid(pid uint32) uint32 { return c.e.plan.PidMap[pid] }

@@ -63,6 +63,11 @@ type PlanOptions struct {
 	// SkipFileCheck restores regular files even when their size or mode
 	// changed since the dump.
 	SkipFileCheck bool
+	// TCPEstablished restores established TCP connections with TCP
+	// repair; without it (or TCPClose) images holding any are refused.
+	TCPEstablished bool
+	// TCPClose restores established TCP connections as closed sockets.
+	TCPClose bool
 	// ShellJob restores a tree that was a job of a shell: the root's
 	// session lies outside the tree and becomes the caller's, and a pty
 	// slave whose master is not in the images (the shell's terminal) is

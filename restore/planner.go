@@ -28,10 +28,16 @@ type planner struct {
 	// that queue. planInflight fills it.
 	inflight map[uint32]int
 
+	// inetPorts counts the inet sockets of each local address
+	// (spec_inet.go).
+	inetPorts map[string]*inetPort
+
 	// deliveries are descriptions a task needs without holding them
 	// itself (an epoll's targets, a queue's files in flight).
 	deliveries []delivery
 
+	// usk holds the unix sockets grouped into components (spec_unix.go).
+	usk    *uskState
 	epolls []*epollPlan // spec_epoll.go
 
 	// unsup holds the ids of files listed as unsupported: a delivery of
@@ -39,10 +45,7 @@ type planner struct {
 	unsup map[uint32]bool
 
 	ttyDone bool        // planTTYs ran (spec_tty.go)
-	opts    PlanOptions // ShellJob, Terminal (spec_tty.go), ExtUnixSk (spec_unix.go)
-
-	// usk holds the unix sockets grouped into components (spec_unix.go).
-	usk *uskState
+	opts    PlanOptions // ShellJob, Terminal (spec_tty.go), ExtUnixSk (spec_unix.go), TCP (spec_inet.go)
 
 	// inh maps the ids of descriptions the caller hands over to their fd
 	// (inherit.go).
@@ -188,6 +191,8 @@ func (pl *planner) planFile(f *images.File) error {
 		}
 		spec, err := fifoSpec(f, writeData, pl.others(hs, c))
 		return pl.add(c, spec, err)
+	case criupb.FdTypes_INETSK:
+		return pl.planInet(f, hs)
 	}
 	pl.unsupported(f)
 	return nil

@@ -427,9 +427,14 @@ func (c *coordinator) spawn(st *procState) error {
 			return c.fail(st, "spawn", err)
 		}
 		// The path's fd must stay clear of the child's fd layout and of
-		// the error pipe the fork child moves to len(files), or the
-		// shuffle would replace it before execve.
-		path, err := dupAbove(exe, len(files)+4)
+		// the error pipe, which the fork child moves to one above both
+		// len(files) and the highest fd in files, or the shuffle would
+		// replace it before execve (execve of the pipe: EACCES).
+		above := len(files)
+		for _, f := range files {
+			above = max(above, int(f)+1)
+		}
+		path, err := dupAbove(exe, above+4)
 		if err != nil {
 			return c.fail(st, "spawn", err)
 		}
@@ -668,6 +673,9 @@ func procState1(pid int) (byte, error) {
 // abort kills every process the restore created and reaps them.
 func (c *coordinator) abort() {
 	c.dropGhosts()
+	if c.plan.hasTCP() {
+		c.silenceTCP() // spec_inet.go
+	}
 	var pids []int
 	for _, st := range c.ps {
 		if st != nil && st.pid > 0 {

@@ -126,6 +126,42 @@ func TestCompare(t *testing.T) {
 	}
 }
 
+// TestCompareSockets: unix socket defects are reported.
+func TestCompareSockets(t *testing.T) {
+	base := func() *State {
+		s := baseState()
+		s.Tasks[0].Fds = append(s.Tasks[0].Fds,
+			&FdState{Num: 20, Kind: "socket", Target: "socket", Object: "obj5", Desc: "desc9", Flags: unix.O_RDWR,
+				SockType: unix.SOCK_STREAM, SockName: "@srv", PeerName: "", InQ: 4, Peer: "obj6"},
+			&FdState{Num: 21, Kind: "socket", Target: "socket", Object: "obj6", Desc: "desc10", Flags: unix.O_RDWR,
+				SockType: unix.SOCK_STREAM, SockName: "", PeerName: "@srv", Peer: "obj5"})
+		return s
+	}
+	if d := Compare(base(), base()); len(d) != 0 {
+		t.Fatalf("identical states differ: %q", d)
+	}
+	for _, c := range []struct {
+		name   string
+		doctor func(s *State)
+		want   string
+	}{
+		{"wrong type", func(s *State) { fd(s, "0", 20).SockType = unix.SOCK_DGRAM }, "task 0 fd 20: socket type 1 listening false before the dump, type 2 listening false after restore"},
+		{"not listening", func(s *State) { fd(s, "0", 20).Listening = true }, "listening true after restore"},
+		{"name lost", func(s *State) { fd(s, "0", 20).SockName = "" }, `task 0 fd 20: socket name "@srv" peer name "" before the dump, "" and "" after restore`},
+		{"data lost", func(s *State) { fd(s, "0", 20).InQ = 0 }, "task 0 fd 20: 4 bytes to read on the socket before the dump, 0 after restore"},
+		{"wrong peer", func(s *State) { fd(s, "0", 21).Peer = "none" }, "task 0 fd 21: peer socket obj5 before the dump, none after restore"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got := clone(base())
+			c.doctor(got)
+			all := strings.Join(Compare(base(), got), "\n")
+			if !strings.Contains(all, c.want) {
+				t.Errorf("want a difference saying %q, got:\n%s", c.want, all)
+			}
+		})
+	}
+}
+
 func TestLessKey(t *testing.T) {
 	for _, c := range [][2]string{{"0", "0.1"}, {"0.2", "0.10"}, {"0.1", "0.1.1"}, {"0.1.5", "0.2"}} {
 		if !lessKey(c[0], c[1]) || lessKey(c[1], c[0]) {

@@ -53,6 +53,14 @@ type Config struct {
 	// SkipExec stops after the outside comparison of each restore (no
 	// self-verification), for runs that only test the comparison.
 	SkipExec bool
+	// ExtPeer: the driver binds a datagram socket at
+	// WORKDIR/SCENARIO.ext.sock, outside the tree, for the scenario to
+	// connect to; ExtUnixSk passes --ext-unix-sk to dumps and restores.
+	ExtPeer, ExtUnixSk bool
+	// TCP: the scenario holds TCP connections: dumps and restores get
+	// --tcp-established, and without C/R it runs in a network namespace
+	// of its own (it brings lo up itself).
+	TCP bool
 }
 
 // Result is a driver's report, printed as one JSON line on stdout.
@@ -124,9 +132,40 @@ func (d *driver) run() {
 	}
 	d.reaper = StartReaper()
 	defer d.cleanup()
+	if d.cfg.ExtPeer {
+		fd, err := d.extPeer()
+		if err != nil {
+			d.failf("outside peer: %v", err)
+			return
+		}
+		defer unix.Close(fd)
+	}
 	if err := d.cycle(); err != nil {
 		d.failf("%v", err)
 	}
+}
+
+// extPeer binds the datagram socket outside the tree that ExtPeer
+// scenarios connect to.
+func (d *driver) extPeer() (int, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	path := filepath.Join(d.cfg.WorkDir, d.cfg.Scenario+".ext.sock")
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("bind %s: %w", path, err)
+	}
+	return fd, nil
+}
+
+// extArgs are the extra options of dumps and restores.
+func (d *driver) extArgs(args ...string) []string {
+	if d.cfg.ExtUnixSk {
+		args = append(args, "--ext-unix-sk")
+	}
+	return args
 }
 
 // cleanup kills everything the run started and waits until it is gone.
@@ -262,7 +301,7 @@ func (d *driver) startScenario() (int, error) {
 	pid, err := syscall.ForkExec(argv[0], argv, &syscall.ProcAttr{
 		Dir: d.cfg.WorkDir, Env: d.env,
 		Files: []uintptr{uintptr(devnull), uintptr(logfd), uintptr(logfd), uintptr(p[1])},
-		Sys:   &syscall.SysProcAttr{Setsid: true},
+		Sys:   &syscall.SysProcAttr{Setsid: true, Cloneflags: d.scenarioClone()},
 	})
 	unix.Close(p[1])
 	if err != nil {
@@ -281,6 +320,46 @@ func (d *driver) startScenario() (int, error) {
 		return 0, fmt.Errorf("scenario exited during setup (%s)%s", Describe(ws), d.logTail())
 	}
 	return 0, fmt.Errorf("scenario setup: %s", strings.TrimPrefix(msg, "error: "))
+}
+
+// silenceTCP turns TCP repair on for every TCP socket of the tasks, so
+// that killing them sends no FIN or reset to their peers. The dups taken
+// are closed at once: the tasks still hold the sockets.
+func silenceTCP(pids []int) {
+	for _, pid := range pids {
+		pidfd, err := unix.PidfdOpen(pid, 0)
+		if err != nil {
+			continue
+		}
+		ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		for _, e := range ents {
+			n, err := strconv.Atoi(e.Name())
+			if err != nil {
+				continue
+			}
+			if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", pid, n)); !strings.HasPrefix(l, "socket:") {
+				continue
+			}
+			fd, err := unix.PidfdGetfd(pidfd, n, 0)
+			if err != nil {
+				continue
+			}
+			if p, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL); err == nil && p == unix.IPPROTO_TCP {
+				unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_REPAIR, 1) // fails harmlessly on listeners
+			}
+			unix.Close(fd)
+		}
+		unix.Close(pidfd)
+	}
+}
+
+// scenarioClone gives a TCP scenario run without C/R a network namespace
+// of its own: it binds ports.
+func (d *driver) scenarioClone() uintptr {
+	if d.cfg.TCP && d.cfg.Flavor == FlavorNoCR {
+		return unix.CLONE_NEWNET
+	}
+	return 0
 }
 
 func (d *driver) logTail() string {
@@ -369,7 +448,11 @@ func (d *driver) logIssues(what, path string) {
 }
 
 func (d *driver) fdrestore(args ...string) []string {
-	return append([]string{d.cfg.Fdrestore}, args...)
+	out := append([]string{d.cfg.Fdrestore}, args...)
+	if d.cfg.TCP && (slices.Contains(args, "dump") || slices.Contains(args, "restore")) {
+		out = append(out, "--tcp-established")
+	}
+	return out
 }
 
 func (d *driver) runEnv() []string {
@@ -391,7 +474,7 @@ func (d *driver) dump(it int, img string, root int, keys PidKeys) error {
 	}
 	log := filepath.Join(d.cfg.WorkDir, fmt.Sprintf("dump-%d.log", it))
 	before := DumpCgroups(0)
-	res, err := d.reaper.Run(d.fdrestore("-vv", "-o", log, "dump", "-t", strconv.Itoa(root), "-D", img), d.runEnv(), d.cfg.WorkDir, d.deadline(60*time.Second))
+	res, err := d.reaper.Run(d.fdrestore(d.extArgs("-vv", "-o", log, "dump", "-t", strconv.Itoa(root), "-D", img)...), d.runEnv(), d.cfg.WorkDir, d.deadline(60*time.Second))
 	if err != nil {
 		return err
 	}
@@ -401,6 +484,14 @@ func (d *driver) dump(it int, img string, root int, keys PidKeys) error {
 		return fmt.Errorf("dump %d: %s", it+1, res.Brief())
 	}
 	d.step("dump %d: %d tasks in %v", it+1, len(keys), res.Took.Round(time.Millisecond))
+	if d.cfg.TCP {
+		// The restored tree's connections are the dumped ones.
+		prev := filepath.Join(d.cfg.WorkDir, "img-leave-running")
+		if it > 0 {
+			prev = filepath.Join(d.cfg.WorkDir, "img-"+strconv.Itoa(it-1))
+		}
+		d.compareInet(fmt.Sprintf("dump %d vs the dump before", it+1), prev, img)
+	}
 	if left := WaitGone(pidsOf(keys), d.deadline(10*time.Second)); len(left) > 0 {
 		var desc []string
 		for _, p := range left {
@@ -426,7 +517,7 @@ func (d *driver) dumpLeaveRunning(root int, keys PidKeys) error {
 	}
 	log := filepath.Join(d.cfg.WorkDir, "dump-leave-running.log")
 	before := DumpCgroups(0)
-	res, err := d.reaper.Run(d.fdrestore("-vv", "-o", log, "dump", "--leave-running", "-t", strconv.Itoa(root), "-D", img), d.runEnv(), d.cfg.WorkDir, d.deadline(60*time.Second))
+	res, err := d.reaper.Run(d.fdrestore(d.extArgs("-vv", "-o", log, "dump", "--leave-running", "-t", strconv.Itoa(root), "-D", img)...), d.runEnv(), d.cfg.WorkDir, d.deadline(60*time.Second))
 	if err != nil {
 		return err
 	}
@@ -485,7 +576,7 @@ func readPidMap(path string, keys PidKeys) (PidKeys, int, error) {
 func (d *driver) restoreStopped(it int, img string, keys PidKeys) error {
 	mapFile := filepath.Join(d.cfg.WorkDir, fmt.Sprintf("pids-%d-stopped.json", it))
 	log := filepath.Join(d.cfg.WorkDir, fmt.Sprintf("restore-%d-stopped.log", it))
-	res, err := d.reaper.Run(d.fdrestore("-vv", "-o", log, "restore", "-D", img, "--leave-stopped", "-d", "--pid-map", mapFile), d.runEnv(), d.cfg.WorkDir, d.deadline(60*time.Second))
+	res, err := d.reaper.Run(d.fdrestore(d.extArgs("-vv", "-o", log, "restore", "-D", img, "--leave-stopped", "-d", "--pid-map", mapFile)...), d.runEnv(), d.cfg.WorkDir, d.deadline(60*time.Second))
 	if err != nil {
 		return err
 	}
@@ -499,6 +590,11 @@ func (d *driver) restoreStopped(it int, img string, keys PidKeys) error {
 	}
 	pids := pidsOf(nkeys)
 	defer func() {
+		if d.cfg.TCP {
+			// This copy of the tree goes away without a word to the
+			// peers of its connections, for the next restore.
+			silenceTCP(pids)
+		}
 		for _, p := range pids {
 			unix.Kill(p, unix.SIGKILL)
 		}
@@ -521,7 +617,7 @@ func (d *driver) restoreStopped(it int, img string, keys PidKeys) error {
 func (d *driver) restoreExec(it int, img string, keys PidKeys) (int, PidKeys, error) {
 	mapFile := filepath.Join(d.cfg.WorkDir, fmt.Sprintf("pids-%d.json", it))
 	log := filepath.Join(d.cfg.WorkDir, fmt.Sprintf("restore-%d.log", it))
-	res, err := d.reaper.Run(d.fdrestore("-vv", "-o", log, "restore", "-D", img, "--exec-recorded", "-d", "--pid-map", mapFile), d.runEnv(), d.cfg.WorkDir, d.deadline(60*time.Second))
+	res, err := d.reaper.Run(d.fdrestore(d.extArgs("-vv", "-o", log, "restore", "-D", img, "--exec-recorded", "-d", "--pid-map", mapFile)...), d.runEnv(), d.cfg.WorkDir, d.deadline(60*time.Second))
 	if err != nil {
 		return 0, nil, err
 	}
@@ -604,7 +700,7 @@ func (d *driver) crfail(root int, keys PidKeys) error {
 	img := filepath.Join(d.cfg.WorkDir, "img-0")
 	os.MkdirAll(img, 0o755)
 	before := DumpCgroups(0)
-	res, err := d.reaper.Run(d.fdrestore("dump", "-t", strconv.Itoa(root), "-D", img), d.runEnv(), d.cfg.WorkDir, d.deadline(60*time.Second))
+	res, err := d.reaper.Run(d.fdrestore(d.extArgs("dump", "-t", strconv.Itoa(root), "-D", img)...), d.runEnv(), d.cfg.WorkDir, d.deadline(60*time.Second))
 	if err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"unsafe"
 
+	"github.com/fdrestore/fdrestore/dump"
 	"golang.org/x/sys/unix"
 )
 
@@ -54,8 +55,20 @@ type FdState struct {
 	// "" when none.
 	Owner string
 	Sig   int // F_GETSIG
+	// Unix sockets: SO_TYPE, SO_ACCEPTCONN, the own and peer names as
+	// ss shows them ("" unnamed, @ abstract, "-" no peer), bytes to read
+	// (SIOCINQ: a datagram socket's next datagram), and the peer socket
+	// by its object label ("none", or "unheld" when no fd holds it).
+	SockType  int
+	Listening bool
+	SockName  string
+	PeerName  string
+	InQ       int
+	Peer      string
 
 	rawObj uint64 // dev<<32 ^ ino, for grouping
+	ino    uint64
+	dev    uint64
 	task   *TaskState
 }
 
@@ -131,7 +144,85 @@ func Capture(root int, keys PidKeys) (*State, PidKeys, error) {
 	if err := labelShared(st, true); err != nil {
 		return nil, nil, err
 	}
+	if err := labelPeers(st, root); err != nil {
+		return nil, nil, err
+	}
 	return st, out, nil
+}
+
+// captureSocket reads what can be seen of a unix socket from outside.
+func captureSocket(fd int, f *FdState) {
+	if v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN); err != nil || v != unix.AF_UNIX {
+		return
+	}
+	f.SockType, _ = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	acc, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
+	f.Listening = acc != 0
+	f.SockName = sockName(fd, unix.SYS_GETSOCKNAME)
+	f.PeerName = sockName(fd, unix.SYS_GETPEERNAME)
+	if !f.Listening {
+		f.InQ, _ = unix.IoctlGetInt(fd, unix.SIOCINQ)
+	}
+}
+
+// sockName is a unix socket's name (or its peer's) as ss shows it.
+func sockName(fd int, call uintptr) string {
+	var sa unix.RawSockaddrUnix
+	l := uint32(unsafe.Sizeof(sa))
+	if _, _, e := unix.Syscall(call, uintptr(fd), uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&l))); e != 0 {
+		if e == unix.ENOTCONN {
+			return "-"
+		}
+		return "error: " + e.Error()
+	}
+	n := int(l) - 2
+	if n <= 0 {
+		return ""
+	}
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(sa.Path[i])
+	}
+	if b[0] == 0 {
+		return "@" + string(b[1:])
+	}
+	return strings.TrimRight(string(b), "\x00")
+}
+
+// labelPeers names each unix socket's peer by the peer's object label,
+// from one sock_diag dump of the root's network namespace.
+func labelPeers(st *State, root int) error {
+	var socks []*FdState
+	for _, t := range st.Tasks {
+		for _, f := range t.Fds {
+			if f.Kind == "socket" && f.SockType != 0 {
+				socks = append(socks, f)
+			}
+		}
+	}
+	if len(socks) == 0 {
+		return nil
+	}
+	peers, err := dump.UnixPeers(root)
+	if err != nil {
+		return fmt.Errorf("unix socket peers: %w", err)
+	}
+	labels := map[uint64]string{}
+	for _, f := range socks {
+		labels[f.rawObj] = f.Object
+	}
+	for _, f := range socks {
+		p, ok := peers[f.ino]
+		switch {
+		case !ok || p == 0:
+			f.Peer = "none"
+		case labels[f.dev<<32^p] != "":
+			f.Peer = labels[f.dev<<32^p]
+		default:
+			f.Peer = "unheld"
+		}
+	}
+	return nil
 }
 
 // lessKey orders "0.2" before "0.10".
@@ -255,7 +346,7 @@ func captureFd(ts *TaskState, pidfd, n int, keys PidKeys) (*FdState, error) {
 	if err := unix.Stat(link, &st); err != nil {
 		return nil, err
 	}
-	f.rawObj = st.Dev<<32 ^ st.Ino
+	f.rawObj, f.ino, f.dev = st.Dev<<32^st.Ino, st.Ino, st.Dev
 	switch {
 	case strings.HasPrefix(target, "pipe:"):
 		f.Kind, f.Target = "pipe", "pipe"
@@ -300,6 +391,9 @@ func captureFd(ts *TaskState, pidfd, n int, keys PidKeys) (*FdState, error) {
 	}
 	if sig, err := unix.FcntlInt(uintptr(fd), unix.F_GETSIG, 0); err == nil {
 		f.Sig = sig
+	}
+	if f.Kind == "socket" {
+		captureSocket(fd, f)
 	}
 	if f.Kind == "pipe" || f.Kind == "fifo" {
 		if sz, err := unix.FcntlInt(uintptr(fd), unix.F_GETPIPE_SZ, 0); err == nil {
@@ -553,6 +647,18 @@ func compareFd(r, g *FdState, add func(string, ...any)) {
 	if r.Sig != g.Sig {
 		add("%s: F_GETSIG %d before the dump, %d after restore", where, r.Sig, g.Sig)
 	}
+	if r.SockType != g.SockType || r.Listening != g.Listening {
+		add("%s: socket type %d listening %v before the dump, type %d listening %v after restore", where, r.SockType, r.Listening, g.SockType, g.Listening)
+	}
+	if r.SockName != g.SockName || r.PeerName != g.PeerName {
+		add("%s: socket name %q peer name %q before the dump, %q and %q after restore", where, r.SockName, r.PeerName, g.SockName, g.PeerName)
+	}
+	if r.InQ != g.InQ {
+		add("%s: %d bytes to read on the socket before the dump, %d after restore", where, r.InQ, g.InQ)
+	}
+	if r.Peer != g.Peer {
+		add("%s: peer socket %s before the dump, %s after restore", where, r.Peer, g.Peer)
+	}
 }
 
 // comparePartition reports fds that shared something (description or
@@ -687,6 +793,9 @@ func (s *State) Summary() string {
 			fmt.Fprintf(&b, "  fd %d %s %s %s %s flags=%s cloexec=%v pos=%d", f.Num, f.Kind, f.Target, f.Object, f.Desc, FlagString(f.Flags), f.Cloexec, f.Pos)
 			if f.Kind == "pipe" || f.Kind == "fifo" {
 				fmt.Fprintf(&b, " size=%d queued=%d data=%s", f.PipeSize, f.Queued, f.DataSum)
+			}
+			if f.SockType != 0 {
+				fmt.Fprintf(&b, " type=%d listening=%v name=%q peername=%q inq=%d peer=%s", f.SockType, f.Listening, f.SockName, f.PeerName, f.InQ, f.Peer)
 			}
 			if f.Owner != "" || f.Sig != 0 {
 				fmt.Fprintf(&b, " owner=%s sig=%d", f.Owner, f.Sig)

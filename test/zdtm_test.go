@@ -20,6 +20,10 @@ type spec struct {
 	// crfailError ({pid:ROLE} = pid of the task running ROLE).
 	crfail      bool
 	crfailError string
+	// extPeer: the runner binds a datagram socket outside the tree for
+	// the scenario (see Config.ExtPeer); extUnixSk: dumps and restores
+	// get --ext-unix-sk.
+	extPeer, extUnixSk bool
 	// unsupported: a state fdrestore does not handle yet. When the run
 	// fails with an error matching it, the scenario is reported as
 	// skipped with that error; any other failure is a failure, and a
@@ -29,6 +33,10 @@ type spec struct {
 	// needs a devpts instance of its own: it runs in the ns flavor only
 	// and never touches the host's /dev/pts.
 	nsOnly bool
+	// tcp: the scenario holds TCP connections and binds ports: it runs
+	// with --tcp-established, in the ns flavor only (nsOnly) and without
+	// C/R in a network namespace of its own.
+	tcp bool
 }
 
 var scenarios = []spec{
@@ -45,10 +53,28 @@ var scenarios = []spec{
 	{name: "file_fown"},
 	{name: "pipeline"},
 	{name: "pipe-wonly-data"},
-	{name: "crfail-socketpair", crfail: true,
+	{name: "unix-pairs"},
+	{name: "unix-listen-path"},
+	{name: "unix-listen-abstract"},
+	{name: "unix-peerless"},
+	{name: "unix-dgram-server"},
+	{name: "unix-dgram-self"},
+	{name: "unix-shutdown"},
+	{name: "unix-sockopts"},
+	{name: "unix-scm"},
+	{name: "unix-deleted"},
+	{name: "unix-shared"},
+	{name: "unix-ext-dgram", extPeer: true, extUnixSk: true},
+	{name: "unix-epoll"},
+	{name: "crfail-unix-ext", extPeer: true, crfail: true,
 		crfailError: `^fdrestore: dump refused, the tree was left running unchanged: ` +
-			`pid {pid:holder} fd 3: socket is not supported \(socket:\[\d+\]\)\n` +
-			`pid {pid:holder} fd 4: socket is not supported \(socket:\[\d+\]\)$`},
+			`pid {pid:root} fd 3: unix socket:\[\d+\] \(unnamed\) cannot be dumped: its peer socket:\[\d+\] ".*/crfail-unix-ext\.ext\.sock" ` +
+			`is outside the dumped tree \(dump with --ext-unix-sk to record it as external and reconnect to it by name\)$`},
+	{name: "crfail-unix-pending-data", crfail: true,
+		crfailError: `^fdrestore: dump refused, the tree was left running unchanged: ` +
+			`pid {pid:root} fd 4: unix socket:\[\d+\] \(unnamed\) cannot be dumped: it sent data \(\d+ bytes of buffers\) ` +
+			`into its connection to socket:\[\d+\] "@zdtm-[0-9a-f]+-crfail-unix-pending-data-l", which was not accepted yet; ` +
+			`that data cannot be read without accepting the connection$`},
 	{name: "crfail-console", crfail: true,
 		crfailError: `^fdrestore: dump refused, the tree was left running unchanged: ` +
 			`pid {pid:root} fd 3: tty is not supported \(/dev/console\)$`},
@@ -64,6 +90,15 @@ var scenarios = []spec{
 	{name: "eventfd00"},
 	{name: "signalfd00"},
 	{name: "timerfd00"},
+	{name: "tcp-pair", tcp: true, nsOnly: true},
+	{name: "tcp-ext", tcp: true, nsOnly: true},
+	{name: "tcp-bufs", tcp: true, nsOnly: true},
+	{name: "tcp-halfclosed", tcp: true, nsOnly: true},
+	{name: "tcp-halfclosed-full", tcp: true, nsOnly: true},
+	{name: "tcp6-udp", tcp: true, nsOnly: true},
+	{name: "tcp-crfail-pending", tcp: true, nsOnly: true, crfail: true,
+		crfailError: `^fdrestore: dump refused, the tree was left running unchanged: ` +
+			`pid {pid:root} fd 3: TCP listener with connections not yet accepted \(1\) is not supported \(socket:\[\d+\]\)$`},
 }
 
 // report collects one line per scenario and flavor.
@@ -153,10 +188,11 @@ func TestZdtm(t *testing.T) {
 				t.Run(fl, func(t *testing.T) {
 					t.Parallel()
 					if sc.nsOnly && fl != FlavorNS {
-						record(sc.name, fl, "skip: ns flavor only (needs its own devpts)")
-						t.Skip("ns flavor only: restoring ptys at their index needs a devpts instance of its own")
+						record(sc.name, fl, "skip: ns flavor only (needs namespaces of its own)")
+						t.Skip("ns flavor only: the scenario needs a devpts instance or a network namespace of its own")
 					}
-					res := runDriver(t, Config{Scenario: sc.name, Flavor: fl, CRFail: sc.crfail, CRFailError: sc.crfailError})
+					res := runDriver(t, Config{Scenario: sc.name, Flavor: fl, CRFail: sc.crfail, CRFailError: sc.crfailError,
+						ExtPeer: sc.extPeer, ExtUnixSk: sc.extUnixSk, TCP: sc.tcp})
 					if res.Status == "fail" && sc.unsupported != "" && regexp.MustCompile(sc.unsupported).MatchString(res.Reason) {
 						res.Status, res.Reason = "skip", "not supported yet: "+res.Reason
 					}
@@ -202,7 +238,7 @@ func TestScenarioSanity(t *testing.T) {
 	for _, sc := range scenarios {
 		t.Run(sc.name, func(t *testing.T) {
 			t.Parallel()
-			res := runDriver(t, Config{Scenario: sc.name, Flavor: FlavorNoCR})
+			res := runDriver(t, Config{Scenario: sc.name, Flavor: FlavorNoCR, ExtPeer: sc.extPeer, TCP: sc.tcp})
 			if res.Status != "pass" {
 				t.Errorf("%s without C/R: %s", sc.name, res.Reason)
 			}

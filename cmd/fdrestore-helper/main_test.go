@@ -45,7 +45,7 @@ func TestLeanImports(t *testing.T) {
 	}
 	for _, want := range []string{"github.com/fdrestore/fdrestore/files/openers", "github.com/fdrestore/fdrestore/files/pipe", "github.com/fdrestore/fdrestore/files/reg",
 		"github.com/fdrestore/fdrestore/files/epoll", "github.com/fdrestore/fdrestore/files/eventfd", "github.com/fdrestore/fdrestore/files/signalfd",
-		"github.com/fdrestore/fdrestore/files/timerfd", "github.com/fdrestore/fdrestore/files/tty"} {
+		"github.com/fdrestore/fdrestore/files/timerfd", "github.com/fdrestore/fdrestore/files/tty", "github.com/fdrestore/fdrestore/files/tcp"} {
 		found := false
 		for _, d := range deps {
 			found = found || d == want

@@ -24,6 +24,8 @@ func (a *app) dumpCmd() *cobra.Command {
 		ghostLimit   string
 		shellJob     bool
 		console      bool
+		extUnixSk    bool
+		tcpEst       bool
 	)
 	cmd := &cobra.Command{
 		Use:   "dump -t PID -D DIR [--leave-running]",
@@ -31,12 +33,17 @@ func (a *app) dumpCmd() *cobra.Command {
 		Long: `Freeze the process tree rooted at PID (cgroup v2 freezer), record the tree and
 every task's fds (regular files, directories, device nodes, pipes and FIFOs
 with their queued data, ptys with their settings, sessions and queued data,
-/dev/tty; files unlinked while open are saved with their
-content, up to --ghost-limit) in CRIU 4.2-format images in DIR, plus each task's
-argv, environment and cwd in fdrestore-exec.img, then kill the tree (the
-default, like CRIU) or thaw it unchanged (--leave-running). A tree holding any
-other kind of fd (socket, console, epoll, ...) is refused before anything is
-changed. Prints how long the tree was frozen.`,
+/dev/tty; files unlinked while open are saved with their content, up to
+--ghost-limit; unix sockets with their names, peers, options, pending
+connections and queued data, including files in flight in the queues; epoll
+sets, eventfds, signalfds and timerfds; TCP and UDP sockets, and with
+--tcp-established TCP connections with their queues, read in TCP repair mode)
+in CRIU 4.2-format images in DIR, plus each task's argv, environment and cwd in
+fdrestore-exec.img, then kill the tree (the default, like CRIU) or thaw it
+unchanged (--leave-running). A tree holding any other kind of fd (console,
+netlink socket, ...), or a unix socket connected outside the tree (see
+--ext-unix-sk), is refused and left running. Prints how long the tree was
+frozen.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if pid <= 0 {
@@ -51,7 +58,7 @@ changed. Prints how long the tree was frozen.`,
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			st, err := dump.Dump(ctx, pid, dir, dump.Options{LeaveRunning: leaveRunning, Timeout: timeout, Log: logrus.StandardLogger(), GhostLimit: limit, ShellJob: shellJob, Console: console})
+			st, err := dump.Dump(ctx, pid, dir, dump.Options{LeaveRunning: leaveRunning, Timeout: timeout, Log: logrus.StandardLogger(), GhostLimit: limit, ShellJob: shellJob, ExtUnixSk: extUnixSk, TCPEstablished: tcpEst, Console: console})
 			if err != nil {
 				return err
 			}
@@ -61,6 +68,9 @@ changed. Prints how long the tree was frozen.`,
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "dumped %d tasks (%d threads), %d fds, %d files, %d pipes/FIFOs (%d bytes queued) into %s; tree %s\n",
 				st.Tasks, st.Threads, st.Fds, st.Files, st.Pipes, st.PipeBytes, dir, end)
+			if st.UnixSockets > 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "%d unix sockets (%d bytes queued)\n", st.UnixSockets, st.SkQueueBytes)
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "freezing took %s, frozen for %s, total %s\n", ms(st.Freezing), ms(st.Frozen), ms(st.Total))
 			return nil
 		},
@@ -72,7 +82,9 @@ changed. Prints how long the tree was frozen.`,
 	fl.DurationVar(&timeout, "timeout", 30*time.Second, "give up (and thaw the tree) if freezing or dumping takes longer")
 	fl.BoolVar(&console, "console", false, "the tree's terminal is a console from outside it (a pty whose master a runtime holds): restore it with --console-socket")
 	fl.BoolVar(&shellJob, "shell-job", false, "dump a job of a shell: the root's session and its terminal (a pty whose master is outside the tree) belong to the shell; restore with --shell-job")
+	fl.BoolVar(&extUnixSk, "ext-unix-sk", false, "allow unix datagram sockets connected to a named socket outside the tree (recorded as external, reconnected by name on restore)")
 	fl.StringVar(&ghostLimit, "ghost-limit", "1M", "largest deleted file to save with its content (`SIZE` in bytes, or with suffix K, M, G); a larger one refuses the dump")
+	fl.BoolVar(&tcpEst, "tcp-established", false, "dump established TCP connections (TCP repair on the frozen tree); without it a tree holding one is refused")
 	return cmd
 }
 

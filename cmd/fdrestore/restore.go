@@ -22,6 +22,7 @@ func (a *app) planCmd() *cobra.Command {
 	var dir string
 	var skipFileCheck, shellJob, extUnixSk bool
 	var ext externalFlags
+	var tcpf tcpFlags
 	cmd := &cobra.Command{
 		Use:   "plan -D DIR",
 		Short: "Print what a restore of DIR would do, without creating a process",
@@ -36,6 +37,7 @@ be restored.`,
 				return usagef("plan needs -D DIR")
 			}
 			po := restore.PlanOptions{SkipFileCheck: skipFileCheck, ShellJob: shellJob, Terminal: tty.CurrentTTY(), ExtUnixSk: extUnixSk}
+			tcpf.set(&po)
 			inh, err := ext.inherits(dir)
 			if err != nil {
 				return err
@@ -60,8 +62,19 @@ be restored.`,
 	cmd.Flags().BoolVar(&shellJob, "shell-job", false, "plan the restore of a shell job into the caller's session and terminal")
 	cmd.Flags().BoolVar(&extUnixSk, "ext-unix-sk", false, extUnixSkHelp)
 	ext.add(cmd.Flags(), false)
+	tcpf.add(cmd)
 	return cmd
 }
+
+// tcpFlags are --tcp-established and --tcp-close.
+type tcpFlags struct{ established, close bool }
+
+func (f *tcpFlags) add(cmd *cobra.Command) {
+	cmd.Flags().BoolVar(&f.established, "tcp-established", false, "restore established TCP connections (TCP repair)")
+	cmd.Flags().BoolVar(&f.close, "tcp-close", false, "restore established TCP connections as closed sockets")
+}
+
+func (f *tcpFlags) set(o *restore.PlanOptions) { o.TCPEstablished, o.TCPClose = f.established, f.close }
 
 const extUnixSkHelp = "connect unix sockets whose peer is outside the dumped tree to the peer's recorded name"
 
@@ -86,6 +99,7 @@ type restoreFlags struct {
 	shellJob      bool
 	extUnixSk     bool
 	ext           externalFlags
+	tcp           tcpFlags
 }
 
 func (a *app) restoreCmd() *cobra.Command {
@@ -117,6 +131,7 @@ and exits with its status. On any failure every process it created is killed.`,
 	fl.BoolVar(&f.shellJob, "shell-job", false, "restore a tree dumped with --shell-job as a job of the caller's shell: its session and its terminal (stdin, stdout or stderr) become the caller's, and its root joins the caller's process group")
 	fl.BoolVar(&f.extUnixSk, "ext-unix-sk", false, extUnixSkHelp)
 	f.ext.add(fl, true)
+	f.tcp.add(cmd)
 	return cmd
 }
 
@@ -148,6 +163,7 @@ func (a *app) runRestore(cmd *cobra.Command, f *restoreFlags) error {
 	}
 	var err error
 	po := restore.PlanOptions{SkipFileCheck: f.skipFileCheck, ShellJob: f.shellJob, ExtUnixSk: f.extUnixSk}
+	f.tcp.set(&po)
 	if f.shellJob {
 		if po.Terminal = tty.CurrentTTY(); po.Terminal == "" {
 			return usagef("--shell-job needs a terminal on stdin, stdout or stderr")

@@ -62,9 +62,6 @@ func (p *Params) UnmarshalBinary(b []byte) error {
 	return d.Done()
 }
 
-// statusMask is what F_SETFL can change.
-const statusMask = unix.O_APPEND | unix.O_ASYNC | unix.O_DIRECT | unix.O_NOATIME | unix.O_NONBLOCK
-
 type opener struct{ p Params }
 
 func init() {
@@ -87,14 +84,8 @@ func (o *opener) Open(c *files.Context) (bool, error) {
 	}
 	src := inh[o.p.Index]
 	if o.p.SetFlags {
-		cur, err := unix.FcntlInt(uintptr(src), unix.F_GETFL, 0)
-		if err != nil {
-			return false, fmt.Errorf("inherited fd for %q: F_GETFL: %w", o.p.Key, err)
-		}
-		if want := cur&^statusMask | int(o.p.Flags)&statusMask; want != cur {
-			if _, err := unix.FcntlInt(uintptr(src), unix.F_SETFL, want); err != nil {
-				return false, fmt.Errorf("inherited fd for %q: set flags %#o: %w", o.p.Key, o.p.Flags, err)
-			}
+		if err := files.SetStatusFlags(src, o.p.Flags); err != nil {
+			return false, fmt.Errorf("inherited fd for %q: set flags %#o: %w", o.p.Key, o.p.Flags, err)
 		}
 	}
 	// The lowest free number, as openers must; the engine moves it.

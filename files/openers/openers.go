@@ -16,6 +16,7 @@ import (
 	_ "github.com/fdrestore/fdrestore/files/pipe"     // pipes and FIFOs
 	_ "github.com/fdrestore/fdrestore/files/reg"      // regular files, directories, device nodes
 	_ "github.com/fdrestore/fdrestore/files/signalfd" // signalfds
+	_ "github.com/fdrestore/fdrestore/files/tcp"      // inet sockets, TCP repair
 	_ "github.com/fdrestore/fdrestore/files/timerfd"  // timerfds
 	_ "github.com/fdrestore/fdrestore/files/tty"      // ptys, controlling terminals, /dev/tty
 	_ "github.com/fdrestore/fdrestore/files/unixsk"   // unix sockets with their queues

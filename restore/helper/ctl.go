@@ -165,11 +165,20 @@ func Recv(fd int, deadline time.Time) (*Msg, []int, error) {
 		// is no helper of this version wrote to its stdio (they are
 		// placeholders on the control socket). Such output comes in
 		// many writes, a packet each: take what arrives until the
-		// writer has been quiet for a moment.
+		// writer is gone (end of file: it exited and closed every copy
+		// of the socket), or for at most crashWait on a loaded machine
+		// where a dying writer can pause between writes.
 		said := []string{strings.TrimSpace(string(buf[:n]))}
+		until := time.Now().Add(crashWait)
 		for i := 0; i < 64; i++ {
+			left := time.Until(until)
+			if left <= 0 {
+				break
+			}
 			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-			if k, err := unix.Poll(pfd, 50); err != nil || k == 0 {
+			if k, err := unix.Poll(pfd, int(left/time.Millisecond)+1); err == unix.EINTR {
+				continue
+			} else if err != nil || k == 0 {
 				break
 			}
 			k, _, err := unix.Recvfrom(fd, buf, unix.MSG_DONTWAIT)
@@ -187,6 +196,9 @@ func Recv(fd int, deadline time.Time) (*Msg, []int, error) {
 	}
 	return m, fds, nil
 }
+
+// crashWait bounds how long Recv collects the rest of a crash report.
+const crashWait = 2 * time.Second
 
 // msgMagic starts every encoded Msg: a NUL, which no crash report or other
 // text starts with, and the protocol's tag.

@@ -120,7 +120,8 @@ type helper struct {
 	deadline time.Time
 	log      *logrus.Logger
 	plan     *files.TaskPlan
-	env      []string // of the helpers it spawns (Env, once)
+	engine   *files.Engine // for its after-tree steps
+	env      []string      // of the helpers it spawns (Env, once)
 	filesBuf []uintptr
 	highBuf  []int
 	envBytes int // estimated garbage of one spawn's environment copies
@@ -455,6 +456,7 @@ func (h *helper) restore(fds []int) error {
 		return err
 	}
 	log.WithField("fds", len(plan.Fles)).WithField("took", time.Since(start)).Debug("fds restored")
+	h.engine = e
 	return nil
 }
 
@@ -501,6 +503,13 @@ func (h *helper) keepCloexec(env []string) ([]string, error) {
 func (h *helper) end(m *Msg) error {
 	if h.plan == nil {
 		return fmt.Errorf("end before the fds were restored")
+	}
+	// Every task is restored: the openers' after-tree steps (TCP repair
+	// off, ...) run now, before the fd table is checked.
+	if h.engine != nil {
+		if err := h.engine.RunAfterTree(); err != nil {
+			return err
+		}
 	}
 	// The stopper counts the task's fds after its exec, which leaves
 	// less to check here (see PrepareExec).

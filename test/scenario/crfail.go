@@ -8,55 +8,47 @@ import (
 // tree running and intact (the runner then verifies it without a
 // restore).
 
-// crfail-socketpair: a child holds a unix stream socketpair at fds 3 and
-// 4 with 6 bytes queued at 4.
+// crfail-unix-pending-data: the root holds an abstract stream listener
+// (3) and a client (4) whose connection was not accepted yet but already
+// carries 6 bytes: they cannot be read without accepting the connection,
+// so the dump must refuse.
 const skMsg = "hello\n"
 
 func init() {
-	register("crfail-socketpair", map[string]*Role{
+	register("crfail-unix-pending-data", map[string]*Role{
 		"root": {
-			Fds:      std(),
-			Children: children("holder"),
-			Setup: func(t *T) error {
-				_, err := t.Spawn("holder", nil)
-				return err
-			},
-		},
-		"holder": {
 			Fds: std(3, 4),
 			Setup: func(t *T) error {
-				sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-				if err != nil {
+				name := t.Abstract("l")
+				if err := t.SocketAt(unix.SOCK_STREAM, 3); err != nil {
 					return err
 				}
-				a, err := t.hi(sp[0])
-				if err != nil {
+				if err := unix.Bind(3, SockAddr(name)); err != nil {
 					return err
 				}
-				b, err := t.hi(sp[1])
-				if err != nil {
+				if err := unix.Listen(3, 4); err != nil {
 					return err
 				}
-				if err := t.Place(a, 3); err != nil {
+				if err := t.SocketAt(unix.SOCK_STREAM, 4); err != nil {
 					return err
 				}
-				if err := t.Place(b, 4); err != nil {
+				if err := unix.Connect(4, SockAddr(name)); err != nil {
 					return err
 				}
-				return WriteAll(3, []byte(skMsg))
+				return Send(4, skMsg)
 			},
 			Verify: func(t *T) {
-				t.CheckType(3, "socket:")
-				t.CheckType(4, "socket:")
-				msg, err := ReadFull(4, len(skMsg))
-				if t.Check(err, "queued data") {
-					t.CheckData("queued data", msg, []byte(skMsg))
+				t.CheckSock(3, unix.SOCK_STREAM, true, t.Abstract("l"), "-")
+				if !t.Check(pollIn(3, deadline()), "pending connection") {
+					return
 				}
-				t.Check(WriteAll(4, []byte("back")), "write back")
-				back, err := ReadFull(3, 4)
-				if t.Check(err, "read back") {
-					t.CheckData("read back", back, []byte("back"))
+				a, _, err := unix.Accept4(3, unix.SOCK_CLOEXEC)
+				if !t.Check(err, "accept") {
+					return
 				}
+				defer unix.Close(a)
+				t.CheckStream(a, skMsg)
+				t.CheckPingPong(a, 4)
 			},
 		},
 	})

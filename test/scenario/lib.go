@@ -119,6 +119,9 @@ func run(sc *Scenario, role string) int {
 			t.killSpawned()
 			return 1
 		}
+		if r.ExitAfterSetup {
+			return 0
+		}
 	} else {
 		t.restoredStart(r)
 	}
@@ -634,7 +637,9 @@ func (t *T) Start(role string, o *SpawnOpts) (*Proc, error) {
 	if err != nil {
 		return nil, err
 	}
-	env := append(os.Environ(), envSync+"="+strconv.Itoa(w))
+	// A child of a child must not see its parent's report fd.
+	env := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, envSync+"=") })
+	env = append(env, envSync+"="+strconv.Itoa(w))
 	files := []uintptr{0, 1, 2}
 	sys := &syscall.SysProcAttr{}
 	if o != nil {

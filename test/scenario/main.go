@@ -136,6 +136,9 @@ type Role struct {
 	// Children are the roles of the task's children, for the root's
 	// check that the restored tree has them.
 	Children func(t *T) []string
+	// ExitAfterSetup: the task exits once it has reported (a launcher
+	// of processes that live outside the tree).
+	ExitAfterSetup bool
 }
 
 var registry = map[string]*Scenario{}

@@ -1,0 +1,694 @@
+package dump
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"runtime"
+	"unsafe"
+
+	"github.com/fdrestore/fdrestore/files/tcp"
+	"github.com/fdrestore/fdrestore/proto/criupb"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+)
+
+// inetSock is what an inet socket's fd records: its inet_sk_entry and,
+// for a TCP connection, its tcp-stream image.
+type inetSock struct {
+	entry  *criupb.InetSkEntry
+	stream *criupb.TcpStreamEntry
+	inq    []byte
+	outq   []byte
+}
+
+// sockDomain returns SO_DOMAIN, SO_TYPE and SO_PROTOCOL of a socket fd.
+func sockDomain(fd int) (dom, typ, proto int, err error) {
+	if dom, err = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN); err != nil {
+		return 0, 0, 0, fmt.Errorf("SO_DOMAIN: %w", err)
+	}
+	if typ, err = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err != nil {
+		return 0, 0, 0, fmt.Errorf("SO_TYPE: %w", err)
+	}
+	if proto, err = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL); err != nil {
+		return 0, 0, 0, fmt.Errorf("SO_PROTOCOL: %w", err)
+	}
+	return dom, typ, proto, nil
+}
+
+// inetKind names an inet socket fdrestore cannot dump, or "" when it can
+// be dumped (TCP stream and UDP datagram sockets); isInet says whether it
+// is an inet socket at all.
+func inetKind(dom, typ, proto int) (isInet bool, unsupported string) {
+	if dom != unix.AF_INET && dom != unix.AF_INET6 {
+		return false, ""
+	}
+	switch {
+	case typ == unix.SOCK_STREAM && proto == unix.IPPROTO_TCP, typ == unix.SOCK_DGRAM && proto == unix.IPPROTO_UDP:
+		return true, ""
+	}
+	return true, fmt.Sprintf("inet socket of type %d protocol %d", typ, proto)
+}
+
+// prescanInet judges a socket fd of a running task without changing it:
+// "" for an inet socket that can be dumped, else what stops the dump
+// ("socket" for sockets that are not inet).
+func prescanInet(pid, fd int, established bool) string {
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return "socket"
+	}
+	defer unix.Close(pidfd)
+	local, err := unix.PidfdGetfd(pidfd, fd, 0)
+	if err != nil {
+		return "socket"
+	}
+	defer unix.Close(local)
+	dom, typ, proto, err := sockDomain(local)
+	if err != nil {
+		return "socket"
+	}
+	isInet, bad := inetKind(dom, typ, proto)
+	switch {
+	case !isInet:
+		return "socket"
+	case bad != "":
+		return bad
+	case proto != unix.IPPROTO_TCP:
+		return ""
+	}
+	info, err := unix.GetsockoptTCPInfo(local, unix.SOL_TCP, unix.TCP_INFO)
+	if err != nil {
+		return "TCP socket (TCP_INFO: " + err.Error() + ")"
+	}
+	if info.State == tcp.StateListen && info.Unacked > 0 {
+		// For a listener tcpi_unacked is its accept queue.
+		return pendingProblem(info.Unacked)
+	}
+	return tcpStateProblem(uint32(info.State), established)
+}
+
+// pendingProblem: connections in a listener's accept queue have no fd to
+// take and cannot be put back into a restored listener's queue.
+func pendingProblem(n uint32) string {
+	return fmt.Sprintf("TCP listener with connections not yet accepted (%d)", n)
+}
+
+// tcpStateProblem says why a TCP socket in state st cannot be dumped, or
+// "".
+func tcpStateProblem(st uint32, established bool) string {
+	switch st {
+	case tcp.StateListen, tcp.StateClose:
+		return ""
+	case tcp.StateEstablished, tcp.StateFinWait1, tcp.StateFinWait2, tcp.StateCloseWait, tcp.StateLastAck, tcp.StateClosing:
+		if !established {
+			return fmt.Sprintf("established TCP connection (%s; dump with --tcp-established)", tcp.StateName(st))
+		}
+		return ""
+	}
+	return fmt.Sprintf("TCP socket in state %s", tcp.StateName(st))
+}
+
+// diagInfo is what sock_diag tells of one inet socket.
+type diagInfo struct {
+	state    uint8
+	rqueue   uint32 // listener: connections not yet accepted
+	wqueue   uint32 // listener: backlog
+	shutdown uint8
+	hasShut  bool
+}
+
+type diagKey struct {
+	netns uint64
+	proto int
+	fam   int
+}
+
+// inetDiag caches one sock_diag dump per network namespace, family and
+// protocol, by socket inode.
+type inetDiag struct {
+	dumps map[diagKey]map[uint32]diagInfo
+}
+
+// lookup returns the sock_diag record of socket ino of the given family
+// and protocol in task t's network namespace.
+func (d *inetDiag) lookup(t *task, selfNet uint64, fam, proto int, ino uint32) (diagInfo, bool, error) {
+	k := diagKey{t.ns[1], proto, fam}
+	m, ok := d.dumps[k]
+	if !ok {
+		var err error
+		if t.ns[1] == selfNet || t.ns[1] == 0 {
+			m, err = diagDump(fam, proto)
+		} else {
+			err = inNetns(t.pid, func() error {
+				var e error
+				m, e = diagDump(fam, proto)
+				return e
+			})
+		}
+		if err != nil {
+			return diagInfo{}, false, err
+		}
+		if d.dumps == nil {
+			d.dumps = map[diagKey]map[uint32]diagInfo{}
+		}
+		d.dumps[k] = m
+	}
+	di, ok := m[ino]
+	return di, ok, nil
+}
+
+// inNetns runs fn on a thread in the network namespace of pid.
+func inNetns(pid int, fn func() error) error {
+	target, err := unix.Open(fmt.Sprintf("/proc/%d/ns/net", pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open the network namespace of pid %d: %w", pid, err)
+	}
+	defer unix.Close(target)
+	self, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(self)
+	runtime.LockOSThread()
+	if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("setns to the network namespace of pid %d: %w", pid, err)
+	}
+	ferr := fn()
+	if err := unix.Setns(self, unix.CLONE_NEWNET); err != nil {
+		// Leave the thread locked: it dies with this goroutine.
+		return fmt.Errorf("setns back: %w", err)
+	}
+	runtime.UnlockOSThread()
+	return ferr
+}
+
+// sock_diag constants (linux/sock_diag.h, linux/inet_diag.h).
+const (
+	sockDiagByFamily = 20
+	inetDiagShutdown = 8
+	inetDiagReqLen   = 56
+	inetDiagMsgLen   = 72
+)
+
+// diagDump lists every socket of a family and protocol in the calling
+// thread's network namespace through NETLINK_SOCK_DIAG.
+func diagDump(fam, proto int) (map[uint32]diagInfo, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+	if err != nil {
+		return nil, fmt.Errorf("sock_diag socket: %w", err)
+	}
+	defer unix.Close(fd)
+	tv := unix.Timeval{Sec: 5}
+	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	req := make([]byte, unix.NLMSG_HDRLEN+inetDiagReqLen)
+	binary.NativeEndian.PutUint32(req[0:], uint32(len(req)))
+	binary.NativeEndian.PutUint16(req[4:], sockDiagByFamily)
+	binary.NativeEndian.PutUint16(req[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
+	binary.NativeEndian.PutUint32(req[8:], 1)
+	r := req[unix.NLMSG_HDRLEN:]
+	r[0], r[1] = byte(fam), byte(proto)
+	binary.NativeEndian.PutUint32(r[4:], 0xffffffff) // every state
+	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return nil, fmt.Errorf("sock_diag request: %w", err)
+	}
+	out := map[uint32]diagInfo{}
+	buf := make([]byte, 64<<10)
+	for {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("sock_diag reply: %w", err)
+		}
+		msgs, err := parseNetlink(buf[:n])
+		if err != nil {
+			return nil, fmt.Errorf("sock_diag reply: %w", err)
+		}
+		for _, m := range msgs {
+			switch m.typ {
+			case unix.NLMSG_DONE:
+				return out, nil
+			case unix.NLMSG_ERROR:
+				if len(m.data) >= 4 {
+					if e := int32(binary.NativeEndian.Uint32(m.data)); e != 0 {
+						return nil, fmt.Errorf("sock_diag (family %d protocol %d): %w", fam, proto, unix.Errno(-e))
+					}
+				}
+				continue
+			case sockDiagByFamily:
+			default:
+				continue
+			}
+			b := m.data
+			if len(b) < inetDiagMsgLen {
+				return nil, fmt.Errorf("sock_diag: short message of %d bytes", len(b))
+			}
+			di := diagInfo{state: b[1],
+				rqueue: binary.NativeEndian.Uint32(b[56:]), wqueue: binary.NativeEndian.Uint32(b[60:])}
+			ino := binary.NativeEndian.Uint32(b[68:])
+			for a := b[inetDiagMsgLen:]; len(a) >= 4; {
+				l := int(binary.NativeEndian.Uint16(a))
+				typ := binary.NativeEndian.Uint16(a[2:])
+				if l < 4 || l > len(a) {
+					break
+				}
+				if typ == inetDiagShutdown && l >= 5 {
+					di.shutdown, di.hasShut = a[4], true
+				}
+				a = a[min(len(a), (l+3)&^3):]
+			}
+			out[ino] = di
+		}
+	}
+}
+
+// tcpInfoWscale returns tcpi_snd_wscale and tcpi_rcv_wscale, bit fields
+// that x/sys's TCPInfo leaves out.
+func tcpInfoWscale(fd int) (snd, rcv uint32, err error) {
+	var b [256]byte
+	l := uint32(len(b))
+	_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_TCP, unix.TCP_INFO,
+		uintptr(unsafe.Pointer(&b[0])), uintptr(unsafe.Pointer(&l)), 0)
+	if errno != 0 {
+		return 0, 0, fmt.Errorf("TCP_INFO: %w", errno)
+	}
+	if l < 8 {
+		return 0, 0, fmt.Errorf("TCP_INFO: %d bytes", l)
+	}
+	return uint32(b[6] & 0xf), uint32(b[6] >> 4), nil
+}
+
+// readInet reads an inet socket of a frozen task through its taken fd:
+// addresses, state and options, and for a TCP connection its queues and
+// sequence numbers in repair mode (turned off again, and SO_REUSEADDR put
+// back, before it returns, so the connection goes on once thawed). bad
+// names what cannot be dumped.
+func (s *state) readInet(e *fdEnt, fd int, established bool) (sk *inetSock, bad string, err error) {
+	dom, typ, prot, err := sockDomain(fd)
+	if err != nil {
+		return nil, "", err
+	}
+	isInet, bad := inetKind(dom, typ, prot)
+	if !isInet {
+		return nil, "socket", nil
+	}
+	if bad != "" {
+		return nil, bad, nil
+	}
+	ino := uint32(e.st.Ino)
+	di, found, err := s.diag.lookup(e.t, s.selfNS[1], dom, prot, ino)
+	if err != nil {
+		return nil, "", err
+	}
+	if !found {
+		// Sockets without a port are in no hash table, so sock_diag
+		// does not list them: unbound and unconnected, in state CLOSE.
+		sa, err := unix.Getsockname(fd)
+		if err != nil {
+			return nil, "", fmt.Errorf("getsockname: %w", err)
+		}
+		if _, port := addrWords(sa); *port != 0 {
+			return nil, "", fmt.Errorf("socket:[%d] is not in sock_diag's list of the task's network namespace", ino)
+		}
+		di = diagInfo{state: tcp.StateClose}
+	}
+	ie := &criupb.InetSkEntry{Id: proto.Uint32(0), Ino: proto.Uint32(ino), Family: proto.Uint32(uint32(dom)),
+		Type: proto.Uint32(uint32(typ)), Proto: proto.Uint32(uint32(prot)), State: proto.Uint32(uint32(di.state)),
+		Flags: proto.Uint32(e.flags), Backlog: proto.Uint32(0), Fown: fownEntry(e.fown)}
+	if sa, err := unix.Getsockname(fd); err == nil {
+		ie.SrcAddr, ie.SrcPort = addrWords(sa)
+	} else {
+		return nil, "", fmt.Errorf("getsockname: %w", err)
+	}
+	if sa, err := unix.Getpeername(fd); err == nil {
+		ie.DstAddr, ie.DstPort = addrWords(sa)
+	} else if err != unix.ENOTCONN {
+		return nil, "", fmt.Errorf("getpeername: %w", err)
+	} else {
+		ie.DstAddr, ie.DstPort = addrWords(nil)
+		if dom == unix.AF_INET6 {
+			ie.DstAddr = make([]uint32, 4)
+		} else {
+			ie.DstAddr = make([]uint32, 1)
+		}
+		ie.DstPort = proto.Uint32(0)
+	}
+	if di.hasShut {
+		ie.Shutdown = criupb.SkShutdown(di.shutdown & 3).Enum()
+	}
+	if dom == unix.AF_INET6 {
+		v, err := unix.GetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY)
+		if err != nil {
+			return nil, "", fmt.Errorf("IPV6_V6ONLY: %w", err)
+		}
+		ie.V6Only = proto.Bool(v != 0)
+	}
+	if ie.Opts, err = readInetSkOpts(fd, prot == unix.IPPROTO_TCP); err != nil {
+		return nil, "", err
+	}
+	if ip, err := readIPOpts(fd, dom); err != nil {
+		return nil, "", err
+	} else {
+		ie.IpOpts = ip
+	}
+	sk = &inetSock{entry: ie}
+	if prot != unix.IPPROTO_TCP {
+		return sk, "", nil
+	}
+	to := &criupb.TcpOptsEntry{}
+	for _, o := range []struct {
+		opt int
+		dst **bool
+	}{{unix.TCP_NODELAY, &to.Nodelay}, {unix.TCP_CORK, &to.Cork}} {
+		v, err := unix.GetsockoptInt(fd, unix.SOL_TCP, o.opt)
+		if err != nil {
+			return nil, "", fmt.Errorf("getsockopt TCP %d: %w", o.opt, err)
+		}
+		if v != 0 {
+			*o.dst = proto.Bool(true)
+		}
+	}
+	ie.TcpOpts = to
+	st := uint32(di.state)
+	if p := tcpStateProblem(st, established); p != "" {
+		return nil, p, nil
+	}
+	switch st {
+	case tcp.StateListen:
+		if di.rqueue > 0 {
+			return nil, pendingProblem(di.rqueue), nil
+		}
+		ie.Backlog = proto.Uint32(di.wqueue)
+		return sk, "", nil
+	case tcp.StateClose:
+		if ie.GetDstPort() != 0 {
+			return nil, "closed TCP connection", nil
+		}
+		return sk, "", nil
+	}
+	if err := readStream(sk, fd, st); err != nil {
+		return nil, "", fmt.Errorf("TCP repair read of %s: %w", describeInet(ie), err)
+	}
+	return sk, "", nil
+}
+
+// readStream reads a connection in repair mode: sequence numbers, both
+// queues (peeked, not consumed), negotiated options, timestamp and window.
+// Repair is turned off again without a window probe, and SO_REUSEADDR,
+// which repair-off resets, is put back.
+func readStream(sk *inetSock, fd int, st uint32) (err error) {
+	reuse, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR)
+	if err != nil {
+		return fmt.Errorf("SO_REUSEADDR: %w", err)
+	}
+	inqLen, err := unix.IoctlGetInt(fd, unix.SIOCINQ)
+	if err != nil {
+		return fmt.Errorf("SIOCINQ: %w", err)
+	}
+	outqLen, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
+	if err != nil {
+		return fmt.Errorf("SIOCOUTQ: %w", err)
+	}
+	unsq, err := unix.IoctlGetInt(fd, unix.SIOCOUTQNSD)
+	if err != nil {
+		return fmt.Errorf("SIOCOUTQNSD: %w", err)
+	}
+	// Both counts include our FIN while it is not acknowledged (it takes
+	// the last sequence number); the never-sent count while it is not
+	// sent, which is so whenever anything is unsent.
+	if st == tcp.StateFinWait1 || st == tcp.StateClosing || st == tcp.StateLastAck {
+		if outqLen > 0 {
+			outqLen--
+		}
+		if unsq > 0 {
+			unsq--
+		}
+	}
+	if err := tcp.SetRepair(fd, true); err != nil {
+		return err
+	}
+	defer func() {
+		if e := unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_REPAIR, unix.TCP_REPAIR_OFF_NO_WP); e != nil {
+			err = errors.Join(err, fmt.Errorf("turn repair off: %w", e))
+		}
+		if e := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, reuse); e != nil {
+			err = errors.Join(err, fmt.Errorf("put SO_REUSEADDR back: %w", e))
+		}
+	}()
+	info, err := unix.GetsockoptTCPInfo(fd, unix.SOL_TCP, unix.TCP_INFO)
+	if err != nil {
+		return fmt.Errorf("TCP_INFO: %w", err)
+	}
+	if uint32(info.State) != st {
+		return fmt.Errorf("state %s, sock_diag said %s", tcp.StateName(uint32(info.State)), tcp.StateName(st))
+	}
+	if err := tcp.SelectQueue(fd, tcp.RecvQueue); err != nil {
+		return err
+	}
+	inSeq, err := tcp.QueueSeq(fd)
+	if err != nil {
+		return err
+	}
+	if sk.inq, err = tcp.PeekQueue(fd, inqLen); err != nil {
+		return fmt.Errorf("receive queue: %w", err)
+	}
+	if err := tcp.SelectQueue(fd, tcp.SendQueue); err != nil {
+		return err
+	}
+	outSeq, err := tcp.QueueSeq(fd)
+	if err != nil {
+		return err
+	}
+	if sk.outq, err = tcp.PeekQueue(fd, outqLen); err != nil {
+		return fmt.Errorf("send queue: %w", err)
+	}
+	if err := tcp.SelectQueue(fd, tcp.NoQueue); err != nil {
+		return err
+	}
+	mss, err := unix.GetsockoptInt(fd, unix.SOL_TCP, unix.TCP_MAXSEG)
+	if err != nil {
+		return fmt.Errorf("TCP_MAXSEG: %w", err)
+	}
+	ts, err := unix.GetsockoptInt(fd, unix.SOL_TCP, unix.TCP_TIMESTAMP)
+	if err != nil {
+		return fmt.Errorf("TCP_TIMESTAMP: %w", err)
+	}
+	w, err := tcp.GetWindow(fd)
+	if err != nil {
+		return err
+	}
+	sndWscale, rcvWscale, err := tcpInfoWscale(fd)
+	if err != nil {
+		return err
+	}
+	e := &criupb.TcpStreamEntry{
+		InqLen: proto.Uint32(uint32(len(sk.inq))), InqSeq: proto.Uint32(inSeq),
+		OutqLen: proto.Uint32(uint32(len(sk.outq))), OutqSeq: proto.Uint32(outSeq),
+		OptMask: proto.Uint32(uint32(info.Options)), SndWscale: proto.Uint32(sndWscale),
+		RcvWscale: proto.Uint32(rcvWscale), MssClamp: proto.Uint32(uint32(mss)),
+		UnsqLen: proto.Uint32(uint32(unsq)),
+		SndWl1:  proto.Uint32(w.SndWl1), SndWnd: proto.Uint32(w.SndWnd), MaxWindow: proto.Uint32(w.MaxWindow),
+		RcvWnd: proto.Uint32(w.RcvWnd), RcvWup: proto.Uint32(w.RcvWup),
+	}
+	if info.Options&tcp.OptTimestamps != 0 {
+		e.Timestamp = proto.Uint32(uint32(ts))
+	}
+	if to := sk.entry.GetTcpOpts(); to != nil {
+		e.Nodelay, e.Cork = proto.Bool(to.GetNodelay()), proto.Bool(to.GetCork())
+	}
+	sk.stream = e
+	return nil
+}
+
+// addrWords converts a socket address to the image's form: the address
+// as 32-bit words in network order as they lie in memory, and the port.
+func addrWords(sa unix.Sockaddr) ([]uint32, *uint32) {
+	var b []byte
+	port := 0
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		b, port = a.Addr[:], a.Port
+	case *unix.SockaddrInet6:
+		b, port = a.Addr[:], a.Port
+	default:
+		return nil, proto.Uint32(0)
+	}
+	w := make([]uint32, len(b)/4)
+	for i := range w {
+		w[i] = binary.LittleEndian.Uint32(b[4*i:])
+	}
+	return w, proto.Uint32(uint32(port))
+}
+
+func wordBytes(w []uint32) []byte {
+	b := make([]byte, 4*len(w))
+	for i, x := range w {
+		binary.LittleEndian.PutUint32(b[4*i:], x)
+	}
+	return b
+}
+
+// describeInet names a socket for messages.
+func describeInet(ie *criupb.InetSkEntry) string {
+	p := tcp.Params{Family: ie.GetFamily(), Proto: ie.GetProto(), State: ie.GetState(),
+		Src: wordBytes(ie.GetSrcAddr()), SrcPort: ie.GetSrcPort(), Dst: wordBytes(ie.GetDstAddr()), DstPort: ie.GetDstPort()}
+	return p.Describe()
+}
+
+// readInetSkOpts reads the socket options of sk_opts_entry that restore
+// sets again.
+func readInetSkOpts(fd int, isTCP bool) (*criupb.SkOptsEntry, error) {
+	geti := func(level, opt int) (int, error) {
+		v, err := unix.GetsockoptInt(fd, level, opt)
+		if err != nil {
+			return 0, fmt.Errorf("getsockopt(%d, %d): %w", level, opt, err)
+		}
+		return v, nil
+	}
+	o := &criupb.SkOptsEntry{}
+	var err error
+	var v int
+	if v, err = geti(unix.SOL_SOCKET, unix.SO_SNDBUF); err != nil {
+		return nil, err
+	}
+	o.SoSndbuf = proto.Uint32(uint32(v))
+	if v, err = geti(unix.SOL_SOCKET, unix.SO_RCVBUF); err != nil {
+		return nil, err
+	}
+	o.SoRcvbuf = proto.Uint32(uint32(v))
+	for _, t := range []struct {
+		opt      int
+		sec, use **uint64
+	}{{unix.SO_SNDTIMEO, &o.SoSndTmoSec, &o.SoSndTmoUsec}, {unix.SO_RCVTIMEO, &o.SoRcvTmoSec, &o.SoRcvTmoUsec}} {
+		tv, err := unix.GetsockoptTimeval(fd, unix.SOL_SOCKET, t.opt)
+		if err != nil {
+			return nil, fmt.Errorf("getsockopt timeout %d: %w", t.opt, err)
+		}
+		*t.sec, *t.use = proto.Uint64(uint64(tv.Sec)), proto.Uint64(uint64(tv.Usec))
+	}
+	bools := []struct {
+		opt int
+		dst **bool
+	}{
+		{unix.SO_REUSEADDR, &o.Reuseaddr}, {unix.SO_REUSEPORT, &o.SoReuseport}, {unix.SO_BROADCAST, &o.SoBroadcast},
+		{unix.SO_KEEPALIVE, &o.SoKeepalive}, {unix.SO_DONTROUTE, &o.SoDontroute},
+	}
+	for _, b := range bools {
+		if v, err = geti(unix.SOL_SOCKET, b.opt); err != nil {
+			return nil, err
+		}
+		*b.dst = proto.Bool(v != 0)
+	}
+	u32s := []struct {
+		level, opt int
+		dst        **uint32
+	}{
+		{unix.SOL_SOCKET, unix.SO_PRIORITY, &o.SoPriority}, {unix.SOL_SOCKET, unix.SO_RCVLOWAT, &o.SoRcvlowat},
+		{unix.SOL_SOCKET, unix.SO_MARK, &o.SoMark}, {unix.SOL_SOCKET, unix.SO_OOBINLINE, &o.SoOobinline},
+		{unix.SOL_SOCKET, unix.SO_BUF_LOCK, &o.SoBufLock},
+	}
+	if isTCP {
+		u32s = append(u32s, struct {
+			level, opt int
+			dst        **uint32
+		}{unix.SOL_TCP, unix.TCP_KEEPCNT, &o.TcpKeepcnt}, struct {
+			level, opt int
+			dst        **uint32
+		}{unix.SOL_TCP, unix.TCP_KEEPIDLE, &o.TcpKeepidle}, struct {
+			level, opt int
+			dst        **uint32
+		}{unix.SOL_TCP, unix.TCP_KEEPINTVL, &o.TcpKeepintvl})
+	}
+	for _, u := range u32s {
+		if v, err = geti(u.level, u.opt); err != nil {
+			if u.opt == unix.SO_BUF_LOCK && errors.Is(err, unix.ENOPROTOOPT) {
+				continue
+			}
+			return nil, err
+		}
+		*u.dst = proto.Uint32(uint32(v))
+	}
+	l, err := unix.GetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER)
+	if err != nil {
+		return nil, fmt.Errorf("SO_LINGER: %w", err)
+	}
+	if l.Onoff != 0 {
+		o.SoLinger = proto.Uint32(uint32(l.Linger))
+	}
+	if dev, err := unix.GetsockoptString(fd, unix.SOL_SOCKET, unix.SO_BINDTODEVICE); err == nil && dev != "" {
+		o.SoBoundDev = proto.String(dev)
+	}
+	return o, nil
+}
+
+// readIPOpts reads ip_opts_entry: IP_FREEBIND and a non-zero TOS.
+func readIPOpts(fd, dom int) (*criupb.IpOptsEntry, error) {
+	o := &criupb.IpOptsEntry{}
+	fb, err := unix.GetsockoptInt(fd, unix.SOL_IP, unix.IP_FREEBIND)
+	if err != nil {
+		return nil, fmt.Errorf("IP_FREEBIND: %w", err)
+	}
+	if fb != 0 {
+		o.Freebind = proto.Bool(true)
+	}
+	level, opt := unix.SOL_IP, unix.IP_TOS
+	if dom == unix.AF_INET6 {
+		level, opt = unix.IPPROTO_IPV6, unix.IPV6_TCLASS
+	}
+	if tos, err := unix.GetsockoptInt(fd, level, opt); err == nil && tos != 0 {
+		o.Tos = proto.Uint32(uint32(tos))
+	}
+	return o, nil
+}
+
+// tcpLock holds dups of a killed tree's TCP connections in repair mode:
+// a socket closed in repair mode sends nothing to its peer, so a peer
+// outside the tree sees neither a FIN nor a reset while the tree is away.
+type tcpLock struct{ fds []int }
+
+// lockConns turns repair on for every connection (pid, fd).
+func lockConns(conns [][2]int) (*tcpLock, error) {
+	l := &tcpLock{}
+	for _, c := range conns {
+		pidfd, err := unix.PidfdOpen(c[0], 0)
+		if err != nil {
+			l.unlock()
+			return nil, fmt.Errorf("pid %d: pidfd_open: %w", c[0], err)
+		}
+		fd, err := unix.PidfdGetfd(pidfd, c[1], 0)
+		unix.Close(pidfd)
+		if err != nil {
+			l.unlock()
+			return nil, fmt.Errorf("pid %d fd %d: pidfd_getfd: %w", c[0], c[1], err)
+		}
+		if err := tcp.SetRepair(fd, true); err != nil {
+			unix.Close(fd)
+			l.unlock()
+			return nil, fmt.Errorf("pid %d fd %d: %w", c[0], c[1], err)
+		}
+		l.fds = append(l.fds, fd)
+	}
+	return l, nil
+}
+
+// unlock turns repair off again (the tree goes on running) and closes
+// the dups.
+func (l *tcpLock) unlock() {
+	for _, fd := range l.fds {
+		unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_REPAIR, unix.TCP_REPAIR_OFF_NO_WP)
+		unix.Close(fd)
+	}
+	l.fds = nil
+}
+
+// release closes the dups once the tree is dead: the last reference of
+// each socket goes, in repair mode.
+func (l *tcpLock) release() {
+	for _, fd := range l.fds {
+		unix.Close(fd)
+	}
+	l.fds = nil
+}

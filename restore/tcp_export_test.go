@@ -1,0 +1,4 @@
+package restore
+
+// SilenceTCP exposes silenceTCP to the package's external tests.
+var SilenceTCP = silenceTCP
