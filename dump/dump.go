@@ -20,11 +20,13 @@ package dump
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"github.com/fdrestore/fdrestore/images"
 	"github.com/fdrestore/fdrestore/restore"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -54,6 +56,11 @@ type Options struct {
 	// TCPEstablished dumps established TCP connections (with TCP
 	// repair); without it a tree holding one is refused.
 	TCPEstablished bool
+	// Console dumps a tree whose terminal is a console from outside it
+	// (a pty slave whose master a container runtime holds), to be
+	// restored with a new console (restore.Config.OnConsole,
+	// --console-socket).
+	Console bool
 }
 
 // Stats describes a finished dump.
@@ -159,6 +166,15 @@ func Dump(ctx context.Context, pid int, dir string, opts Options) (*Stats, error
 	if err != nil {
 		return abort(err)
 	}
+	// What the root's stdio was, as runc records it (the tree is frozen:
+	// the links are those the images hold).
+	stdio, err := json.Marshal(stdioLinks(pid))
+	if err == nil {
+		err = os.WriteFile(filepath.Join(dir, DescriptorsFile), append(stdio, '\n'), 0o644)
+	}
+	if err != nil {
+		return abort(fmt.Errorf("dump: %s: %w", DescriptorsFile, err))
+	}
 
 	if opts.LeaveRunning {
 		err = fz.thaw()
@@ -216,7 +232,11 @@ func checkRestorable(dir string, opts Options) error {
 	if err != nil {
 		return fmt.Errorf("dump: %w: the images do not load: %v", ErrNotRestorable, err)
 	}
-	p, err := restore.NewPlan(set, restore.PlanOptions{ShellJob: opts.ShellJob, ExtUnixSk: opts.ExtUnixSk, TCPEstablished: opts.TCPEstablished})
+	po := restore.PlanOptions{ShellJob: opts.ShellJob, ExtUnixSk: opts.ExtUnixSk, TCPEstablished: opts.TCPEstablished}
+	if opts.Console {
+		po.Console = "/dev/console" // a stand-in: planning opens nothing
+	}
+	p, err := restore.NewPlan(set, po)
 	if err == nil {
 		err = p.Err()
 	}
