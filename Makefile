@@ -16,7 +16,7 @@ RACE_PKGS := ./files/... ./scm/...
 
 export FDRESTORE_FIXTURES := $(FIXTURES)
 
-.PHONY: all build helper demo test race vet bench bench-go proto proto-check lint fuzz clean zdtm netlock-tools
+.PHONY: all build helper demo minirt test race vet bench bench-go proto proto-check lint fuzz clean zdtm netlock-tools
 
 all: build
 
@@ -47,6 +47,12 @@ demo: build
 	  ls -l /proc/$$pid/fd | tail -n +2 && grep -H flags /proc/$$pid/fdinfo/* ; \
 	  [ -n "$$pid" ] && kill -9 $$pid; rm -f $$pidfile; \
 	else echo "(run as root to restore it too)"; fi
+
+# The miniature container runtime of examples/minirt, end to end (root):
+# start a tree on its own stdio pipes, dump it, restore it onto new pipes
+# from descriptors.json, talk to it. `make test` runs it as a test too.
+minirt: helper
+	$(WITH_HELPER) $(GO) run ./examples/minirt
 
 vet:
 	$(GO) vet $(PKGS)

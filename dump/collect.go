@@ -337,11 +337,9 @@ func (s *state) inspect(e *fdEnt, local int, depth int) (*UnsupportedError, erro
 	var err error
 	link := e.link
 	if k, ok := anonKinds[link]; ok {
-		if e.t == nil {
-			// Their state is read from the holder's fdinfo, and an
-			// epoll set's targets are the holder's fd numbers.
-			return e.unsupported(strings.TrimSuffix(strings.TrimPrefix(link, "anon_inode:["), "]")), nil
-		}
+		// In flight, the state is read from the dumper's own fdinfo of
+		// local; an epoll set's targets are matched to a task's fds in
+		// resolveEpolls.
 		if err := readAnon(e, k); err != nil {
 			return nil, err
 		}

@@ -20,12 +20,14 @@ package dump
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"github.com/fdrestore/fdrestore/images"
 	"github.com/fdrestore/fdrestore/internal/netlock"
 	"github.com/fdrestore/fdrestore/restore"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -61,6 +63,11 @@ type Options struct {
 	// when nft is installed, else iptables. A lock that cannot be set
 	// refuses the dump; the tree keeps running.
 	NetworkLock string
+	// Console dumps a tree whose terminal is a console from outside it
+	// (a pty slave whose master a container runtime holds), to be
+	// restored with a new console (restore.Config.OnConsole,
+	// --console-socket).
+	Console bool
 }
 
 // Stats describes a finished dump.
@@ -198,6 +205,15 @@ func Dump(ctx context.Context, pid int, dir string, opts Options) (*Stats, error
 		return abortLocked(err)
 	}
 	img.recordLockMethod(lockMethod)
+	// What the root's stdio was, as runc records it (the tree is frozen:
+	// the links are those the images hold).
+	stdio, err := json.Marshal(stdioLinks(pid))
+	if err == nil {
+		err = os.WriteFile(filepath.Join(dir, DescriptorsFile), append(stdio, '\n'), 0o644)
+	}
+	if err != nil {
+		return abortLocked(fmt.Errorf("dump: %s: %w", DescriptorsFile, err))
+	}
 
 	if opts.LeaveRunning {
 		err = fz.thaw()
@@ -261,7 +277,11 @@ func checkRestorable(dir string, opts Options) error {
 	if err != nil {
 		return fmt.Errorf("dump: %w: the images do not load: %v", ErrNotRestorable, err)
 	}
-	p, err := restore.NewPlan(set, restore.PlanOptions{ShellJob: opts.ShellJob, ExtUnixSk: opts.ExtUnixSk, TCPEstablished: opts.TCPEstablished})
+	po := restore.PlanOptions{ShellJob: opts.ShellJob, ExtUnixSk: opts.ExtUnixSk, TCPEstablished: opts.TCPEstablished}
+	if opts.Console {
+		po.Console = "/dev/console" // a stand-in: planning opens nothing
+	}
+	p, err := restore.NewPlan(set, po)
 	if err == nil {
 		err = p.Err()
 	}

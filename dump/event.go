@@ -66,9 +66,11 @@ type epollTfd struct {
 	sdev   uint64
 }
 
-// readAnon fills e's kind and state from fdinfo.
+// readAnon fills e's kind and state from fdinfo: the holder's, or for a
+// file in flight the dumper's own fdinfo of its fd of it.
 func readAnon(e *fdEnt, kind fdKind) error {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%d", e.t.pid, e.fd))
+	pid, fd := e.kcmpRef()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%d", pid, fd))
 	if err != nil {
 		return err
 	}
@@ -193,10 +195,10 @@ func parsePair(s string) ([2]uint64, error) {
 }
 
 // kcmpEpollTarget compares the file at fd of pid with the target of
-// registration slot of epoll slot.efd in pid: 0 equal, 1 the fd's file is
+// registration slot of epoll slot.efd in epid: 0 equal, 1 the fd's file is
 // less, 2 greater (the order of KCMP_FILE).
-func kcmpEpollTarget(pid, fd int, slot *kcmpEpollSlot) (int, error) {
-	r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(pid), uintptr(pid), kcmpEpollTFD, uintptr(fd), uintptr(unsafe.Pointer(slot)), 0)
+func kcmpEpollTarget(pid, fd, epid int, slot *kcmpEpollSlot) (int, error) {
+	r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(pid), uintptr(epid), kcmpEpollTFD, uintptr(fd), uintptr(unsafe.Pointer(slot)), 0)
 	runtime.KeepAlive(slot)
 	if e != 0 {
 		return 0, e
@@ -205,28 +207,55 @@ func kcmpEpollTarget(pid, fd int, slot *kcmpEpollSlot) (int, error) {
 }
 
 // resolveEpolls checks every registration of every epoll set against the
-// task that dumps it (the first holder in dump order): the recorded tfd
-// must still be an fd of the registered file there (kcmp
-// KCMP_EPOLL_TFD). A registration whose number was closed or now holds
-// another file is recorded under an fd of the task that refers to the
-// registered file and that no other registration of the set uses (the
-// kernel keys registrations by file and number), found by a binary search
-// over the task's fds in kcmp order. A registered file no such fd refers
-// to refuses the dump.
+// task in which restore registers the set's targets (restore/spec_epoll.go:
+// the first holder in pstree order, or for a set that exists only in
+// flight, the task that refills the queue carrying it; see registrar): the
+// recorded tfd must be an fd of the registered file there (kcmp
+// KCMP_EPOLL_TFD, the set reached through its holder's fd or the dumper's
+// own fd of it). A registration whose number was closed, now holds another
+// file, or (in flight) was the number of another task, is recorded under
+// an fd of that task that refers to the registered file and that no other
+// registration of the set uses (the kernel keys registrations by file and
+// number), found by a binary search over the task's fds in kcmp order. A
+// registered file no such fd refers to refuses the dump.
 func (s *state) resolveEpolls() ([]error, error) {
 	var refused []error
 	sorted := map[*task][]*fdEnt{}
+	var holder map[*fdEnt]*task // set in flight -> first task holding it
+	var reg *registrar
 	for _, e := range s.all {
 		if e.kind != kindEpoll || e.desc != e {
 			continue
 		}
-		pid := e.t.pid
+		rt := e.t
+		if rt == nil {
+			if holder == nil {
+				holder = map[*fdEnt]*task{}
+				for _, x := range s.all {
+					if x.t != nil && x.desc.t == nil && x.desc.kind == kindEpoll && holder[x.desc] == nil {
+						holder[x.desc] = x.t
+					}
+				}
+			}
+			if rt = holder[e]; rt == nil {
+				if reg == nil {
+					reg = s.newRegistrar()
+				}
+				rt = reg.task(e)
+			}
+		}
+		if rt == nil {
+			refused = append(refused, e.inflightEpollRefusal("no task of the tree holds a socket of the queue's connection, so no fd table records its targets"))
+			continue
+		}
+		epid, efd := e.kcmpRef()
+		pid := rt.pid
 		used := map[int]bool{}
 		var stale []int
 		for i := range e.anon.tfds {
 			t := &e.anon.tfds[i]
-			slot := &kcmpEpollSlot{efd: uint32(e.fd), tfd: uint32(t.tfd), toff: uint32(t.toff)}
-			if r, err := kcmpEpollTarget(pid, t.tfd, slot); err == nil && r == 0 {
+			slot := &kcmpEpollSlot{efd: uint32(efd), tfd: uint32(t.tfd), toff: uint32(t.toff)}
+			if r, err := kcmpEpollTarget(pid, t.tfd, epid, slot); err == nil && r == 0 && !used[t.tfd] {
 				used[t.tfd] = true
 			} else {
 				stale = append(stale, i)
@@ -234,18 +263,18 @@ func (s *state) resolveEpolls() ([]error, error) {
 		}
 		for _, i := range stale {
 			t := &e.anon.tfds[i]
-			slot := &kcmpEpollSlot{efd: uint32(e.fd), tfd: uint32(t.tfd), toff: uint32(t.toff)}
-			fds, ok := sorted[e.t]
+			slot := &kcmpEpollSlot{efd: uint32(efd), tfd: uint32(t.tfd), toff: uint32(t.toff)}
+			fds, ok := sorted[rt]
 			if !ok {
 				var err error
-				if fds, err = sortByFile(e.t); err != nil {
+				if fds, err = sortByFile(rt); err != nil {
 					return nil, err
 				}
-				sorted[e.t] = fds
+				sorted[rt] = fds
 			}
 			var kerr error
 			cmp := func(j int) int {
-				r, err := kcmpEpollTarget(pid, fds[j].fd, slot)
+				r, err := kcmpEpollTarget(pid, fds[j].fd, epid, slot)
 				if err != nil && kerr == nil {
 					kerr = err
 				}
@@ -260,12 +289,18 @@ func (s *state) resolveEpolls() ([]error, error) {
 				}
 			}
 			if kerr != nil {
-				return nil, fmt.Errorf("kcmp(KCMP_EPOLL_TFD) pid %d epoll fd %d target fd %d: %w", pid, e.fd, t.tfd, kerr)
+				return nil, fmt.Errorf("kcmp(KCMP_EPOLL_TFD) pid %d, epoll %s, target fd %d: %w", pid, e.where(), t.tfd, kerr)
 			}
 			if found >= 0 {
-				s.log.WithFields(map[string]any{"pid": pid, "fd": e.fd}).Debugf("epoll target fd %d was closed or reused: recorded as fd %d, which refers to the registered file", t.tfd, found)
+				s.log.WithFields(map[string]any{"pid": pid, "epoll": e.where()}).Debugf("epoll target fd %d was closed, reused or another task's: recorded as fd %d of pid %d, which refers to the registered file", t.tfd, found, pid)
 				t.tfd = found
 				used[found] = true
+				continue
+			}
+			if e.t == nil {
+				refused = append(refused, e.inflightEpollRefusal(fmt.Sprintf("its target registered as fd %d (inode %d, data %#x%s) is not open in pid %d, "+
+					"the task that refills the queue and in whose fd table restore looks the set's targets up (or only at fds that other registrations of the same file use)",
+					t.tfd, t.ino, t.data, s.nameTarget(epid, slot), pid)))
 				continue
 			}
 			refused = append(refused, &UnsupportedError{Pid: pid, Fd: e.fd, Target: e.link,
@@ -273,6 +308,121 @@ func (s *state) resolveEpolls() ([]error, error) {
 		}
 	}
 	return refused, nil
+}
+
+// nameTarget names, for a refusal, the dumped file that is the target of
+// registration slot of the epoll set at fd slot.efd of epid (", the X at
+// pid P fd N" or ", an X that is only in flight, in socket:[N]"), or ""
+// if none is.
+func (s *state) nameTarget(epid int, slot *kcmpEpollSlot) string {
+	for _, x := range s.all {
+		if x.desc != x {
+			continue
+		}
+		pid, fd := x.kcmpRef()
+		if r, err := kcmpEpollTarget(pid, fd, epid, slot); err == nil && r == 0 {
+			if x.t == nil {
+				return fmt.Sprintf(", an %s that is only in flight, in socket:[%d]", x.link, x.via)
+			}
+			return fmt.Sprintf(", the %s at pid %d fd %d", x.link, x.t.pid, x.fd)
+		}
+	}
+	return ""
+}
+
+// inflightEpollRefusal refuses epoll set e, found in flight, naming the
+// queue that carries it.
+func (e *fdEnt) inflightEpollRefusal(why string) *UnsupportedError {
+	return &UnsupportedError{Pid: e.carrier.t.pid, Fd: e.carrier.fd, Target: e.link,
+		Type: fmt.Sprintf("an epoll set in flight (SCM_RIGHTS) in the queue of socket:[%d]", e.via), Why: why}
+}
+
+// registrar finds the task that restore makes hold a file found in
+// flight (restore/spec_unix.go planUnixInflight): the creator of the
+// connection component of the socket whose queue carries it, which is the
+// lowest pid holding a socket of the component (sockets joined by their
+// peers, and accepted connections with the listener of their name), or,
+// for a component no task holds, the creator of the component carrying
+// one of its sockets in turn.
+type registrar struct {
+	s      *state
+	parent map[uint32]uint32 // union-find over socket inodes
+	low    map[uint32]*task  // component root -> lowest-pid holder
+	first  map[uint32]*fdEnt // component root -> a socket of it in flight
+	memo   map[uint32]*task  // component root -> its creator (nil: none)
+}
+
+func (s *state) newRegistrar() *registrar {
+	r := &registrar{s: s, parent: map[uint32]uint32{}, low: map[uint32]*task{}, first: map[uint32]*fdEnt{}, memo: map[uint32]*task{}}
+	listeners := map[string]uint32{}
+	for _, sk := range s.sockList {
+		r.parent[sk.ino] = sk.ino
+		if sk.diag.state == tcpListen && len(sk.diag.name) > 0 {
+			listeners[string(rune(sk.typ))+string(sk.diag.name)] = sk.ino
+		}
+	}
+	for _, sk := range s.sockList {
+		if p := s.socks[sk.peer]; p != nil && sk.ext == nil {
+			r.union(sk.ino, p.ino)
+			if sk.typ != unix.SOCK_DGRAM && sk.diag.state != tcpListen && len(sk.diag.name) > 0 && p.peer == sk.ino {
+				if l, ok := listeners[string(rune(sk.typ))+string(sk.diag.name)]; ok {
+					r.union(sk.ino, l)
+				}
+			}
+		}
+	}
+	for _, x := range s.all {
+		if x.usk == nil {
+			continue
+		}
+		root := r.find(x.usk.ino)
+		if x.t != nil {
+			if l := r.low[root]; l == nil || x.t.pid < l.pid {
+				r.low[root] = x.t
+			}
+		} else if r.first[root] == nil {
+			r.first[root] = x
+		}
+	}
+	return r
+}
+
+func (r *registrar) find(ino uint32) uint32 {
+	for r.parent[ino] != ino {
+		r.parent[ino] = r.parent[r.parent[ino]]
+		ino = r.parent[ino]
+	}
+	return ino
+}
+
+func (r *registrar) union(a, b uint32) {
+	if ra, rb := r.find(a), r.find(b); ra != rb {
+		r.parent[rb] = ra
+	}
+}
+
+// task returns the task that will hold e, found in flight, or nil.
+func (r *registrar) task(e *fdEnt) *task {
+	via := e.via
+	for depth := 0; depth <= maxInflightDepth+1; depth++ {
+		if r.s.socks[via] == nil {
+			return nil
+		}
+		root := r.find(via)
+		if t, ok := r.memo[root]; ok {
+			return t
+		}
+		if t := r.low[root]; t != nil {
+			r.memo[root] = t
+			return t
+		}
+		in := r.first[root]
+		if in == nil {
+			return nil
+		}
+		via = in.via
+	}
+	return nil
 }
 
 // sortByFile returns t's fds sorted by the kcmp order of their files.

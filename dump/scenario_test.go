@@ -194,6 +194,8 @@ func scenarioMain() int {
 		unixManyRoot()
 	case "unixext/root":
 		unixExtRoot()
+	case "inflight/root", "inflight/child":
+		inflightRoot() // inflight_test.go
 	case "pipes/root":
 		n, _ := strconv.Atoi(os.Getenv(envN))
 		must(unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: uint64(2*n + 100), Max: uint64(2*n + 100)}), "setrlimit")

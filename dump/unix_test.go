@@ -651,12 +651,12 @@ func unixExtRoot() {
 		writeAll(11, []byte("ab"))
 		must(unix.Sendto(11, []byte("X"), unix.MSG_OOB, nil), "send MSG_OOB")
 		writeAll(11, []byte("cd"))
-	case "inflight-eventfd":
+	case "inflight-udp":
 		uxPair(unix.SOCK_STREAM, 10, 11)
-		efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
-		must(err, "eventfd")
-		must(unix.Sendmsg(11, []byte("E"), unix.UnixRights(efd), nil, 0), "sendmsg")
-		unix.Close(efd)
+		u, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		must(err, "socket")
+		must(unix.Sendmsg(11, []byte("E"), unix.UnixRights(u), nil, 0), "sendmsg")
+		unix.Close(u)
 	default:
 		die("FDR_DUMP_N %q", os.Getenv(envN))
 	}
@@ -809,15 +809,15 @@ func TestDumpUnixPendingWithData(t *testing.T) {
 }
 
 func TestDumpUnixInflightUnsupported(t *testing.T) {
-	tr := startScenario(t, "unixext", t.TempDir(), envN+"=inflight-eventfd")
+	tr := startScenario(t, "unixext", t.TempDir(), envN+"=inflight-udp")
 	img := filepath.Join(t.TempDir(), "img")
 	_, err := Dump(context.Background(), tr.pid, img, Options{Timeout: 20 * time.Second})
 	var ue *UnsupportedError
 	if !errors.As(err, &ue) {
 		t.Fatalf("dump: %v, want a refusal", err)
 	}
-	want := fmt.Sprintf("pid %d fd 10: eventfd in flight (SCM_RIGHTS) in the queue of socket:[", tr.pid)
-	if !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "(anon_inode:[eventfd])") {
+	want := fmt.Sprintf("pid %d fd 10: inet socket in flight (SCM_RIGHTS) in the queue of socket:[", tr.pid)
+	if !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "(socket:[") {
 		t.Errorf("refusal %q, want %q...", err, want)
 	}
 	// Nothing was consumed: the eventfd still arrives.

@@ -27,6 +27,10 @@ type TaskPlan struct {
 	PidMap map[uint32]uint32
 	// SkipFileCheck turns off the size and mode checks of regular files.
 	SkipFileCheck bool
+	// Inherited are the fds the caller handed over for this task (see
+	// files/inherit), as the helper received them with the plan. Not
+	// encoded: they travel as SCM_RIGHTS beside it.
+	Inherited []int
 }
 
 // Fle is one fd of the task: its number, the description it refers to and

@@ -10,8 +10,9 @@ import (
 
 func TestTaskPlanRoundTrip(t *testing.T) {
 	// Encode writes every field by hand: a field added to the structs
-	// must be added to Encode and DecodeTaskPlan too.
-	if n := reflect.TypeOf(files.TaskPlan{}).NumField(); n != 8 {
+	// must be added to Encode and DecodeTaskPlan too (Inherited is not
+	// encoded: those fds travel beside the plan).
+	if n := reflect.TypeOf(files.TaskPlan{}).NumField(); n != 9 {
 		t.Fatalf("TaskPlan has %d fields; teach Encode/DecodeTaskPlan the new ones and update this test", n)
 	}
 	if n := reflect.TypeOf(files.OpenSpec{}).NumField(); n != 6 {

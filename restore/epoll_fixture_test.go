@@ -218,8 +218,10 @@ func TestEpollFixtureMixed(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "shared.log"), []byte("mixed:root\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	res := runStop(t, fixtureDir(t, "mixed"))
-	pid := res.PidMap[5]
+	// mixed holds pty 0: restore it with a devpts of its own, never at
+	// the host's index 0.
+	pids := runCLIStopPts(t, fixtureDir(t, "mixed"))
+	pid := pids[5]
 	if fi, err := fdcheck.Info(pid, 6); err != nil || !fi.Cloexec() {
 		t.Errorf("pid 5 fd 6: FD_CLOEXEC not set (%v)", err)
 	}

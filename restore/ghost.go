@@ -165,7 +165,7 @@ func ghostTempName(path, runID string, id uint32) string {
 
 // make writes the ghost under a temporary name, links it to the original
 // name (when that is free), takes the O_PATH fd and removes both names.
-func (lg *liveGhost) make(runID string, log *logrus.Logger) error {
+func (lg *liveGhost) make(runID string, log logrus.FieldLogger) error {
 	g := lg.g
 	e := g.Entry
 	tmp := ghostTempName(g.Path, runID, g.ID)

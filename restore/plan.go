@@ -2,6 +2,37 @@
 // load → plan → run. Plan finds every problem the images can reveal before
 // any process exists; Run builds the tree from helper processes, runs the
 // files engine in each, and leaves the tree in the requested end state.
+//
+// # Embedding
+//
+// Restore does all three for a program that embeds fdrestore (a container
+// runtime; the fdrestore CLI is a thin layer over the same calls). A
+// program that restores must let its helpers start: call MaybeHelper first
+// thing in main, or install cmd/fdrestore-helper and name it in
+// Options.Helper (or $FDRESTORE_HELPER, or next to the executable).
+//
+// External resources are explicit: the caller's fds replace descriptions
+// by key (PlanOptions.Inherit, InheritStdio for a runc-style
+// descriptors.json), and a key that matches nothing fails the plan; unix
+// sockets whose peer was outside the tree follow an ExtUnixPolicy; a
+// terminal from outside becomes a new console whose master goes to
+// Config.OnConsole (SendConsole speaks runc's --console-socket protocol).
+// Hooks run around the restore; Result has the root's pid and pidfd, the
+// pid map and timings.
+//
+// Errors a caller can branch on, with errors.Is / errors.As:
+//
+//	ErrUnsupported        the images hold objects fdrestore cannot restore (Plan.Unsupported lists them)
+//	ErrUnresolved         an external resource does not resolve (*UnresolvedError: key, reason, candidates)
+//	ErrDependencyCycle    objects depend on each other in a cycle; a stage-graph cycle is
+//	                      also a *files.CycleError (its steps name the objects)
+//	*images.FormatError   an image is corrupt (file, entry, offset, field)
+//	ErrTaskDied           a process of the tree died during the restore (*TaskError names it)
+//	*TaskError            a process of the tree failed (proc, step, cause)
+//	*HookError            one of the caller's Hooks failed
+//	context.Canceled, context.DeadlineExceeded, scm.ErrTimeout
+//
+// After any error no process of the restore is left.
 package restore
 
 import (
@@ -49,6 +80,22 @@ type PlanOptions struct {
 	// (USK_EXTERN): they connect to the peer's recorded name, as CRIU's
 	// --ext-unix-sk does. Without it such a peer is an error.
 	ExtUnixSk bool
+	// ExtUnix is the policy for unix sockets whose peer is outside the
+	// tree, and ExtUnixSockets the policy of single sockets by inode
+	// (socket:[INO]), which takes precedence. See ExtUnixPolicy.
+	ExtUnix        ExtUnixPolicy
+	ExtUnixSockets map[uint32]ExtUnixPolicy
+	// Console is the path of a pty slave (see NewConsole) that stands in
+	// for the terminal the tree had from outside: a pty slave whose
+	// master is not in the images (a container's console, whose master
+	// the runtime held). Unlike with ShellJob the session stays the
+	// tree's and its leader gets the console as its controlling
+	// terminal. Plan.Console says whether the images have such a pty.
+	Console string
+	// Inherit hands the caller's fds to the tree in place of the
+	// descriptions their keys name (see Inherit; InheritStdio maps a
+	// descriptors.json to them).
+	Inherit []Inherit
 }
 
 // Plan is what a restore will do: the processes and the steps that build
@@ -66,6 +113,19 @@ type Plan struct {
 	Unsupported []string
 	// Warnings lists what will be restored differently from the dump.
 	Warnings []string
+	// ExtUnix lists the unix sockets whose peer is outside the tree and
+	// the policy each gets.
+	ExtUnix []ExtUnixChoice
+	// Console is true when the tree takes PlanOptions.Console for a
+	// terminal whose master was outside it.
+	Console bool
+	// Inherited lists the descriptions the caller's fds replace
+	// (PlanOptions.Inherit).
+	Inherited []InheritedFd
+
+	// inherited holds, by task index, the caller's fds sent with each
+	// task's plan, in the order of their inherit.Params.Index.
+	inherited [][]*inhMatch
 
 	// edges add the type planners' own stage-graph edges (bind before
 	// connect, queues before shutdown, ...) once every object is planned.
@@ -122,7 +182,13 @@ func NewPlan(set *images.Set, opts PlanOptions) (*Plan, error) {
 	}
 
 	pl := &planner{p: p, set: set, taskIx: taskIx, opts: opts}
+	if err := pl.resolveInherit(); err != nil {
+		return nil, err
+	}
 	if err := pl.planInflight(); err != nil {
+		return nil, err
+	}
+	if err := pl.checkExtUnixSockets(); err != nil {
 		return nil, err
 	}
 	for _, f := range set.FileOrder {
@@ -327,7 +393,10 @@ func (p *Plan) buildGraph() error {
 			return err
 		}
 	}
-	return g.Check()
+	if err := g.Check(); err != nil {
+		return cycleError{err}
+	}
+	return nil
 }
 
 // Print writes the plan for people: tasks, tree steps, objects with their
@@ -363,6 +432,13 @@ func (p *Plan) Print(w io.Writer) {
 	}
 	fmt.Fprintf(w, "Stage graph: %d nodes, %d edges, no cycle\n", p.Graph.Len(), p.Graph.Edges())
 	p.printEdges(w)
+	p.printExtUnix(w)
+	if len(p.Inherited) > 0 {
+		fmt.Fprintf(w, "Inherited (%d):\n", len(p.Inherited))
+		for _, in := range p.Inherited {
+			fmt.Fprintf(w, "  %s: the caller's fd for %q, received by task %d\n", p.Set.Files[in.File].Name(), in.Key, in.Task)
+		}
+	}
 	if len(p.Warnings) > 0 {
 		fmt.Fprintf(w, "Warnings (%d):\n", len(p.Warnings))
 		for _, s := range p.Warnings {

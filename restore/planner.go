@@ -46,6 +46,13 @@ type planner struct {
 
 	ttyDone bool        // planTTYs ran (spec_tty.go)
 	opts    PlanOptions // ShellJob, Terminal (spec_tty.go), ExtUnixSk (spec_unix.go), TCP (spec_inet.go)
+
+	// inh maps the ids of descriptions the caller hands over to their fd
+	// (inherit.go).
+	inh map[uint32]*inhMatch
+	// extUnixSeen holds the inodes of sockets with an outside peer
+	// (extunix.go).
+	extUnixSeen map[uint32]bool
 }
 
 // delivery asks that description file be present in task.
@@ -140,11 +147,17 @@ func (pl *planner) planInflight() error {
 // planFile plans one description of files.img.
 func (pl *planner) planFile(f *images.File) error {
 	p := pl.p
+	if m := pl.inherited(f.ID); m != nil {
+		return pl.planInherit(f, m)
+	}
 	hs := pl.holders(f)
 	switch f.Type {
 	case criupb.FdTypes_REG:
 		if len(hs) == 0 {
 			return nil // a path entry of a FIFO or tty, or cwd/root
+		}
+		if f.Entry.GetReg().GetExt() {
+			return pl.externalFile(f) // inherit.go
 		}
 		c := pl.creator(hs)
 		spec, err := regSpec(f, pl.others(hs, c))
@@ -214,12 +227,20 @@ func (pl *planner) planPipe(pp *images.Pipe) error {
 	var allBuf [4]int
 	var holdBuf [2][]int
 	ends, all, endHolders := endsBuf[:0], allBuf[:0], holdBuf[:0]
+	handed := 0
 	for _, e := range pp.Ends {
+		if pl.inherited(e.ID) != nil {
+			handed++ // the caller's (inherit.go)
+			continue
+		}
 		if eh := pl.holders(e); len(eh) > 0 {
 			ends = append(ends, e)
 			endHolders = append(endHolders, eh)
 			all = append(all, eh...)
 		}
+	}
+	if len(ends) == 0 && handed > 0 {
+		return nil
 	}
 	if len(ends) == 0 {
 		p.Unsupported = append(p.Unsupported, fmt.Sprintf("pipe:[%d] (file ids %v) exists only in flight (in a unix socket queue)", pp.ID, fileIDs(pp.Ends)))

@@ -34,6 +34,9 @@ const (
 	// FDRESTORE_RESTORED=1) and cwd recorded by fdrestore dump in
 	// fdrestore-exec.img (see exec_recorded.go).
 	EndExecRecorded
+	// EndFunc: every task execs what Options.EndFunc returns for it
+	// (endfunc.go): a runtime's own command per task.
+	EndFunc
 )
 
 // Options control a restore run.
@@ -47,6 +50,13 @@ type Options struct {
 	// Log receives the coordinator's and the helpers' log entries
 	// (default: logrus's standard logger).
 	Log *logrus.Logger
+	// LogEntry, when set, is used instead of Log: every entry of the
+	// restore carries its fields (a runtime's container id, ...).
+	LogEntry *logrus.Entry
+	// Hooks are called at fixed points of the run (see Hooks).
+	Hooks Hooks
+	// EndFunc chooses each task's exec for the EndFunc end state.
+	EndFunc func(TaskEnd) (Exec, error)
 	// Helper is the path of the helper binary (cmd/fdrestore-helper) the
 	// tree's processes run. Empty: $FDRESTORE_HELPER, else
 	// fdrestore-helper next to the running executable, else the running
@@ -61,10 +71,24 @@ type Options struct {
 // Result describes a restored tree.
 type Result struct {
 	RootPid int
+	// PidFd is a pidfd of the root task (pidfd_open), or nil where the
+	// kernel has none. The caller owns it: poll it for the root's exit,
+	// signal through it without pid-reuse races, close it when done.
+	PidFd *os.File
 	// PidMap maps image pids to the pids of the restored tasks.
 	PidMap map[uint32]int
 	// Took is the wall time of the restore.
 	Took time.Duration
+	// Timings split Took into its phases.
+	Timings Timings
+}
+
+// Timings are the durations of a restore's phases.
+type Timings struct {
+	Tree  time.Duration // building the process tree
+	Files time.Duration // restoring every task's fds
+	End   time.Duration // bringing the tasks to their end state
+	Hooks time.Duration // in the caller's hooks (within the above)
 }
 
 // TaskError is returned when a restore fails in or because of one process
@@ -99,8 +123,9 @@ type coordinator struct {
 	ctx      context.Context
 	plan     *Plan
 	opts     Options
-	log      *logrus.Logger
+	log      *logrus.Entry
 	runID    string
+	hookTime time.Duration
 	deadline time.Time
 	ps       []*procState
 	oldSub   int
@@ -119,8 +144,11 @@ func Run(ctx context.Context, plan *Plan, opts Options) (*Result, error) {
 	if err := plan.Err(); err != nil {
 		return nil, err
 	}
-	if opts.End != EndStop && opts.End != EndExec && opts.End != EndExecRecorded {
+	if opts.End != EndStop && opts.End != EndExec && opts.End != EndExecRecorded && opts.End != EndFunc {
 		return nil, fmt.Errorf("restore: choose an end state (stop or exec)")
+	}
+	if opts.End == EndFunc && opts.EndFunc == nil {
+		return nil, fmt.Errorf("restore: the EndFunc end state needs Options.EndFunc")
 	}
 	if opts.End == EndExec && strings.TrimSpace(opts.Exec) == "" {
 		return nil, fmt.Errorf("restore: exec end state needs a command")
@@ -131,7 +159,17 @@ func Run(ctx context.Context, plan *Plan, opts Options) (*Result, error) {
 	if opts.Log == nil {
 		opts.Log = logrus.StandardLogger()
 	}
-	c := &coordinator{ctx: ctx, plan: plan, opts: opts, log: opts.Log, runID: scm.NewRunID(), started: time.Now()}
+	log := logrus.NewEntry(opts.Log)
+	if opts.LogEntry != nil {
+		log = opts.LogEntry
+	}
+	c := &coordinator{ctx: ctx, plan: plan, opts: opts, log: log, runID: scm.NewRunID(), started: time.Now()}
+	if opts.End == EndFunc {
+		// Records are optional here: the function sees them if any.
+		if recs, err := LoadExecRecords(plan.Set.Dir); err == nil {
+			c.recorded = recs
+		}
+	}
 	if opts.End == EndExecRecorded {
 		recs, err := LoadExecRecords(plan.Set.Dir)
 		if err == nil {
@@ -167,6 +205,9 @@ func (c *coordinator) run(ctx context.Context) (*Result, error) {
 	for i, p := range c.plan.Procs {
 		c.ps[i] = &procState{p: p, ctl: -1}
 	}
+	if err := c.hook(ctx, "pre-restore", c.opts.Hooks.PreRestore, nil); err != nil {
+		return nil, err
+	}
 	if err := c.makeGhosts(); err != nil {
 		return nil, err
 	}
@@ -177,6 +218,15 @@ func (c *coordinator) run(ctx context.Context) (*Result, error) {
 		if err := c.treeOp(op); err != nil {
 			return nil, err
 		}
+		if op.Kind == OpSpawn && op.Proc == 0 && c.opts.Hooks.SetupNamespaces != nil {
+			// The root exists, alone: a runtime moves it into its
+			// cgroup and sets up its network now, and every process
+			// the tree spawns later inherits both.
+			res := &Result{RootPid: c.ps[0].pid}
+			if err := c.hook(ctx, "setup-namespaces", c.opts.Hooks.SetupNamespaces, res); err != nil {
+				return nil, err
+			}
+		}
 	}
 	treeDone := time.Now()
 	pidMap := map[uint32]int{}
@@ -184,6 +234,10 @@ func (c *coordinator) run(ctx context.Context) (*Result, error) {
 		if st.p.Task != nil {
 			pidMap[st.p.Task.Pid] = st.pid
 		}
+	}
+	result := func() *Result {
+		return &Result{RootPid: c.ps[0].pid, PidMap: pidMap, Took: time.Since(c.started),
+			Timings: Timings{Tree: treeDone.Sub(c.started), Hooks: c.hookTime}}
 	}
 	// Files: every task restores its fds at once; the coordinator only
 	// waits for them to report.
@@ -198,8 +252,14 @@ func (c *coordinator) run(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	c.dropGhosts() // every task holds its fds of them now
+	if err := c.hook(ctx, "post-restore", c.opts.Hooks.PostRestore, result()); err != nil {
+		return nil, err
+	}
 	filesDone := time.Now()
 	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := c.hook(ctx, "pre-resume", c.opts.Hooks.PreResume, result()); err != nil {
 		return nil, err
 	}
 	for _, st := range tasks {
@@ -219,8 +279,20 @@ func (c *coordinator) run(ctx context.Context) (*Result, error) {
 			return nil, err
 		}
 	}
-	c.log.WithFields(logrus.Fields{"tree": treeDone.Sub(c.started), "files": filesDone.Sub(treeDone), "total": time.Since(c.started)}).Info("tree restored")
-	return &Result{RootPid: c.ps[0].pid, PidMap: pidMap, Took: time.Since(c.started)}, nil
+	endDone := time.Now()
+	res := result()
+	res.Timings.Files, res.Timings.End = filesDone.Sub(treeDone), endDone.Sub(filesDone)
+	if err := c.hook(ctx, "post-resume", c.opts.Hooks.PostResume, res); err != nil {
+		return nil, err
+	}
+	res.Timings.Hooks = c.hookTime
+	if fd, err := unix.PidfdOpen(res.RootPid, 0); err == nil {
+		unix.CloseOnExec(fd)
+		res.PidFd = os.NewFile(uintptr(fd), "pidfd:"+strconv.Itoa(res.RootPid))
+	}
+	res.Took = time.Since(c.started)
+	c.log.WithFields(logrus.Fields{"tree": res.Timings.Tree, "files": res.Timings.Files, "end": res.Timings.End, "total": res.Took}).Info("tree restored")
+	return res, nil
 }
 
 func (c *coordinator) taskProcs() []*procState {
@@ -354,7 +426,7 @@ func (c *coordinator) spawn(st *procState) error {
 		fds = append(fds, tr.FD()) // the transport struct is dropped; the helper adopts the socket
 	}
 	if p.Parent < 0 {
-		argv := helper.Args(p.Index, c.runID, taskIx, c.tempBase(p), c.deadline, c.log.GetLevel())
+		argv := helper.Args(p.Index, c.runID, taskIx, c.tempBase(p), c.deadline, c.log.Logger.GetLevel())
 		files, release, err := helper.Files(c.tempBase(p), fds)
 		if err != nil {
 			return c.fail(st, "spawn", err)
@@ -418,7 +490,11 @@ func (c *coordinator) sendPlan(st *procState, pidMap map[uint32]int) error {
 		}
 		off += n
 	}
-	if err := ctlSend(st.ctl, &ctlMsg{Op: ctlPlan}, mfd); err != nil {
+	inh, err := c.plan.taskInherited(st.p.TaskIx)
+	if err != nil {
+		return c.fail(st, "plan", err)
+	}
+	if err := ctlSend(st.ctl, &ctlMsg{Op: ctlPlan}, append([]int{mfd}, inh...)...); err != nil {
 		return c.fail(st, "plan", err)
 	}
 	return nil
@@ -543,6 +619,10 @@ func (c *coordinator) sendEnd(st *procState) error {
 		m.Env = os.Environ()
 	case EndExecRecorded:
 		execRecorded(m, c.recorded[st.p.Task.Pid])
+	case EndFunc:
+		if err := c.endFunc(m, st); err != nil {
+			return c.fail(st, "end", err)
+		}
 	}
 	if err := ctlSend(st.ctl, m); err != nil {
 		return c.fail(st, "end", err)

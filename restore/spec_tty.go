@@ -150,7 +150,8 @@ func (pl *planner) planTTYs() error {
 	sessions := map[uint32]*session{}
 	var sids []uint32
 	nextID := maxID + 1
-	var shellPty *ptyGroup // the shell's terminal, with ShellJob
+	var shellPty *ptyGroup   // the shell's terminal, with ShellJob
+	var consolePty *ptyGroup // the console, with Console
 	specs := map[*ptyGroup]*tty.PtyParams{}
 	ids := map[*ptyGroup][]uint32{}
 	for _, idx := range idxs {
@@ -178,6 +179,7 @@ func (pl *planner) planTTYs() error {
 			continue
 		}
 		params := &tty.PtyParams{Index: idx, Master: sideFrom(g.master), Slave: sideFrom(g.slave)}
+		console := false
 		switch {
 		case len(g.masters) == 1:
 			g.creator = pl.creator(pl.holders(g.masters[0]))
@@ -186,6 +188,19 @@ func (pl *planner) planTTYs() error {
 			// The master was closed: the slave is hung up.
 			params.HangUp = true
 			g.creator = pl.creator(all)
+		case len(g.masters) == 0 && pl.ttyInherited(g.slaves):
+			// The caller's fds stand for this terminal (inherit.go).
+			p.Warnings = append(p.Warnings, fmt.Sprintf("pty %d: the caller's fd stands in for this terminal; it is nobody's controlling terminal after the restore", idx))
+			continue
+		case pl.opts.Console != "" && !pl.opts.ShellJob && (consolePty == nil || consolePty == g):
+			// The container's console: a fresh pty's slave, whose
+			// master goes to the caller (console.go). The session
+			// stays the tree's, its leader gets it back as its
+			// controlling terminal.
+			consolePty, console = g, true
+			params.Reopen, params.Path = true, pl.opts.Console
+			g.creator = pl.creator(all)
+			p.Console = true
 		case pl.opts.ShellJob && (shellPty == nil || shellPty == g):
 			// The shell's terminal: the caller's terminal now.
 			shellPty = g
@@ -194,7 +209,7 @@ func (pl *planner) planTTYs() error {
 		default:
 			for _, f := range g.slaves {
 				for _, fd := range f.Fds {
-					p.Unsupported = append(p.Unsupported, fmt.Sprintf("task %s fd %d: %s: pty slave /dev/pts/%d whose master is not in the images (a terminal outside the dumped tree; --shell-job takes one such terminal for the caller's)", pids(fd.Table.Tasks), fd.Num, f.Name(), idx))
+					p.Unsupported = append(p.Unsupported, fmt.Sprintf("task %s fd %d: %s: pty slave /dev/pts/%d whose master is not in the images (a terminal outside the dumped tree; --shell-job takes one such terminal for the caller's, --console-socket gives it a new console)", pids(fd.Table.Tasks), fd.Num, f.Name(), idx))
 				}
 			}
 			continue
@@ -208,7 +223,7 @@ func (pl *planner) planTTYs() error {
 		}
 		for _, f := range g.slaves {
 			hs := pl.holders(f)
-			if len(hs) == 0 {
+			if len(hs) == 0 || pl.inherited(f.ID) != nil {
 				continue
 			}
 			params.Slaves = append(params.Slaves, ttyDesc(f))
@@ -223,7 +238,7 @@ func (pl *planner) planTTYs() error {
 				break
 			}
 		}
-		if sid != 0 && !params.HangUp && !params.Reopen {
+		if sid != 0 && !params.HangUp && (!params.Reopen || console) {
 			leader := set.TaskByPid[sid]
 			switch {
 			case leader == nil || !leader.SessionLeader():
@@ -262,6 +277,8 @@ func (pl *planner) planTTYs() error {
 		switch {
 		case params.HangUp:
 			kind = "hung-up pty"
+		case console:
+			kind = "the console " + params.Path + " for pty"
 		case params.Reopen:
 			kind = "the caller's terminal " + cmp.Or(params.Path, "(at restore)") + " for pty"
 		}

@@ -174,10 +174,16 @@ func (pl *planner) unixSockets() (*uskState, error) {
 			case p == nil:
 				return nil, fmt.Errorf("files.img: %s: its peer, socket inode %d, is not in the images", uskName(n), pi)
 			case p.e.GetUflags()&uskExtern != 0 && len(p.f.Fds) == 0:
-				if !pl.opts.ExtUnixSk {
-					return nil, fmt.Errorf("%s: its peer %s is outside the dumped tree (USK_EXTERN): restore with --ext-unix-sk to connect it by name", uskName(n), uskName(p))
+				// The caller's policy (extunix.go): reconnect by
+				// name, the caller's fd, or no peer at all.
+				pol, err := pl.extUnixPolicy(n, p)
+				if err != nil {
+					return nil, err
 				}
-				if len(p.e.GetName()) == 0 {
+				if pol == ExtUnixDisconnect {
+					break
+				}
+				if pol == ExtUnixReconnect && len(p.e.GetName()) == 0 {
 					return nil, fmt.Errorf("%s: its peer %s is outside the dumped tree and has no name to connect to", uskName(n), uskName(p))
 				}
 				n.ext = p
@@ -530,7 +536,7 @@ func uskOrder(c *uskComp) error {
 			names = append(names, uskName(m))
 		}
 		names = append(names, uskName(start))
-		return fmt.Errorf("files.img: unix datagram sockets are connected in a cycle, which no connect order can restore: %s", strings.Join(names, " -> "))
+		return cycleError{fmt.Errorf("files.img: unix datagram sockets are connected in a cycle, which no connect order can restore: %s", strings.Join(names, " -> "))}
 	}
 	c.order = order
 	return nil

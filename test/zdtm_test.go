@@ -66,6 +66,7 @@ var scenarios = []spec{
 	{name: "unix-shared"},
 	{name: "unix-ext-dgram", extPeer: true, extUnixSk: true},
 	{name: "unix-epoll"},
+	{name: "unix-inflight-events"},
 	{name: "crfail-unix-ext", extPeer: true, crfail: true,
 		crfailError: `^fdrestore: dump refused, the tree was left running unchanged: ` +
 			`pid {pid:root} fd 3: unix socket:\[\d+\] \(unnamed\) cannot be dumped: its peer socket:\[\d+\] ".*/crfail-unix-ext\.ext\.sock" ` +

@@ -23,6 +23,7 @@ func (a *app) dumpCmd() *cobra.Command {
 		timeout      time.Duration
 		ghostLimit   string
 		shellJob     bool
+		console      bool
 		extUnixSk    bool
 		tcpEst       bool
 		networkLock  string
@@ -63,7 +64,7 @@ frozen.`,
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			st, err := dump.Dump(ctx, pid, dir, dump.Options{LeaveRunning: leaveRunning, Timeout: timeout, Log: logrus.StandardLogger(), GhostLimit: limit, ShellJob: shellJob, ExtUnixSk: extUnixSk, TCPEstablished: tcpEst, NetworkLock: networkLock})
+			st, err := dump.Dump(ctx, pid, dir, dump.Options{LeaveRunning: leaveRunning, Timeout: timeout, Log: logrus.StandardLogger(), GhostLimit: limit, ShellJob: shellJob, ExtUnixSk: extUnixSk, TCPEstablished: tcpEst, Console: console, NetworkLock: networkLock})
 			if err != nil {
 				return err
 			}
@@ -85,6 +86,7 @@ frozen.`,
 	fl.StringVarP(&dir, "images-dir", "D", "", "image `DIR`ectory (created if missing)")
 	fl.BoolVar(&leaveRunning, "leave-running", false, "thaw the tree after the dump instead of killing it")
 	fl.DurationVar(&timeout, "timeout", 30*time.Second, "give up (and thaw the tree) if freezing or dumping takes longer")
+	fl.BoolVar(&console, "console", false, "the tree's terminal is a console from outside it (a pty whose master a runtime holds): restore it with --console-socket")
 	fl.BoolVar(&shellJob, "shell-job", false, "dump a job of a shell: the root's session and its terminal (a pty whose master is outside the tree) belong to the shell; restore with --shell-job")
 	fl.BoolVar(&extUnixSk, "ext-unix-sk", false, "allow unix datagram sockets connected to a named socket outside the tree (recorded as external, reconnected by name on restore)")
 	fl.StringVar(&ghostLimit, "ghost-limit", "1M", "largest deleted file to save with its content (`SIZE` in bytes, or with suffix K, M, G); a larger one refuses the dump")

@@ -21,6 +21,7 @@ import (
 func (a *app) planCmd() *cobra.Command {
 	var dir string
 	var skipFileCheck, shellJob, extUnixSk bool
+	var ext externalFlags
 	var tcpf tcpFlags
 	cmd := &cobra.Command{
 		Use:   "plan -D DIR",
@@ -35,9 +36,20 @@ be restored.`,
 			if dir == "" {
 				return usagef("plan needs -D DIR")
 			}
-			opts := restore.PlanOptions{SkipFileCheck: skipFileCheck, ShellJob: shellJob, Terminal: tty.CurrentTTY(), ExtUnixSk: extUnixSk}
-			tcpf.set(&opts)
-			p, err := loadPlan(dir, opts)
+			po := restore.PlanOptions{SkipFileCheck: skipFileCheck, ShellJob: shellJob, Terminal: tty.CurrentTTY(), ExtUnixSk: extUnixSk}
+			tcpf.set(&po)
+			inh, err := ext.inherits(dir)
+			if err != nil {
+				return err
+			}
+			po.Inherit = inh
+			if err := ext.extUnixPolicies(&po); err != nil {
+				return err
+			}
+			if ext.consoleSocket != "" {
+				po.Console = "(a new console at restore)"
+			}
+			p, err := loadPlan(dir, po)
 			if err != nil {
 				return err
 			}
@@ -49,6 +61,7 @@ be restored.`,
 	cmd.Flags().BoolVar(&skipFileCheck, "skip-file-check", false, "do not check the size and mode of regular files")
 	cmd.Flags().BoolVar(&shellJob, "shell-job", false, "plan the restore of a shell job into the caller's session and terminal")
 	cmd.Flags().BoolVar(&extUnixSk, "ext-unix-sk", false, extUnixSkHelp)
+	ext.add(cmd.Flags(), false)
 	tcpf.add(cmd)
 	return cmd
 }
@@ -85,6 +98,7 @@ type restoreFlags struct {
 	skipFileCheck bool
 	shellJob      bool
 	extUnixSk     bool
+	ext           externalFlags
 	tcp           tcpFlags
 	networkLock   string
 }
@@ -117,6 +131,7 @@ and exits with its status. On any failure every process it created is killed.`,
 	fl.BoolVar(&f.skipFileCheck, "skip-file-check", false, "do not check the size and mode of regular files")
 	fl.BoolVar(&f.shellJob, "shell-job", false, "restore a tree dumped with --shell-job as a job of the caller's shell: its session and its terminal (stdin, stdout or stderr) become the caller's, and its root joins the caller's process group")
 	fl.BoolVar(&f.extUnixSk, "ext-unix-sk", false, extUnixSkHelp)
+	f.ext.add(fl, true)
 	f.tcp.add(cmd)
 	fl.StringVar(&f.networkLock, "network-lock", "", "`MODE` of the network lock the dump set on its TCP connections: nftables or iptables (remove the recorded lock once the tree is restored; the default), or skip (leave it in place)")
 	return cmd
@@ -153,6 +168,7 @@ func (a *app) runRestore(cmd *cobra.Command, f *restoreFlags) error {
 	if f.leaveStopped && !f.detach {
 		return usagef("--leave-stopped needs -d: stopped tasks never exit")
 	}
+	var err error
 	po := restore.PlanOptions{SkipFileCheck: f.skipFileCheck, ShellJob: f.shellJob, ExtUnixSk: f.extUnixSk}
 	f.tcp.set(&po)
 	if f.shellJob {
@@ -160,15 +176,29 @@ func (a *app) runRestore(cmd *cobra.Command, f *restoreFlags) error {
 			return usagef("--shell-job needs a terminal on stdin, stdout or stderr")
 		}
 	}
-	p, err := loadPlan(f.dir, po)
-	if err != nil {
+	if po.Inherit, err = f.ext.inherits(f.dir); err != nil {
 		return err
+	}
+	if err := f.ext.extUnixPolicies(&po); err != nil {
+		return err
+	}
+	opts.Hooks = f.ext.hooks()
+	cfg := restore.Config{ImagesDir: f.dir, Plan: po, Run: opts}
+	if f.ext.consoleSocket != "" {
+		sock := f.ext.consoleSocket
+		cfg.OnConsole = func(master *os.File) error {
+			defer master.Close()
+			return restore.SendConsole(sock, master)
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	res, err := restore.Run(ctx, p, opts)
+	res, err := restore.Restore(ctx, cfg)
 	if err != nil {
 		return err
+	}
+	if res.PidFd != nil {
+		defer res.PidFd.Close()
 	}
 	logrus.WithFields(logrus.Fields{"root": res.RootPid, "took": res.Took}).Info("restored")
 	if f.pidfile != "" {

@@ -131,8 +131,8 @@ func (o *opener) Open(c *files.Context) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("epoll_create1: %w", err)
 	}
-	if p.Flags&statusMask != 0 {
-		if err := setStatus(fd, p.Flags); err != nil {
+	if p.Flags&files.StatusFlagsMask != 0 {
+		if err := files.SetStatusFlags(fd, p.Flags); err != nil {
 			unix.Close(fd)
 			return false, fmt.Errorf("set flags %#o: %w", p.Flags, err)
 		}
@@ -189,21 +189,6 @@ func Register(c *files.Context, ep, fd int, r *Reg) error {
 		c.Log().WithField("file", r.Target).Warnf("epoll target fd %d is taken by another file: registered through fd %d, which fdinfo will show as its tfd", r.Tfd, fd)
 	}
 	return unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, fd, &ev)
-}
-
-// statusMask is what F_SETFL can change.
-const statusMask = unix.O_APPEND | unix.O_ASYNC | unix.O_DIRECT | unix.O_NOATIME | unix.O_NONBLOCK
-
-// setStatus applies the recorded status flags to fd when they differ.
-func setStatus(fd int, flags uint32) error {
-	cur, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
-	if err != nil {
-		return err
-	}
-	if want := cur&^statusMask | int(flags)&statusMask; want != cur {
-		_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, want)
-	}
-	return err
 }
 
 func init() {

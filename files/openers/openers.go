@@ -12,6 +12,7 @@ package openers
 import (
 	_ "github.com/fdrestore/fdrestore/files/epoll"    // epoll sets and their registrations
 	_ "github.com/fdrestore/fdrestore/files/eventfd"  // eventfds
+	_ "github.com/fdrestore/fdrestore/files/inherit"  // descriptions the caller hands over
 	_ "github.com/fdrestore/fdrestore/files/pipe"     // pipes and FIFOs
 	_ "github.com/fdrestore/fdrestore/files/reg"      // regular files, directories, device nodes
 	_ "github.com/fdrestore/fdrestore/files/signalfd" // signalfds

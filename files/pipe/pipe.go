@@ -96,23 +96,6 @@ func (p *FifoParams) UnmarshalBinary(b []byte) error {
 	return d.Done()
 }
 
-// statusMask is what F_SETFL can change.
-const statusMask = unix.O_APPEND | unix.O_ASYNC | unix.O_DIRECT | unix.O_NOATIME | unix.O_NONBLOCK
-
-// SetStatus applies the recorded status flags to fd.
-func SetStatus(fd int, flags uint32) error {
-	cur, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
-	if err != nil {
-		return err
-	}
-	want := cur&^statusMask | int(flags)&statusMask
-	if want == cur {
-		return nil
-	}
-	_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, want)
-	return err
-}
-
 // Fill sets the buffer size of the pipe behind w (first, so data larger
 // than the default fits) and writes data into it.
 func Fill(w int, size uint32, data []byte) error {
@@ -187,8 +170,8 @@ func (o *pipeOpener) Open(c *files.Context) (bool, error) {
 		return false, err
 	}
 	for i, end := range o.p.Ends {
-		if end.Flags&statusMask != 0 {
-			if err := SetStatus(fds[i], end.Flags); err != nil {
+		if end.Flags&files.StatusFlagsMask != 0 {
+			if err := files.SetStatusFlags(fds[i], end.Flags); err != nil {
 				closeFDs(pfd[:])
 				return false, fmt.Errorf("file id %d: set flags %#o: %w", end.File, end.Flags, err)
 			}
@@ -251,7 +234,7 @@ func (o *pipeOpener) openGeneral(c *files.Context) (bool, error) {
 			}
 			fd = nfd
 		}
-		if err := SetStatus(fd, end.Flags); err != nil {
+		if err := files.SetStatusFlags(fd, end.Flags); err != nil {
 			return fail(fmt.Errorf("file id %d: set flags %#o: %w", end.File, end.Flags, err), fds)
 		}
 		if err := end.Fown.Apply(c, fd); err != nil {

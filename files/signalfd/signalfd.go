@@ -55,8 +55,8 @@ func (o *opener) Open(c *files.Context) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("signalfd mask %#x flags %#x: %w", p.Mask, flags, err)
 	}
-	if p.Flags&statusMask&^unix.O_NONBLOCK != 0 {
-		if err := setStatus(fd, p.Flags); err != nil {
+	if p.Flags&files.StatusFlagsMask&^unix.O_NONBLOCK != 0 {
+		if err := files.SetStatusFlags(fd, p.Flags); err != nil {
 			unix.Close(fd)
 			return false, fmt.Errorf("set flags %#o: %w", p.Flags, err)
 		}
@@ -66,21 +66,6 @@ func (o *opener) Open(c *files.Context) (bool, error) {
 		return false, err
 	}
 	return true, c.AdoptCloexec([]uint32{p.File}, []int{fd}, ce)
-}
-
-// statusMask is what F_SETFL can change.
-const statusMask = unix.O_APPEND | unix.O_ASYNC | unix.O_DIRECT | unix.O_NOATIME | unix.O_NONBLOCK
-
-// setStatus applies the recorded status flags to fd when they differ.
-func setStatus(fd int, flags uint32) error {
-	cur, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
-	if err != nil {
-		return err
-	}
-	if want := cur&^statusMask | int(flags)&statusMask; want != cur {
-		_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, want)
-	}
-	return err
 }
 
 func init() {

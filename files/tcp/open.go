@@ -104,9 +104,6 @@ type opener struct {
 	p Params
 }
 
-// statusMask is what F_SETFL can change.
-const statusMask = unix.O_APPEND | unix.O_ASYNC | unix.O_DIRECT | unix.O_NOATIME | unix.O_NONBLOCK
-
 func (o *opener) Open(c *files.Context) (bool, error) {
 	p := &o.p
 	ce := c.Cloexec(p.File)
@@ -128,8 +125,8 @@ func (o *opener) Open(c *files.Context) (bool, error) {
 		unix.Close(fd)
 		return false, err
 	}
-	if p.Flags&statusMask != 0 {
-		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, int(p.Flags)&statusMask); err != nil {
+	if p.Flags&files.StatusFlagsMask != 0 {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, int(p.Flags)&files.StatusFlagsMask); err != nil {
 			unix.Close(fd)
 			return false, fmt.Errorf("set status flags %#o: %w", p.Flags, err)
 		}

@@ -133,8 +133,8 @@ func (o *opener) Open(c *files.Context) (bool, error) {
 			return fail(fmt.Errorf("restore %d unread expirations: %w", p.Ticks, err))
 		}
 	}
-	if p.Flags&statusMask&^unix.O_NONBLOCK != 0 {
-		if err := setStatus(fd, p.Flags); err != nil {
+	if p.Flags&files.StatusFlagsMask&^unix.O_NONBLOCK != 0 {
+		if err := files.SetStatusFlags(fd, p.Flags); err != nil {
 			return fail(fmt.Errorf("set flags %#o: %w", p.Flags, err))
 		}
 	}
@@ -181,21 +181,6 @@ func SetTicks(fd int, ticks uint64) error {
 		return fmt.Errorf("TFD_IOC_SET_TICKS: %w", e)
 	}
 	return nil
-}
-
-// statusMask is what F_SETFL can change.
-const statusMask = unix.O_APPEND | unix.O_ASYNC | unix.O_DIRECT | unix.O_NOATIME | unix.O_NONBLOCK
-
-// setStatus applies the recorded status flags to fd when they differ.
-func setStatus(fd int, flags uint32) error {
-	cur, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
-	if err != nil {
-		return err
-	}
-	if want := cur&^statusMask | int(flags)&statusMask; want != cur {
-		_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, want)
-	}
-	return err
 }
 
 func init() {

@@ -218,22 +218,6 @@ func (p *PtyParams) UnmarshalBinary(b []byte) error {
 // in use in the devpts instance the restore runs on.
 var ErrIndexTaken = errors.New("pty index in use")
 
-// statusMask is what F_SETFL can change.
-const statusMask = unix.O_APPEND | unix.O_ASYNC | unix.O_DIRECT | unix.O_NOATIME | unix.O_NONBLOCK
-
-func setStatus(fd int, flags uint32) error {
-	cur, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
-	if err != nil {
-		return err
-	}
-	want := cur&^statusMask | int(flags)&statusMask
-	if want == cur {
-		return nil
-	}
-	_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, want)
-	return err
-}
-
 func ioctlInt(fd int, req uint, arg int) error {
 	v := int32(arg)
 	_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), uintptr(req), uintptr(unsafe.Pointer(&v)))
@@ -433,7 +417,7 @@ func (o *ptyOpener) Open(c *files.Context) (bool, error) {
 	}
 	descs := append(append([]Desc{}, p.Masters...), p.Slaves...)
 	for i, d := range descs {
-		if err := setStatus(fds[i], d.Flags); err != nil && !p.HangUp {
+		if err := files.SetStatusFlags(fds[i], d.Flags); err != nil && !p.HangUp {
 			closeFDs(fds)
 			return false, fmt.Errorf("pty %d: file id %d: set flags %#o: %w", p.Index, d.File, d.Flags, err)
 		}
@@ -458,7 +442,7 @@ func (o *ptyOpener) reopen(c *files.Context) (bool, error) {
 		fl := int(d.Flags)&^(unix.O_CREAT|unix.O_EXCL|unix.O_TRUNC) | unix.O_NOCTTY | unix.O_CLOEXEC
 		fd, err := unix.Open(p.Path, fl, 0)
 		if err == nil {
-			if err = setStatus(fd, d.Flags); err == nil {
+			if err = files.SetStatusFlags(fd, d.Flags); err == nil {
 				err = d.Fown.Apply(c, fd)
 			}
 			if err != nil {
@@ -653,7 +637,7 @@ func (o *cttyOpener) Open(c *files.Context) (bool, error) {
 		fl := int(d.Flags)&^(unix.O_CREAT|unix.O_EXCL|unix.O_TRUNC) | unix.O_NOCTTY | unix.O_CLOEXEC
 		nfd, err := unix.Open(dev, fl, 0)
 		if err == nil {
-			err = setStatus(nfd, d.Flags)
+			err = files.SetStatusFlags(nfd, d.Flags)
 			if err == nil {
 				err = d.Fown.Apply(c, nfd)
 			}

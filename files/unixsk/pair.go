@@ -33,7 +33,7 @@ func PairOf(p *Params) (PairParams, bool) {
 		s := &p.Socks[i]
 		if s.Create != CreatePair && s.Create != CreatePairEnd || s.Partner != int32(1-i) ||
 			len(s.Name) > 0 || s.Bind || s.Listen || s.ConnectTo >= 0 || s.Pending >= 0 || len(s.ExtName) > 0 || s.Disconnect ||
-			s.Flags&statusMask != 0 || s.Fown != (files.Fown{}) || s.Shutdown != ShutNone || !s.Opts.plain() {
+			s.Flags&files.StatusFlagsMask != 0 || s.Fown != (files.Fown{}) || s.Shutdown != ShutNone || !s.Opts.plain() {
 			return pp, false
 		}
 		if s.Sender != SendNone && s.Sender != int32(1-i) {

@@ -83,9 +83,6 @@ const (
 	ShutBoth  = 3
 )
 
-// statusMask is what F_SETFL can change.
-const statusMask = unix.O_APPEND | unix.O_ASYNC | unix.O_DIRECT | unix.O_NOATIME | unix.O_NONBLOCK
-
 // state is what the component opener leaves to the queue opener: the
 // temporary pair ends (moved above the target range).
 type state struct {
@@ -892,7 +889,7 @@ func (o *opener) final(c *files.Context, i int) error {
 	if err := s.Fown.Apply(c, fd); err != nil {
 		return err
 	}
-	want := int(s.Flags) & statusMask
+	want := int(s.Flags) & files.StatusFlagsMask
 	have := 0
 	if o.nb[i] {
 		have = unix.O_NONBLOCK
@@ -900,7 +897,7 @@ func (o *opener) final(c *files.Context, i int) error {
 	if want != have {
 		cur, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
 		if err == nil {
-			_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, cur&^statusMask|want)
+			_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, cur&^files.StatusFlagsMask|want)
 		}
 		if err != nil {
 			return fmt.Errorf("set status flags %#o: %w", want, err)

@@ -26,7 +26,7 @@ const (
 	OpSubreaper = "subreaper" // PR_SET_CHILD_SUBREAPER Arg
 	OpReap      = "reap"      // wait for child Arg to exit
 	OpExit      = "exit"      // stand-in: exit now (no answer)
-	OpPlan      = "plan"      // restore fds; fd: a memfd holding the encoded TaskPlan
+	OpPlan      = "plan"      // restore fds; fds: a memfd holding the encoded TaskPlan, then the task's inherited fds (at most MaxInherited)
 	OpEnd       = "end"       // finish: stop, exec or detach (Mode)
 	OpOK        = "ok"
 	OpErr       = "err"
@@ -66,6 +66,9 @@ type Msg struct {
 	Dir         string
 	Log         []byte // a log entry (see logFormatter)
 }
+
+// MaxInherited is the most inherited fds one task's plan message carries.
+const MaxInherited = 64
 
 // MaxMsg is the largest control message, encoded.
 const MaxMsg = 1 << 16
@@ -114,7 +117,7 @@ func Recv(fd int, deadline time.Time) (*Msg, []int, error) {
 	bp := recvBufs.Get().(*[]byte)
 	defer recvBufs.Put(bp)
 	buf := *bp
-	oob := make([]byte, unix.CmsgSpace(4*4))
+	oob := make([]byte, unix.CmsgSpace(4*(MaxInherited+1)))
 	var n, oobn, flags int
 	var err error
 	reset := false

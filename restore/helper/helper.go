@@ -44,7 +44,7 @@ const Arg = "__fdrestore-helper"
 // helper's last argument; a helper binary built from other sources (a stale
 // fdrestore-helper next to a newer fdrestore) refuses to run with an error
 // naming both versions. Bump it whenever Msg, the ops or Args change.
-const Protocol = "fdrp1"
+const Protocol = "fdrp2"
 
 // CloexecEnv names the environment variable through which a task exec'd
 // with Msg.KeepCloexec learns which of its fds had FD_CLOEXEC ("12,20-23").
@@ -399,11 +399,26 @@ func reap(pid int, deadline time.Time) error {
 	return err
 }
 
-// restore runs the files engine for the plan in the memfd fds[0].
+// restore runs the files engine for the plan in the memfd fds[0]; the
+// other fds are the caller's inherited fds for this task
+// (TaskPlan.Inherited, see files/inherit).
 func (h *helper) restore(fds []int) error {
-	if len(fds) != 1 || h.tr == nil {
+	if len(fds) < 1 || h.tr == nil {
 		CloseFDs(fds)
-		return fmt.Errorf("plan needs one memfd and a task helper")
+		return fmt.Errorf("plan needs a memfd and a task helper")
+	}
+	// Received fds land at the lowest free numbers, which may be targets:
+	// move the inherited ones into the service area at once.
+	inherited := fds[1:]
+	defer CloseFDs(inherited)
+	for i, fd := range inherited {
+		nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, h.tempBase)
+		if err != nil {
+			unix.Close(fds[0])
+			return fmt.Errorf("move inherited fd: %w", err)
+		}
+		unix.Close(fd)
+		inherited[i] = nfd
 	}
 	// Nearly all a helper allocates (its plan, the engine's tables) lives
 	// until the fds are in place: collecting meanwhile costs time and
@@ -422,6 +437,7 @@ func (h *helper) restore(fds []int) error {
 	if files.TempBase(plan) > h.tempBase {
 		return fmt.Errorf("plan of task %d needs fds up to %d, above the service area at %d", plan.Pid, plan.MaxFd(), h.tempBase)
 	}
+	plan.Inherited = inherited
 	h.plan = plan
 	log := h.log.WithField("task", plan.Pid)
 	e, err := files.NewEngine(plan, h.tr, h.ctl, log)
