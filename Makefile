@@ -77,12 +77,14 @@ zdtm: netlock-tools
 # are installed when missing.
 netlock-tools:
 	@if [ "$$(id -u)" = 0 ]; then \
-	  for t in nft iptables-restore ip6tables-restore; do \
-	    command -v $$t >/dev/null 2>&1 || [ -x /usr/sbin/$$t ] || missing=1; \
+	  pkgs=; \
+	  for tp in nft:nftables iptables-restore:iptables ip6tables-restore:iptables ip:iproute2 tmux:tmux; do \
+	    t=$${tp%%:*}; \
+	    command -v $$t >/dev/null 2>&1 || [ -x /usr/sbin/$$t ] || [ -x /sbin/$$t ] || pkgs="$$pkgs $${tp#*:}"; \
 	  done; \
-	  if [ -n "$$missing" ]; then \
-	    echo "installing Debian's nftables and iptables (network lock)"; \
-	    apt-get update -qq && apt-get install -y -qq nftables iptables; \
+	  if [ -n "$$pkgs" ]; then \
+	    echo "installing Debian packages the tests use:$$pkgs (network lock, veth scenarios, the --shell-job tmux test)"; \
+	    apt-get update -qq && apt-get install -y -qq $$pkgs; \
 	  fi; \
 	fi
 
