@@ -20,6 +20,7 @@ import (
 var (
 	leanOnce sync.Once
 	leanPath string
+	leanDir  string // removed by TestMain
 	leanErr  error
 )
 
@@ -38,6 +39,7 @@ func leanHelper(t testing.TB) string {
 			leanErr = err
 			return
 		}
+		leanDir = dir
 		leanPath = filepath.Join(dir, restore.HelperName)
 		gotool, err := exec.LookPath("go")
 		if err != nil {

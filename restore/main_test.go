@@ -34,8 +34,10 @@ func TestMain(m *testing.M) {
 		os.Exit(2)
 	}
 	code := m.Run()
-	if cliDir != "" {
-		os.RemoveAll(cliDir)
+	for _, dir := range []string{cliDir, leanDir} {
+		if dir != "" {
+			os.RemoveAll(dir)
+		}
 	}
 	os.Exit(code)
 }
