@@ -143,13 +143,20 @@ type state struct {
 	diag           inetDiag
 	tcpEstablished bool
 	tcpConns       [][2]int // (pid, fd) of every TCP connection
+	// leaveRunning: the tree goes on after the dump; pendingListeners
+	// and pendingConns (the clients of their queues) are the
+	// connections not yet accepted (inetpending.go).
+	leaveRunning     bool
+	pendingListeners []*pendingListener
+	pendingConns     [][2]int
 }
 
 // collect reads every task of the frozen tree. An unsupported fd anywhere
 // fails it with the list of such fds.
 func (d *dumper) collect(tasks []*task) (*imageSet, error) {
 	s := &state{tasks: tasks, log: d.log, ghostLimit: d.opts.ghostLimit(), extUnix: d.opts.ExtUnixSk,
-		tcpEstablished: d.opts.TCPEstablished}
+		tcpEstablished: d.opts.TCPEstablished, leaveRunning: d.opts.LeaveRunning}
+	defer s.closePendingListeners()
 	defer func() {
 		for _, fd := range s.inflight {
 			unix.Close(fd)
@@ -181,6 +188,9 @@ func (d *dumper) collect(tasks []*task) (*imageSet, error) {
 	}
 	if err := refusal(refused); err != nil {
 		return nil, err
+	}
+	if err := s.acceptPending(); err != nil {
+		return nil, fmt.Errorf("dump: %w", err)
 	}
 	if err := s.peekUnread(); err != nil {
 		return nil, fmt.Errorf("dump: %w", err)
@@ -374,7 +384,10 @@ func (s *state) inspect(e *fdEnt, local int, depth int) (*UnsupportedError, erro
 				return e.unsupported(bad), nil
 			}
 			e.kind, e.inet = kindInet, sk
-			if sk.stream != nil {
+			switch {
+			case sk.pendingClient:
+				s.pendingConns = append(s.pendingConns, [2]int{e.t.pid, e.fd})
+			case sk.stream != nil:
 				s.tcpConns = append(s.tcpConns, [2]int{e.t.pid, e.fd})
 			}
 		default:

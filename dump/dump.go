@@ -239,7 +239,7 @@ func Dump(ctx context.Context, pid int, dir string, opts Options) (*Stats, error
 		}
 		// Connections die silently: in repair mode when their last
 		// reference (the lock's dup) goes after the kill.
-		lock, err := lockConns(img.tcpConns)
+		lock, err := lockConns(append(img.tcpConns[:len(img.tcpConns):len(img.tcpConns)], img.pendingConns...))
 		if err != nil {
 			return abortLocked(fmt.Errorf("dump: lock TCP connections: %w", err))
 		}
@@ -379,7 +379,7 @@ func (d *dumper) prescan() error {
 			if typ == "socket" {
 				// "" for the inet sockets dumped, "socket" for other
 				// families: then unix sockets are dumped too.
-				if typ = prescanInet(t.pid, fd, d.opts.TCPEstablished); typ == "socket" {
+				if typ = prescanInet(t.pid, fd, d.opts.TCPEstablished, d.opts.LeaveRunning); typ == "socket" {
 					typ = socketByFd(t.pid, fd)
 				}
 			}

@@ -41,6 +41,7 @@ type imageSet struct {
 	unixSockets  int
 	skQueueBytes int64
 	tcpConns     [][2]int // (pid, fd) of the TCP connections (inet.go)
+	pendingConns [][2]int // the clients of connections not yet accepted (inetpending.go)
 }
 
 func (is *imageSet) add(name, kind string, msgs ...proto.Message) *imageFile {
@@ -214,6 +215,9 @@ func (s *state) images() (*imageSet, error) {
 			ie.Id = proto.Uint32(id)
 			ie.Fown = fownEntry(e.fown) // read after the socket
 			ie.Flags = proto.Uint32(e.flags)
+			if sk := e.inet; sk.pendingOn != nil {
+				pendingFields(ie, sk, fileID(sk.pendingOn))
+			}
 			addFile(&criupb.FileEntry{Type: criupb.FdTypes_INETSK.Enum(), Id: proto.Uint32(id), Isk: ie})
 			if sk := e.inet; sk.stream != nil {
 				streams = append(streams, sk)
@@ -300,6 +304,7 @@ func (s *state) images() (*imageSet, error) {
 	data("pipes-data.img", "PIPES_DATA", s.pipes)
 	data("fifo-data.img", "FIFO_DATA", s.fifos)
 	is.tcpConns = s.tcpConns
+	is.pendingConns = s.pendingConns
 	for _, sk := range streams {
 		f := is.add(fmt.Sprintf("tcp-stream-%x.img", sk.entry.GetIno()), "TCP_STREAM")
 		trailer := append(append([]byte{}, sk.inq...), sk.outq...)

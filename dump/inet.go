@@ -20,6 +20,14 @@ type inetSock struct {
 	stream *criupb.TcpStreamEntry
 	inq    []byte
 	outq   []byte
+	// pendingClient: the client end of a connection still in the accept
+	// queue of a listener of the tree (inetpending.go); pendingOn is
+	// that listener's fd, order its place in the queue, pendingData what
+	// it had sent.
+	pendingClient bool
+	pendingOn     *fdEnt
+	pendingOrder  uint32
+	pendingData   []byte
 }
 
 // sockDomain returns SO_DOMAIN, SO_TYPE and SO_PROTOCOL of a socket fd.
@@ -53,7 +61,7 @@ func inetKind(dom, typ, proto int) (isInet bool, unsupported string) {
 // prescanInet judges a socket fd of a running task without changing it:
 // "" for an inet socket that can be dumped, else what stops the dump
 // ("socket" for sockets that are not inet).
-func prescanInet(pid, fd int, established bool) string {
+func prescanInet(pid, fd int, established, leaveRunning bool) string {
 	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		return "socket"
@@ -83,7 +91,10 @@ func prescanInet(pid, fd int, established bool) string {
 	}
 	if info.State == tcp.StateListen && info.Unacked > 0 {
 		// For a listener tcpi_unacked is its accept queue.
-		return pendingProblem(info.Unacked)
+		if leaveRunning {
+			return pendingProblem(info.Unacked) + leaveRunningPending
+		}
+		return ""
 	}
 	return tcpStateProblem(uint32(info.State), established)
 }
@@ -128,6 +139,9 @@ type diagKey struct {
 // protocol, by socket inode.
 type inetDiag struct {
 	dumps map[diagKey]map[uint32]diagInfo
+	// children: sockets without an inode (connections in a listener's
+	// accept queue) of each dump, by their local and peer address.
+	children map[diagKey]map[connKey]diagConn
 }
 
 // lookup returns the sock_diag record of socket ino of the given family
@@ -137,12 +151,13 @@ func (d *inetDiag) lookup(t *task, selfNet uint64, fam, proto int, ino uint32) (
 	m, ok := d.dumps[k]
 	if !ok {
 		var err error
+		var ch map[connKey]diagConn
 		if t.ns[1] == selfNet || t.ns[1] == 0 {
-			m, err = diagDump(fam, proto)
+			m, ch, err = diagDump(fam, proto)
 		} else {
 			err = inNetns(t.pid, func() error {
 				var e error
-				m, e = diagDump(fam, proto)
+				m, ch, e = diagDump(fam, proto)
 				return e
 			})
 		}
@@ -151,8 +166,9 @@ func (d *inetDiag) lookup(t *task, selfNet uint64, fam, proto int, ino uint32) (
 		}
 		if d.dumps == nil {
 			d.dumps = map[diagKey]map[uint32]diagInfo{}
+			d.children = map[diagKey]map[connKey]diagConn{}
 		}
-		d.dumps[k] = m
+		d.dumps[k], d.children[k] = m, ch
 	}
 	di, ok := m[ino]
 	return di, ok, nil
@@ -194,10 +210,10 @@ const (
 
 // diagDump lists every socket of a family and protocol in the calling
 // thread's network namespace through NETLINK_SOCK_DIAG.
-func diagDump(fam, proto int) (map[uint32]diagInfo, error) {
+func diagDump(fam, proto int) (map[uint32]diagInfo, map[connKey]diagConn, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
 	if err != nil {
-		return nil, fmt.Errorf("sock_diag socket: %w", err)
+		return nil, nil, fmt.Errorf("sock_diag socket: %w", err)
 	}
 	defer unix.Close(fd)
 	tv := unix.Timeval{Sec: 5}
@@ -211,9 +227,10 @@ func diagDump(fam, proto int) (map[uint32]diagInfo, error) {
 	r[0], r[1] = byte(fam), byte(proto)
 	binary.NativeEndian.PutUint32(r[4:], 0xffffffff) // every state
 	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return nil, fmt.Errorf("sock_diag request: %w", err)
+		return nil, nil, fmt.Errorf("sock_diag request: %w", err)
 	}
 	out := map[uint32]diagInfo{}
+	children := map[connKey]diagConn{}
 	buf := make([]byte, 64<<10)
 	for {
 		n, _, err := unix.Recvfrom(fd, buf, 0)
@@ -221,20 +238,20 @@ func diagDump(fam, proto int) (map[uint32]diagInfo, error) {
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("sock_diag reply: %w", err)
+			return nil, nil, fmt.Errorf("sock_diag reply: %w", err)
 		}
 		msgs, err := parseNetlink(buf[:n])
 		if err != nil {
-			return nil, fmt.Errorf("sock_diag reply: %w", err)
+			return nil, nil, fmt.Errorf("sock_diag reply: %w", err)
 		}
 		for _, m := range msgs {
 			switch m.typ {
 			case unix.NLMSG_DONE:
-				return out, nil
+				return out, children, nil
 			case unix.NLMSG_ERROR:
 				if len(m.data) >= 4 {
 					if e := int32(binary.NativeEndian.Uint32(m.data)); e != 0 {
-						return nil, fmt.Errorf("sock_diag (family %d protocol %d): %w", fam, proto, unix.Errno(-e))
+						return nil, nil, fmt.Errorf("sock_diag (family %d protocol %d): %w", fam, proto, unix.Errno(-e))
 					}
 				}
 				continue
@@ -244,7 +261,7 @@ func diagDump(fam, proto int) (map[uint32]diagInfo, error) {
 			}
 			b := m.data
 			if len(b) < inetDiagMsgLen {
-				return nil, fmt.Errorf("sock_diag: short message of %d bytes", len(b))
+				return nil, nil, fmt.Errorf("sock_diag: short message of %d bytes", len(b))
 			}
 			di := diagInfo{state: b[1],
 				rqueue: binary.NativeEndian.Uint32(b[56:]), wqueue: binary.NativeEndian.Uint32(b[60:])}
@@ -259,6 +276,12 @@ func diagDump(fam, proto int) (map[uint32]diagInfo, error) {
 					di.shutdown, di.hasShut = a[4], true
 				}
 				a = a[min(len(a), (l+3)&^3):]
+			}
+			if ino == 0 {
+				if c := diagChild(b); c.state != 0 {
+					children[c.key] = c
+				}
+				continue
 			}
 			out[ino] = di
 		}
@@ -378,10 +401,13 @@ func (s *state) readInet(e *fdEnt, fd int, established bool) (sk *inetSock, bad 
 	}
 	switch st {
 	case tcp.StateListen:
-		if di.rqueue > 0 {
-			return nil, pendingProblem(di.rqueue), nil
-		}
 		ie.Backlog = proto.Uint32(di.wqueue)
+		if di.rqueue > 0 {
+			if s.leaveRunning {
+				return nil, pendingProblem(di.rqueue) + leaveRunningPending, nil
+			}
+			s.addPendingListener(e, fd, di.rqueue)
+		}
 		return sk, "", nil
 	case tcp.StateClose:
 		if ie.GetDstPort() != 0 {
@@ -391,6 +417,14 @@ func (s *state) readInet(e *fdEnt, fd int, established bool) (sk *inetSock, bad 
 	}
 	if err := readStream(sk, fd, st); err != nil {
 		return nil, "", fmt.Errorf("TCP repair read of %s: %w", describeInet(ie), err)
+	}
+	if s.isPendingClient(e.t, dom, ie) {
+		if bad := pendingClientProblem(sk); bad != "" {
+			return nil, bad, nil
+		}
+		// Restored by a real connect: its sequence numbers are not
+		// kept, so no tcp-stream image.
+		sk.pendingClient, sk.stream = true, nil
 	}
 	return sk, "", nil
 }

@@ -68,10 +68,16 @@ func (is *imageSet) recordLockMethod(method string) {
 }
 
 // frozenConns lists the connected TCP sockets (pid, fd) of the frozen
-// tree, each once.
+// tree, each once, but for the clients of connections not yet accepted
+// (inetpending.go).
 func frozenConns(tasks []*task) ([][2]int, error) {
 	var out [][2]int
 	seen := map[uint64]bool{}
+	self, err := netlock.NetnsInode(0)
+	if err != nil {
+		return nil, fmt.Errorf("dump: %w", err)
+	}
+	pf := &pendingConnFilter{selfNet: self}
 	for _, t := range tasks {
 		fds, err := listFds(t.pid)
 		if err != nil {
@@ -83,8 +89,14 @@ func frozenConns(tasks []*task) ([][2]int, error) {
 				continue
 			}
 			seen[st.Ino] = true
-			if _, _, err := connTuple(t.pid, fd); err == nil {
-				out = append(out, [2]int{t.pid, fd})
+			if c, ns, err := connTuple(t.pid, fd); err == nil {
+				pending, err := pf.isPending(t.pid, ns, c)
+				if err != nil {
+					return nil, fmt.Errorf("dump: pid %d fd %d: %w", t.pid, fd, err)
+				}
+				if !pending {
+					out = append(out, [2]int{t.pid, fd})
+				}
 			}
 		}
 	}

@@ -53,6 +53,9 @@ type planner struct {
 	// extUnixSeen holds the inodes of sockets with an outside peer
 	// (extunix.go).
 	extUnixSeen map[uint32]bool
+	// pending: clients of connections not yet accepted (spec_inetpending.go).
+	pending       []pendingConn
+	pendingQueues map[uint32][]*images.File
 }
 
 // delivery asks that description file be present in task.

@@ -43,6 +43,12 @@ func (pl *planner) planInet(f *images.File, hs []int) error {
 		p.Unsupported = append(p.Unsupported, where+": "+problem)
 		return nil
 	}
+	if ie.FdrPendingListener != nil && !pl.opts.TCPClose {
+		if problem := pl.pendingParams(&prm, f); problem != "" {
+			p.Unsupported = append(p.Unsupported, where+": "+problem)
+			return nil
+		}
+	}
 	if prm.Mode == tcp.ModeRepair {
 		switch {
 		case pl.opts.TCPClose:
@@ -70,6 +76,22 @@ func (pl *planner) planInet(f *images.File, hs []int) error {
 	data, err := files.EncodeData(prm)
 	spec := files.OpenSpec{Type: tcp.Type, Files: []uint32{f.ID}, SendTo: [][]uint32{pl.others(hs, c)}, Data: data,
 		Name: fmt.Sprintf("%s (ino %d, file id %d)", prm.Describe(), ie.GetIno(), f.ID)}
+	if prm.Mode == tcp.ModePending {
+		prev, problem := pl.pendingBefore(f)
+		if problem != "" {
+			p.Unsupported = append(p.Unsupported, where+": "+problem)
+			return nil
+		}
+		// The listener listens, and the client before this one in its
+		// queue is connected, before this one connects.
+		spec.Needs = []uint32{prm.Listener}
+		if prev != 0 {
+			spec.Needs = append(spec.Needs, prev)
+			pl.deliver(c, prev)
+		}
+		spec.Name = fmt.Sprintf("%s, not yet accepted by file id %d (ino %d, file id %d)", prm.Describe(), prm.Listener, ie.GetIno(), f.ID)
+		pl.addPending(c, f.ID, prm.Listener, ie.GetFdrPendingOrder())
+	}
 	return pl.add(c, spec, err)
 }
 

@@ -45,6 +45,10 @@ type Config struct {
 	// which "{pid:ROLE}" stands for the pid of the task running ROLE.
 	CRFail      bool
 	CRFailError string
+	// LeaveRunningError: the dump with --leave-running must be refused
+	// with an error matching it ({pid:ROLE} as in CRFailError), the tree
+	// left running unchanged; the dumps that kill the tree then go on.
+	LeaveRunningError string
 	// Mutate names an image mutation applied after the first dump.
 	Mutate string
 	// IOTimeout bounds each read, write and wait of the scenario tasks
@@ -501,8 +505,9 @@ func (d *driver) dump(it int, img string, root int, keys PidKeys) error {
 		return fmt.Errorf("dump %d: %s", it+1, res.Brief())
 	}
 	d.step("dump %d: %d tasks in %v", it+1, len(keys), res.Took.Round(time.Millisecond))
-	if d.cfg.TCP && !streamingPeer[d.cfg.Scenario] {
-		// The restored tree's connections are the dumped ones.
+	if d.cfg.TCP && !streamingPeer[d.cfg.Scenario] && (it > 0 || d.cfg.LeaveRunningError == "") {
+		// The restored tree's connections are the dumped ones (a
+		// refused dump --leave-running wrote nothing to compare with).
 		prev := filepath.Join(d.cfg.WorkDir, "img-leave-running")
 		if it > 0 {
 			prev = filepath.Join(d.cfg.WorkDir, "img-"+strconv.Itoa(it-1))
@@ -540,7 +545,16 @@ func (d *driver) dumpLeaveRunning(root int, keys PidKeys) error {
 	}
 	d.logIssues("dump --leave-running", log)
 	d.checkCgroups("dump --leave-running", res.Pid, before)
-	if !res.OK() {
+	if d.cfg.LeaveRunningError != "" {
+		errText := strings.TrimSpace(res.Stderr)
+		if res.OK() || !res.Status.Exited() {
+			return fmt.Errorf("dump --leave-running: %s, want a refusal", res.Brief())
+		}
+		if want := d.pidPattern(d.cfg.LeaveRunningError, keys); !regexp.MustCompile(want).MatchString(errText) {
+			return fmt.Errorf("dump --leave-running failed with %q, want an error matching %q", errText, want)
+		}
+		d.step("dump --leave-running refused as expected: %s", errText)
+	} else if !res.OK() {
 		return fmt.Errorf("dump --leave-running: %s", res.Brief())
 	}
 	for _, p := range pidsOf(keys) {
@@ -713,6 +727,21 @@ func (d *driver) verify(root int, keys PidKeys) error {
 
 // crfail: the dump must fail with the expected error, and the tree must
 // go on running unharmed.
+// pidPattern replaces "{pid:ROLE}" in an error pattern by the pid of the
+// task running ROLE.
+func (d *driver) pidPattern(want string, keys PidKeys) string {
+	for p, k := range keys {
+		role := "root"
+		if k != "0" {
+			if f := strings.Fields(cmdline(p)); len(f) > 1 {
+				role = f[len(f)-1]
+			}
+		}
+		want = strings.ReplaceAll(want, "{pid:"+role+"}", strconv.Itoa(p))
+	}
+	return want
+}
+
 func (d *driver) crfail(root int, keys PidKeys) error {
 	img := filepath.Join(d.cfg.WorkDir, "img-0")
 	os.MkdirAll(img, 0o755)
@@ -729,16 +758,7 @@ func (d *driver) crfail(root int, keys PidKeys) error {
 	if !res.Status.Exited() {
 		return fmt.Errorf("dump failed, but by %s (want an error exit)", Describe(res.Status))
 	}
-	want := d.cfg.CRFailError
-	for p, k := range keys {
-		role := "root"
-		if k != "0" {
-			if f := strings.Fields(cmdline(p)); len(f) > 1 {
-				role = f[len(f)-1]
-			}
-		}
-		want = strings.ReplaceAll(want, "{pid:"+role+"}", strconv.Itoa(p))
-	}
+	want := d.pidPattern(d.cfg.CRFailError, keys)
 	if ok, _ := regexp.MatchString(want, d.res.DumpErr); !ok {
 		return fmt.Errorf("dump failed with %q, want an error matching %q", d.res.DumpErr, want)
 	}

@@ -37,6 +37,9 @@ type spec struct {
 	// with --tcp-established, in the ns flavor only (nsOnly) and without
 	// C/R in a network namespace of its own.
 	tcp bool
+	// leaveRunningError: the dump with --leave-running must be refused
+	// with an error matching it (Config.LeaveRunningError).
+	leaveRunningError string
 }
 
 var scenarios = []spec{
@@ -98,6 +101,9 @@ var scenarios = []spec{
 	{name: "tcp-halfclosed", tcp: true, nsOnly: true},
 	{name: "tcp-halfclosed-full", tcp: true, nsOnly: true},
 	{name: "tcp6-udp", tcp: true, nsOnly: true},
+	{name: "tcp-pending", tcp: true, nsOnly: true,
+		leaveRunningError: `^fdrestore: dump refused, the tree was left running unchanged: ` +
+			`pid {pid:root} fd 3: TCP listener with connections not yet accepted \(2\): with --leave-running .* is not supported \(socket:\[\d+\]\)$`},
 	{name: "tcp-crfail-pending", tcp: true, nsOnly: true, crfail: true,
 		crfailError: `^fdrestore: dump refused, the tree was left running unchanged: ` +
 			`pid {pid:root} fd 3: TCP listener with connections not yet accepted \(1\) is not supported \(socket:\[\d+\]\)$`},
@@ -194,7 +200,7 @@ func TestZdtm(t *testing.T) {
 						t.Skip("ns flavor only: the scenario needs a devpts instance or a network namespace of its own")
 					}
 					res := runDriver(t, Config{Scenario: sc.name, Flavor: fl, CRFail: sc.crfail, CRFailError: sc.crfailError,
-						ExtPeer: sc.extPeer, ExtUnixSk: sc.extUnixSk, TCP: sc.tcp})
+						ExtPeer: sc.extPeer, ExtUnixSk: sc.extUnixSk, TCP: sc.tcp, LeaveRunningError: sc.leaveRunningError})
 					if res.Status == "fail" && sc.unsupported != "" && regexp.MustCompile(sc.unsupported).MatchString(res.Reason) {
 						res.Status, res.Reason = "skip", "not supported yet: "+res.Reason
 					}

@@ -181,7 +181,7 @@ func (o *opener) build(fd int) error {
 	if p.Mode == ModeRepair {
 		return o.repair(fd)
 	}
-	if p.Mode == ModePlain {
+	if p.Mode == ModePlain || (p.Mode == ModePending && p.SrcPort == 0) {
 		return nil
 	}
 	// Every socket on a port exists before any gets its recorded
@@ -194,7 +194,7 @@ func (o *opener) build(fd int) error {
 			return fmt.Errorf("SO_REUSEPORT: %w", err)
 		}
 	}
-	if p.SrcPort != 0 || p.Mode != ModeConnect {
+	if p.SrcPort != 0 || (p.Mode != ModeConnect && p.Mode != ModePending) {
 		sa, err := sockaddr(p.Family, p.Src, p.SrcPort)
 		if err != nil {
 			return err
@@ -215,6 +215,10 @@ func (o *opener) build(fd int) error {
 		}
 		if err := unix.Connect(fd, sa); err != nil {
 			return fmt.Errorf("connect %s: %w", Addr(p.Dst, p.DstPort), err)
+		}
+	case ModePending:
+		if err := o.connectPending(fd); err != nil {
+			return err
 		}
 	}
 	if p.Opts.ShutdownRecorded && p.Opts.Shutdown != 0 {

@@ -41,9 +41,14 @@ const (
 	ModeConnect
 	// ModeRepair: a TCP connection rebuilt in repair mode from its stream.
 	ModeRepair
+	// ModePending: the client of a connection that was in the accept
+	// queue of a listener of the tree: bound to its address, it connects
+	// for real to the restored listener (Params.Listener, which the
+	// spec Needs) and writes again what it had sent (Params.Sent).
+	ModePending
 )
 
-var modeNames = [...]string{"plain", "bound", "listen", "connect", "repair"}
+var modeNames = [...]string{"plain", "bound", "listen", "connect", "repair", "pending"}
 
 func (m Mode) String() string {
 	if int(m) < len(modeNames) {
@@ -143,6 +148,10 @@ type Params struct {
 	Mode    Mode
 	Opts    Opts
 	Stream  Stream // ModeRepair only
+	// ModePending only: the listener's file id, and the bytes sent that
+	// the listener's side had received.
+	Listener uint32
+	Sent     []byte
 }
 
 // MarshalBinary encodes p for OpenSpec.Data.
@@ -177,6 +186,10 @@ func (p Params) MarshalBinary() ([]byte, error) {
 		e.Bool(s.HasWindow)
 		e.Bytes(s.InQ)
 		e.Bytes(s.OutQ)
+	}
+	if p.Mode == ModePending {
+		e.Uint(uint64(p.Listener))
+		e.Bytes(p.Sent)
 	}
 	return e.B, nil
 }
@@ -214,10 +227,14 @@ func (p *Params) UnmarshalBinary(b []byte) error {
 		s.HasWindow = d.Bool()
 		s.InQ, s.OutQ = d.Bytes(), d.Bytes()
 	}
+	if p.Mode == ModePending {
+		p.Listener = d.Uint32()
+		p.Sent = d.Bytes()
+	}
 	if err := d.Done(); err != nil {
 		return err
 	}
-	if p.Mode > ModeRepair {
+	if p.Mode > ModePending {
 		return fmt.Errorf("inet parameters: unknown mode %d", p.Mode)
 	}
 	if p.Mode == ModeRepair && p.Stream.UnsqLen > uint32(len(p.Stream.OutQ)) {

@@ -903,29 +903,36 @@ func (x *TcpOptsEntry) GetKeepintvl() uint32 {
 // An inet socket description. Addresses are one word for IPv4 and four for
 // IPv6, in network byte order as stored by CRIU.
 type InetSkEntry struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            *uint32                `protobuf:"varint,1,req,name=id" json:"id,omitempty"`
-	Ino           *uint32                `protobuf:"varint,2,req,name=ino" json:"ino,omitempty"`
-	Family        *uint32                `protobuf:"varint,3,req,name=family" json:"family,omitempty"`
-	Type          *uint32                `protobuf:"varint,4,req,name=type" json:"type,omitempty"`
-	Proto         *uint32                `protobuf:"varint,5,req,name=proto" json:"proto,omitempty"`
-	State         *uint32                `protobuf:"varint,6,req,name=state" json:"state,omitempty"`
-	SrcPort       *uint32                `protobuf:"varint,7,req,name=src_port,json=srcPort" json:"src_port,omitempty"`
-	DstPort       *uint32                `protobuf:"varint,8,req,name=dst_port,json=dstPort" json:"dst_port,omitempty"`
-	Flags         *uint32                `protobuf:"varint,9,req,name=flags" json:"flags,omitempty"`
-	Backlog       *uint32                `protobuf:"varint,10,req,name=backlog" json:"backlog,omitempty"`
-	SrcAddr       []uint32               `protobuf:"varint,11,rep,name=src_addr,json=srcAddr" json:"src_addr,omitempty"`
-	DstAddr       []uint32               `protobuf:"varint,12,rep,name=dst_addr,json=dstAddr" json:"dst_addr,omitempty"`
-	Fown          *FownEntry             `protobuf:"bytes,13,req,name=fown" json:"fown,omitempty"`
-	Opts          *SkOptsEntry           `protobuf:"bytes,14,req,name=opts" json:"opts,omitempty"`
-	V6Only        *bool                  `protobuf:"varint,15,opt,name=v6only" json:"v6only,omitempty"`
-	IpOpts        *IpOptsEntry           `protobuf:"bytes,16,opt,name=ip_opts,json=ipOpts" json:"ip_opts,omitempty"`
-	Ifname        *string                `protobuf:"bytes,17,opt,name=ifname" json:"ifname,omitempty"`
-	NsId          *uint32                `protobuf:"varint,18,opt,name=ns_id,json=nsId" json:"ns_id,omitempty"`
-	Shutdown      *SkShutdown            `protobuf:"varint,19,opt,name=shutdown,enum=fdrestore.criu.SkShutdown" json:"shutdown,omitempty"`
-	TcpOpts       *TcpOptsEntry          `protobuf:"bytes,20,opt,name=tcp_opts,json=tcpOpts" json:"tcp_opts,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Id       *uint32                `protobuf:"varint,1,req,name=id" json:"id,omitempty"`
+	Ino      *uint32                `protobuf:"varint,2,req,name=ino" json:"ino,omitempty"`
+	Family   *uint32                `protobuf:"varint,3,req,name=family" json:"family,omitempty"`
+	Type     *uint32                `protobuf:"varint,4,req,name=type" json:"type,omitempty"`
+	Proto    *uint32                `protobuf:"varint,5,req,name=proto" json:"proto,omitempty"`
+	State    *uint32                `protobuf:"varint,6,req,name=state" json:"state,omitempty"`
+	SrcPort  *uint32                `protobuf:"varint,7,req,name=src_port,json=srcPort" json:"src_port,omitempty"`
+	DstPort  *uint32                `protobuf:"varint,8,req,name=dst_port,json=dstPort" json:"dst_port,omitempty"`
+	Flags    *uint32                `protobuf:"varint,9,req,name=flags" json:"flags,omitempty"`
+	Backlog  *uint32                `protobuf:"varint,10,req,name=backlog" json:"backlog,omitempty"`
+	SrcAddr  []uint32               `protobuf:"varint,11,rep,name=src_addr,json=srcAddr" json:"src_addr,omitempty"`
+	DstAddr  []uint32               `protobuf:"varint,12,rep,name=dst_addr,json=dstAddr" json:"dst_addr,omitempty"`
+	Fown     *FownEntry             `protobuf:"bytes,13,req,name=fown" json:"fown,omitempty"`
+	Opts     *SkOptsEntry           `protobuf:"bytes,14,req,name=opts" json:"opts,omitempty"`
+	V6Only   *bool                  `protobuf:"varint,15,opt,name=v6only" json:"v6only,omitempty"`
+	IpOpts   *IpOptsEntry           `protobuf:"bytes,16,opt,name=ip_opts,json=ipOpts" json:"ip_opts,omitempty"`
+	Ifname   *string                `protobuf:"bytes,17,opt,name=ifname" json:"ifname,omitempty"`
+	NsId     *uint32                `protobuf:"varint,18,opt,name=ns_id,json=nsId" json:"ns_id,omitempty"`
+	Shutdown *SkShutdown            `protobuf:"varint,19,opt,name=shutdown,enum=fdrestore.criu.SkShutdown" json:"shutdown,omitempty"`
+	TcpOpts  *TcpOptsEntry          `protobuf:"bytes,20,opt,name=tcp_opts,json=tcpOpts" json:"tcp_opts,omitempty"`
+	// fdrestore's own fields (CRIU skips unknown fields). A TCP client whose
+	// connection was still in the accept queue of a listener of the dumped
+	// tree: the listener's file id, its place in that queue (0 first), and
+	// the bytes it had sent that the listener's side held.
+	FdrPendingListener *uint32 `protobuf:"varint,1001,opt,name=fdr_pending_listener,json=fdrPendingListener" json:"fdr_pending_listener,omitempty"`
+	FdrPendingOrder    *uint32 `protobuf:"varint,1002,opt,name=fdr_pending_order,json=fdrPendingOrder" json:"fdr_pending_order,omitempty"`
+	FdrPendingData     []byte  `protobuf:"bytes,1003,opt,name=fdr_pending_data,json=fdrPendingData" json:"fdr_pending_data,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *InetSkEntry) Reset() {
@@ -1094,6 +1101,27 @@ func (x *InetSkEntry) GetShutdown() SkShutdown {
 func (x *InetSkEntry) GetTcpOpts() *TcpOptsEntry {
 	if x != nil {
 		return x.TcpOpts
+	}
+	return nil
+}
+
+func (x *InetSkEntry) GetFdrPendingListener() uint32 {
+	if x != nil && x.FdrPendingListener != nil {
+		return *x.FdrPendingListener
+	}
+	return 0
+}
+
+func (x *InetSkEntry) GetFdrPendingOrder() uint32 {
+	if x != nil && x.FdrPendingOrder != nil {
+		return *x.FdrPendingOrder
+	}
+	return 0
+}
+
+func (x *InetSkEntry) GetFdrPendingData() []byte {
+	if x != nil {
+		return x.FdrPendingData
 	}
 	return nil
 }
@@ -1357,7 +1385,7 @@ const file_proto_sockets_proto_rawDesc = "" +
 	"\anodelay\x18\x02 \x01(\bR\anodelay\x12\x18\n" +
 	"\akeepcnt\x18\x03 \x01(\rR\akeepcnt\x12\x1a\n" +
 	"\bkeepidle\x18\x04 \x01(\rR\bkeepidle\x12\x1c\n" +
-	"\tkeepintvl\x18\x05 \x01(\rR\tkeepintvl\"\xf9\x04\n" +
+	"\tkeepintvl\x18\x05 \x01(\rR\tkeepintvl\"\x84\x06\n" +
 	"\rinet_sk_entry\x12\x0e\n" +
 	"\x02id\x18\x01 \x02(\rR\x02id\x12\x10\n" +
 	"\x03ino\x18\x02 \x02(\rR\x03ino\x12\x16\n" +
@@ -1379,7 +1407,10 @@ const file_proto_sockets_proto_rawDesc = "" +
 	"\x06ifname\x18\x11 \x01(\tR\x06ifname\x12\x13\n" +
 	"\x05ns_id\x18\x12 \x01(\rR\x04nsId\x127\n" +
 	"\bshutdown\x18\x13 \x01(\x0e2\x1b.fdrestore.criu.sk_shutdownR\bshutdown\x129\n" +
-	"\btcp_opts\x18\x14 \x01(\v2\x1e.fdrestore.criu.tcp_opts_entryR\atcpOpts\"\xda\x03\n" +
+	"\btcp_opts\x18\x14 \x01(\v2\x1e.fdrestore.criu.tcp_opts_entryR\atcpOpts\x121\n" +
+	"\x14fdr_pending_listener\x18\xe9\a \x01(\rR\x12fdrPendingListener\x12+\n" +
+	"\x11fdr_pending_order\x18\xea\a \x01(\rR\x0ffdrPendingOrder\x12)\n" +
+	"\x10fdr_pending_data\x18\xeb\a \x01(\fR\x0efdrPendingData\"\xda\x03\n" +
 	"\x10tcp_stream_entry\x12\x17\n" +
 	"\ainq_len\x18\x01 \x02(\rR\x06inqLen\x12\x17\n" +
 	"\ainq_seq\x18\x02 \x02(\rR\x06inqSeq\x12\x19\n" +
