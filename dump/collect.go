@@ -186,11 +186,14 @@ func (d *dumper) collect(tasks []*task) (*imageSet, error) {
 	if len(refused) == 0 {
 		refused = s.resolveUnix()
 	}
+	if len(refused) == 0 {
+		var err error
+		if refused, err = s.checkPending(); err != nil {
+			return nil, fmt.Errorf("dump: %w", err)
+		}
+	}
 	if err := refusal(refused); err != nil {
 		return nil, err
-	}
-	if err := s.acceptPending(); err != nil {
-		return nil, fmt.Errorf("dump: %w", err)
 	}
 	if err := s.peekUnread(); err != nil {
 		return nil, fmt.Errorf("dump: %w", err)
@@ -211,6 +214,11 @@ func (d *dumper) collect(tasks []*task) (*imageSet, error) {
 		return nil, err
 	}
 	if err := s.kobjIDs(); err != nil {
+		return nil, fmt.Errorf("dump: %w", err)
+	}
+	// Last, as nothing can put them back: the connections not yet
+	// accepted (inetpending.go).
+	if err := s.acceptPending(); err != nil {
 		return nil, fmt.Errorf("dump: %w", err)
 	}
 	return s.images()

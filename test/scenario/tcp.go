@@ -827,15 +827,16 @@ func writeFileRaw(path string, data []byte) error {
 	return nil
 }
 
-// tcp-crfail-pending: a listener (fd 3, 127.0.0.1:7700) with a
-// connection not yet accepted, whose client end is the child's fd 5. The
-// dump must refuse the tree, naming the listener; afterwards the listener
-// accepts the connection and data flows both ways.
+// tcp-crfail-pending: a listener (fd 3, 127.0.0.1:7700) with a connection
+// not yet accepted whose client lives outside the tree (started through a
+// launcher that exits), having sent "early". The dump is refused: the
+// connection could be taken out of the queue but not rebuilt without its
+// client. After the refusal the listener still has it queued: accepted,
+// it carries "early", then "ping" and "pong".
 func init() {
 	register("tcp-crfail-pending", map[string]*Role{
 		"root": {
-			Fds:      std(3),
-			Children: children("client"),
+			Fds: std(3),
 			Setup: func(t *T) error {
 				if err := tcpLoUp(); err != nil {
 					return err
@@ -847,7 +848,11 @@ func init() {
 				if err := unix.Listen(l, 4); err != nil {
 					return err
 				}
-				if _, err := t.Spawn("client", nil); err != nil {
+				p, err := t.Spawn("launcher", nil)
+				if err != nil {
+					return err
+				}
+				if err := waitExit(p.Pid); err != nil {
 					return err
 				}
 				return t.Place(l, 3)
@@ -861,11 +866,19 @@ func init() {
 					return
 				}
 				defer unix.Close(a)
-				t.exchange(a, "early", "s->c", "c->s")
+				t.exchange(a, "early", "ping", "pong")
 			},
 		},
-		"client": {
-			Fds: std(5),
+		"launcher": {
+			Fds:            std(),
+			ExitAfterSetup: true,
+			Setup: func(t *T) error {
+				_, err := t.Spawn("ext", nil)
+				return err
+			},
+		},
+		"ext": {
+			Fds: std(3),
 			Setup: func(t *T) error {
 				c, err := t.sockAt(unix.AF_INET, unix.SOCK_STREAM, nil, false)
 				if err != nil {
@@ -877,10 +890,11 @@ func init() {
 				if err := WriteAll(c, []byte("early")); err != nil {
 					return err
 				}
-				return t.Place(c, 5)
-			},
-			Verify: func(t *T) {
-				t.exchange(5, "", "c->s", "s->c")
+				if err := t.Place(c, 3); err != nil {
+					return err
+				}
+				go extEcho(3)
+				return nil
 			},
 		},
 	})
