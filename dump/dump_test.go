@@ -365,6 +365,13 @@ func critCheck(t *testing.T, dir string) {
 				fe.Efd.Semaphore = nil
 				om = fe
 			}
+			if fe, ok := om.(*criupb.FileEntry); ok && fe.GetIsk().GetFdrPendingListener() != 0 {
+				// A connection not yet accepted: fdrestore's own fields
+				// (inetpending.go), which CRIU's schema does not have.
+				fe = proto.Clone(fe).(*criupb.FileEntry)
+				fe.Isk.FdrPendingListener, fe.Isk.FdrPendingOrder, fe.Isk.FdrPendingData = nil, nil, nil
+				om = fe
+			}
 			oj, _ := protojson.MarshalOptions{UseProtoNames: true}.Marshal(om)
 			if !strings.HasPrefix(e.Name(), "core-") && !jsonSame(cj, oj) {
 				t.Errorf("%s entry %d: crit %s, ours %s", e.Name(), i, cj, oj)

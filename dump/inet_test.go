@@ -39,6 +39,12 @@ func takeFD(t *testing.T, pid, fd int) int {
 // read from the tree's.
 func startTCPScenario(t *testing.T) int {
 	t.Helper()
+	return startScenarioNetns(t, "tcp-pair")
+}
+
+// startScenarioNetns starts zdtm scenario name as startTCPScenario does.
+func startScenarioNetns(t *testing.T, name string) int {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") == "true" {
 			t.Fatal("needs root (network namespaces, TCP repair)")
@@ -62,7 +68,7 @@ func startTCPScenario(t *testing.T) int {
 	defer unix.Close(p[0])
 	env := []string{"PATH=/usr/bin:/bin", "ZDTM_DIR=" + dir, "ZDTM_RESULT=" + filepath.Join(dir, "result"),
 		"ZDTM_READY_FD=3", "GODEBUG=containermaxprocs=0,updatemaxprocs=0"}
-	pid, err := syscall.ForkExec(bin, []string{bin, "tcp-pair"}, &syscall.ProcAttr{Dir: dir, Env: env,
+	pid, err := syscall.ForkExec(bin, []string{bin, name}, &syscall.ProcAttr{Dir: dir, Env: env,
 		Files: []uintptr{uintptr(devnull), uintptr(devnull), uintptr(devnull), uintptr(p[1])},
 		Sys:   &syscall.SysProcAttr{Setsid: true, Cloneflags: unix.CLONE_NEWNET}})
 	unix.Close(p[1])

@@ -21,6 +21,9 @@ func TestParamsRoundTrip(t *testing.T) {
 			Stream: Stream{InqSeq: 1, OutqSeq: 1<<32 - 1, OptMask: 7, SndWscale: 10, RcvWscale: 7, MssClamp: 65495, Timestamp: 42,
 				InQ: []byte("to-srv"), OutQ: []byte("unacked+unsent"), UnsqLen: 6, HasWindow: true,
 				Window: RepairWindow{SndWl1: 1, SndWnd: 2, MaxWindow: 3, RcvWnd: 4, RcvWup: 5}}},
+		{File: 11, Family: unix.AF_INET, SkType: unix.SOCK_STREAM, Proto: unix.IPPROTO_TCP, State: StateEstablished,
+			Src: []byte{127, 0, 0, 1}, SrcPort: 40903, Dst: []byte{127, 0, 0, 1}, DstPort: 7900, Mode: ModePending,
+			Listener: 3, Sent: []byte("early-1")},
 	} {
 		b, err := p.MarshalBinary()
 		if err != nil {
