@@ -392,10 +392,9 @@ func (s *state) inspect(e *fdEnt, local int, depth int) (*UnsupportedError, erro
 				return e.unsupported(bad), nil
 			}
 			e.kind, e.inet = kindInet, sk
-			switch {
-			case sk.pendingClient:
-				s.pendingConns = append(s.pendingConns, [2]int{e.t.pid, e.fd})
-			case sk.stream != nil:
+			if sk.stream != nil {
+				// The clients of connections not yet accepted move
+				// to pendingConns (resolvePending).
 				s.tcpConns = append(s.tcpConns, [2]int{e.t.pid, e.fd})
 			}
 		default:

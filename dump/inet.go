@@ -25,6 +25,7 @@ type inetSock struct {
 	// that listener's fd, order its place in the queue, pendingData what
 	// it had sent.
 	pendingClient bool
+	pendingCand   bool // other end in an accept queue, listener not yet known
 	pendingOn     *fdEnt
 	pendingOrder  uint32
 	pendingData   []byte
@@ -127,6 +128,8 @@ type diagInfo struct {
 	wqueue   uint32 // listener: backlog
 	shutdown uint8
 	hasShut  bool
+	local    [16]byte // local address (IPv4 in the first 4 bytes)
+	lport    uint16
 }
 
 type diagKey struct {
@@ -264,7 +267,12 @@ func diagDump(fam, proto int) (map[uint32]diagInfo, map[connKey]diagConn, error)
 				return nil, nil, fmt.Errorf("sock_diag: short message of %d bytes", len(b))
 			}
 			di := diagInfo{state: b[1],
-				rqueue: binary.NativeEndian.Uint32(b[56:]), wqueue: binary.NativeEndian.Uint32(b[60:])}
+				rqueue: binary.NativeEndian.Uint32(b[56:]), wqueue: binary.NativeEndian.Uint32(b[60:]),
+				lport: binary.BigEndian.Uint16(b[4:])}
+			copy(di.local[:], b[8:24])
+			if b[0] == unix.AF_INET {
+				clear(di.local[4:])
+			}
 			ino := binary.NativeEndian.Uint32(b[68:])
 			for a := b[inetDiagMsgLen:]; len(a) >= 4; {
 				l := int(binary.NativeEndian.Uint16(a))
@@ -418,14 +426,9 @@ func (s *state) readInet(e *fdEnt, fd int, established bool) (sk *inetSock, bad 
 	if err := readStream(sk, fd, st); err != nil {
 		return nil, "", fmt.Errorf("TCP repair read of %s: %w", describeInet(ie), err)
 	}
-	if s.isPendingClient(e.t, dom, ie) {
-		if bad := pendingClientProblem(sk); bad != "" {
-			return nil, bad, nil
-		}
-		// Restored by a real connect: its sequence numbers are not
-		// kept, so no tcp-stream image.
-		sk.pendingClient, sk.stream = true, nil
-	}
+	// Its other end in an accept queue: a pending client if that queue's
+	// listener is in the tree (resolvePending).
+	sk.pendingCand = s.isPendingClient(e.t, dom, ie)
 	return sk, "", nil
 }
 

@@ -3,6 +3,7 @@ package dump
 import (
 	"encoding/binary"
 	"fmt"
+	"slices"
 
 	"github.com/fdrestore/fdrestore/files/tcp"
 	"github.com/fdrestore/fdrestore/internal/netlock"
@@ -139,6 +140,54 @@ func (s *state) pendingClients() map[connKey]*inetSock {
 	return clients
 }
 
+// resolvePending decides, once every fd of the tree is read, which
+// connections whose other end is in an accept queue are pending clients:
+// those whose listener is in the tree (the others, whose listener is
+// outside, are ordinary connections, restored in repair mode). A pending
+// client is rebuilt by a real connect: it has no tcp-stream image, and
+// moves from tcpConns to pendingConns (frozenConns left it out of the
+// network lock for the same reason, see pendingConnFilter).
+func (s *state) resolvePending() []error {
+	var refused []error
+	moved := map[[2]int]bool{}
+	for _, t := range s.tasks {
+		for _, e := range t.fds {
+			if e.kind != kindInet || !e.inet.pendingCand {
+				continue
+			}
+			sk := e.inet
+			if !s.listenerInTree(e.t, sk.entry) {
+				continue
+			}
+			if bad := pendingClientProblem(sk); bad != "" {
+				refused = append(refused, e.unsupported(bad))
+				continue
+			}
+			sk.pendingClient, sk.stream = true, nil
+			moved[[2]int{e.t.pid, e.fd}] = true
+			s.pendingConns = append(s.pendingConns, [2]int{e.t.pid, e.fd})
+		}
+	}
+	if len(moved) > 0 {
+		s.tcpConns = slices.DeleteFunc(s.tcpConns, func(c [2]int) bool { return moved[c] })
+	}
+	return refused
+}
+
+// listenerInTree reports whether a listener of the tree, in t's network
+// namespace, listens on the peer address of connection ie.
+func (s *state) listenerInTree(t *task, ie *criupb.InetSkEntry) bool {
+	k := entryKey(ie, false)
+	for _, l := range s.pendingListeners {
+		lk := entryKey(l.e.inet.entry, false)
+		if l.e.t.ns[1] == t.ns[1] && l.e.inet.entry.GetFamily() == ie.GetFamily() && lk.localPort == k.peerPort &&
+			(lk.local == [16]byte{} || lk.local == k.peer) {
+			return true
+		}
+	}
+	return false
+}
+
 // checkPending refuses, once every fd of the tree is read, the listeners
 // with a connection not yet accepted whose client is not in the tree:
 // nothing is accepted unless every connection of every queue can be
@@ -146,6 +195,9 @@ func (s *state) pendingClients() map[connKey]*inetSock {
 func (s *state) checkPending() ([]error, error) {
 	if len(s.pendingListeners) == 0 {
 		return nil, nil
+	}
+	if refused := s.resolvePending(); len(refused) > 0 {
+		return refused, nil
 	}
 	clients := s.pendingClients()
 	var refused []error
@@ -173,8 +225,8 @@ func (s *state) checkPending() ([]error, error) {
 			}
 		}
 		if found != l.n && len(refused) == 0 {
-			return nil, fmt.Errorf("%s (pid %d fd %d): %d connections in the accept queue, sock_diag lists %d established ones not accepted",
-				describeInet(ie), l.e.t.pid, l.e.fd, l.n, found)
+			refused = append(refused, l.e.unsupported(fmt.Sprintf("%s (sock_diag lists %d established ones: "+
+				"a connection closed or reset by its client before it was accepted cannot be rebuilt)", pendingProblem(l.n), found)))
 		}
 	}
 	return refused, nil
@@ -269,16 +321,21 @@ func pendingFields(ie *criupb.InetSkEntry, sk *inetSock, listener uint32) {
 }
 
 // pendingConnFilter says which connections of the frozen tree are clients
-// of connections not yet accepted: both ends are in the tree and frozen,
-// and the restore connects them again for real, so the network lock
-// leaves them out (a lock on them would hold the restored connect back).
+// of connections not yet accepted by a listener of the tree: both ends
+// are in the tree and frozen, and the restore connects them again for
+// real, so the network lock leaves them out (a lock on them would hold
+// the restored connect back). It decides as resolvePending does.
 type pendingConnFilter struct {
 	diag    inetDiag
 	selfNet uint64
+	// treeSocks holds the inodes of the tree's sockets; listeners
+	// indexes each sock_diag dump's listeners by port.
+	treeSocks map[uint64]bool
+	listeners map[diagKey]map[uint16][]diagInfo
 }
 
 // isPending reports whether connection c of pid (in network namespace
-// netns) has its other end in an accept queue.
+// netns) has its other end in the accept queue of a listener of the tree.
 func (f *pendingConnFilter) isPending(pid int, netns uint64, c netlock.Conn) (bool, error) {
 	fam := unix.AF_INET6
 	if c.Src.Is4() {
@@ -298,6 +355,27 @@ func (f *pendingConnFilter) isPending(pid int, netns uint64, c netlock.Conn) (bo
 		copy(b[:], b4[:])
 	}
 	k.local, k.peer, k.localPort, k.peerPort = a, b, c.DstPort, c.SrcPort
-	ch, ok := f.diag.children[diagKey{netns, unix.IPPROTO_TCP, fam}][k]
-	return ok && ch.state == tcp.StateEstablished, nil
+	dk := diagKey{netns, unix.IPPROTO_TCP, fam}
+	if ch, ok := f.diag.children[dk][k]; !ok || ch.state != tcp.StateEstablished {
+		return false, nil
+	}
+	if f.listeners == nil {
+		f.listeners = map[diagKey]map[uint16][]diagInfo{}
+	}
+	ls, ok := f.listeners[dk]
+	if !ok {
+		ls = map[uint16][]diagInfo{}
+		for ino, di := range f.diag.dumps[dk] {
+			if di.state == tcp.StateListen && f.treeSocks[uint64(ino)] {
+				ls[di.lport] = append(ls[di.lport], di)
+			}
+		}
+		f.listeners[dk] = ls
+	}
+	for _, di := range ls[k.localPort] {
+		if di.local == [16]byte{} || di.local == k.local {
+			return true, nil
+		}
+	}
+	return false, nil
 }

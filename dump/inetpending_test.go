@@ -3,6 +3,9 @@ package dump
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -115,5 +118,53 @@ func TestDumpTCPPendingOutsideClient(t *testing.T) {
 	}
 	if n := acceptQueueLen(t, l); n != 1 {
 		t.Fatalf("after the refused dump: accept queue of %d, want 1", n)
+	}
+}
+
+// TestDumpTCPClientOfOutsideListener: a connection of the tree whose
+// other end waits in the accept queue of a listener outside the tree is
+// an ordinary connection: dumped in repair mode with its stream, under
+// the network lock, with no pending mark. (The tree dumped is the outside
+// client of tcp-crfail-pending, whose listener is in the scenario's root.)
+func TestDumpTCPClientOfOutsideListener(t *testing.T) {
+	root := startScenarioNetns(t, "tcp-crfail-pending")
+	ext := 0
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if sid, _ := unix.Getsid(p); sid == root && len(args) > 1 && args[len(args)-1] == "ext" {
+			ext = p
+		}
+	}
+	if ext == 0 {
+		t.Fatal("the scenario's outside client is not running")
+	}
+	img := t.TempDir()
+	if _, err := Dump(context.Background(), ext, img, Options{Timeout: 20 * time.Second, TCPEstablished: true, ShellJob: true}); err != nil {
+		t.Fatalf("dump of the client: %v", err)
+	}
+	set, err := images.Load(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, f := range set.FileOrder {
+		if ie := f.Entry.GetIsk(); f.Type == criupb.FdTypes_INETSK {
+			n++
+			if ie.FdrPendingListener != nil || set.TCPStreams[ie.GetIno()] == nil || ie.GetDstPort() != 7700 {
+				t.Errorf("client: %v, stream %v; want a repaired connection to 7700", ie, set.TCPStreams[ie.GetIno()] != nil)
+			}
+		}
+	}
+	if n != 1 {
+		t.Fatalf("%d inet sockets, want 1", n)
+	}
+	if _, err := os.Stat(filepath.Join(img, NetLockRecord)); err != nil {
+		t.Errorf("no network lock record: %v", err)
 	}
 }

@@ -77,7 +77,8 @@ func frozenConns(tasks []*task) ([][2]int, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dump: %w", err)
 	}
-	pf := &pendingConnFilter{selfNet: self}
+	pf := &pendingConnFilter{selfNet: self, treeSocks: seen}
+	var socks [][2]int
 	for _, t := range tasks {
 		fds, err := listFds(t.pid)
 		if err != nil {
@@ -89,14 +90,17 @@ func frozenConns(tasks []*task) ([][2]int, error) {
 				continue
 			}
 			seen[st.Ino] = true
-			if c, ns, err := connTuple(t.pid, fd); err == nil {
-				pending, err := pf.isPending(t.pid, ns, c)
-				if err != nil {
-					return nil, fmt.Errorf("dump: pid %d fd %d: %w", t.pid, fd, err)
-				}
-				if !pending {
-					out = append(out, [2]int{t.pid, fd})
-				}
+			socks = append(socks, [2]int{t.pid, fd})
+		}
+	}
+	for _, sk := range socks {
+		if c, ns, err := connTuple(sk[0], sk[1]); err == nil {
+			pending, err := pf.isPending(sk[0], ns, c)
+			if err != nil {
+				return nil, fmt.Errorf("dump: pid %d fd %d: %w", sk[0], sk[1], err)
+			}
+			if !pending {
+				out = append(out, sk)
 			}
 		}
 	}
