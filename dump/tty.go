@@ -12,13 +12,8 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// tty sides and kinds.
-const (
-	ttySlave  = 0
-	ttyMaster = 1
-	// ctty (/dev/tty) entries use CRIU's synthetic index.
-	cttyIndex = 1006
-)
+// cttyIndex is CRIU's synthetic pty index of ctty (/dev/tty) entries.
+const cttyIndex = 1006
 
 // ttyKey names one side of one tty: a pty index (or cttyIndex) and the
 // side, the way CRIU numbers tty-info ids ((index << 1) | master).
