@@ -96,8 +96,13 @@ func threadsOf(pid int) ([]int, error) {
 	return out, nil
 }
 
-// childrenOf returns the children of every thread of pid, in the order the
-// kernel lists them (creation order), without duplicates.
+// childrenOf returns the children of every thread of pid, without
+// duplicates, in pid order. The kernel's lists are no order to keep: each
+// thread lists only the children it forked (a Go program forks from
+// whichever thread runs the goroutine), and the children of a thread
+// that exits move to the end of another thread's list. Pid order is
+// creation order but for pid wrap-around, and it makes the dump of a
+// restored tree list the children in the order restore created them.
 func childrenOf(pid int, threads []int) ([]int, error) {
 	var out []int
 	seen := map[int]bool{}
@@ -120,6 +125,7 @@ func childrenOf(pid int, threads []int) ([]int, error) {
 			}
 		}
 	}
+	sort.Ints(out)
 	return out, nil
 }
 
