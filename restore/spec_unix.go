@@ -391,6 +391,9 @@ func (pl *planner) uskRoles(c *uskComp) error {
 			// Connected to an unnamed datagram socket: only a socketpair
 			// can make that; the peer then connects to its own peer.
 			p := n.peer
+			if thirdParty[n] {
+				return fmt.Errorf("files.img: %s is connected to %s, which has no name, and another socket is connected to %s: only a socketpair connects to an unnamed socket, and a socket born connected refuses every other connect, so no order restores that", uskName(n), uskName(p), uskName(n))
+			}
 			s.Create, s.Partner = unixsk.CreatePair, int32(p.idx)
 			p.sock.Create, p.sock.Partner, p.sock.Bind = unixsk.CreatePairEnd, int32(n.idx), named(p)
 		default:

@@ -3,11 +3,14 @@ package restore_test
 import (
 	"context"
 	"fmt"
-	"golang.org/x/sys/unix"
 	"math/rand/v2"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/fdrestore/fdrestore/images"
 	"github.com/fdrestore/fdrestore/internal/fdcheck"
@@ -95,7 +98,14 @@ func randomUnix(r *rand.Rand, tag string) *synth.Builder {
 func TestUnixRandomPlans(t *testing.T) {
 	needRoot(t)
 	seed := uint64(time.Now().UnixNano())
-	t.Logf("seed %d", seed)
+	if s := os.Getenv("FDRESTORE_RANDOM_SEED"); s != "" { // replay a failure
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatalf("FDRESTORE_RANDOM_SEED: %v", err)
+		}
+		seed = v
+	}
+	t.Logf("seed %d (FDRESTORE_RANDOM_SEED replays it)", seed)
 	r := rand.New(rand.NewPCG(seed, 7))
 	planned, restored := 0, 0
 	var failures []string

@@ -505,6 +505,17 @@ func TestUnixPlanErrors(t *testing.T) {
 			b.Connect(s, e)
 			b.Share(s, tk, 3)
 		}, []string{"task 100 fd 3", "outside the dumped tree", "--ext-unix-sk"}},
+		{"connected to an unnamed socket and connected to", func(b *synth.Builder, tk *synth.Task) {
+			name, _ := abstractName(t, "un")
+			m := b.UnixSocket(synth.Dgram, synth.Established, name)
+			u := b.UnixSocket(synth.Dgram, synth.Established, nil)
+			o := b.UnixSocket(synth.Dgram, synth.Established, nil)
+			b.Connect(m, u)
+			b.Connect(o, m)
+			b.Share(m, tk, 3)
+			b.Share(u, tk, 4)
+			b.Share(o, tk, 5)
+		}, []string{"task 100 fd 3", "task 100 fd 4", "has no name", "no order restores that"}},
 		{"packet on a listener", func(b *synth.Builder, tk *synth.Task) {
 			name, _ := abstractName(t, "pl")
 			l := b.UnixSocket(synth.Stream, synth.Listening, name)
