@@ -94,6 +94,9 @@ type tree struct {
 func startScenario(t *testing.T, name, dir string, extraEnv ...string) *tree {
 	t.Helper()
 	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root (cgroup freezer, pidfd_getfd)")
+		}
 		t.Skip("needs root (cgroup freezer, pidfd_getfd)")
 	}
 	r, w, err := os.Pipe()
