@@ -97,9 +97,16 @@ func pipes() (tree [3]*os.File, mine [3]*os.File, err error) {
 	return tree, mine, nil
 }
 
+// answerWait bounds how long the runtime waits for what a container
+// prints: a workload that hangs fails the run instead of blocking it.
+const answerWait = 30 * time.Second
+
 func newContainer(pid int, tree, mine [3]*os.File) *container {
 	for _, f := range tree {
 		f.Close() // the tree holds them now
+	}
+	for _, f := range mine[1:] {
+		f.SetReadDeadline(time.Now().Add(answerWait))
 	}
 	return &container{pid: pid, stdin: mine[0], stdout: bufio.NewReader(mine[1]), stderr: bufio.NewReader(mine[2]),
 		closers: []io.Closer{mine[0], mine[1], mine[2]}}
