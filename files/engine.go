@@ -208,7 +208,8 @@ func NewEngine(plan *TaskPlan, tr *scm.Transport, ctlFD int, log logrus.FieldLog
 			d.sendTo = spec.SendTo[j]
 		}
 		for _, id := range spec.Needs {
-			get(id).waiter = append(get(id).waiter, len(e.opens))
+			d := get(id)
+			d.waiter = append(d.waiter, len(e.opens))
 			o.missing++
 		}
 		e.opens = append(e.opens, o)
@@ -329,7 +330,7 @@ func (e *Engine) Run(deadline time.Time) error {
 				until = t
 			}
 		}
-		if _, err := scm.Wait(until, e.waitingFor(), pfds...); err != nil {
+		if _, err := scm.WaitFunc(until, e.waitingFor, pfds...); err != nil {
 			if errors.Is(err, scm.ErrTimeout) && until.Before(deadline) {
 				idle = true
 				e.Idle(true, e.Stalled())
@@ -432,11 +433,8 @@ func (e *Engine) runOpens() error {
 func (e *Engine) receive(m scm.Message) error {
 	switch m.Kind {
 	case scm.KindFDs:
-		ids := make([]uint32, len(m.FDs))
-		for i, k := range m.Keys {
-			ids[i] = k
-		}
-		if err := e.adopt(ids, m.FDs, true, 1); err != nil {
+		// The transport checked one key per fd: the keys are the file ids.
+		if err := e.adopt(m.Keys, m.FDs, true, 1); err != nil {
 			return err
 		}
 		// Openers that reported "not yet" may try again.
@@ -622,22 +620,22 @@ func (c *Context) Plan() *TaskPlan { return c.e.plan }
 // the fds from then on. Pass every fd of one creation (both ends of a
 // pipe, ...) in one call.
 func (c *Context) Adopt(ids []uint32, fds []int) error {
-	if len(ids) != len(fds) {
-		closeAll(fds)
-		return fmt.Errorf("adopt: %d ids for %d fds", len(ids), len(fds))
-	}
-	return c.e.adopt(ids, fds, false, -1)
+	return c.adopt(ids, fds, -1)
 }
 
 // AdoptCloexec is Adopt for fds whose FD_CLOEXEC the caller knows (all
 // set, or all clear): the engine then skips setting it on the fds that
 // land right on their targets with the recorded flag.
 func (c *Context) AdoptCloexec(ids []uint32, fds []int, cloexec bool) error {
+	return c.adopt(ids, fds, boolCE(cloexec))
+}
+
+func (c *Context) adopt(ids []uint32, fds []int, ce int8) error {
 	if len(ids) != len(fds) {
 		closeAll(fds)
 		return fmt.Errorf("adopt: %d ids for %d fds", len(ids), len(fds))
 	}
-	return c.e.adopt(ids, fds, false, boolCE(cloexec))
+	return c.e.adopt(ids, fds, false, ce)
 }
 
 // Cloexec reports whether a fresh fd of description id is best created

@@ -23,6 +23,12 @@ func Wait(deadline time.Time, what string, fds ...unix.PollFd) (int, error) {
 	return wait(deadline, func() string { return what }, fds)
 }
 
+// WaitFunc is Wait with a description built only when an error reports
+// it, for callers that wait often and pay to describe what they wait for.
+func WaitFunc(deadline time.Time, what func() string, fds ...unix.PollFd) (int, error) {
+	return wait(deadline, what, fds)
+}
+
 // wait is Wait with a lazily built description.
 func wait(deadline time.Time, what func() string, fds []unix.PollFd) (int, error) {
 	if deadline.IsZero() {
