@@ -1,7 +1,6 @@
 package files
 
 import (
-	"encoding"
 	"encoding/binary"
 	"errors"
 )
@@ -100,21 +99,4 @@ func (d *Dec) Done() error {
 		d.Err = errShort
 	}
 	return d.Err
-}
-
-// encodeBinary and decodeBinary let EncodeData and DecodeData use a type's
-// own binary encoding when it has one.
-func encodeBinary(v any) ([]byte, bool, error) {
-	if m, ok := v.(encoding.BinaryMarshaler); ok {
-		b, err := m.MarshalBinary()
-		return b, true, err
-	}
-	return nil, false, nil
-}
-
-func decodeBinary(data []byte, v any) (bool, error) {
-	if u, ok := v.(encoding.BinaryUnmarshaler); ok {
-		return true, u.UnmarshalBinary(data)
-	}
-	return false, nil
 }

@@ -1,6 +1,7 @@
 package files
 
 import (
+	"encoding"
 	"errors"
 	"fmt"
 	"unsafe"
@@ -299,17 +300,19 @@ var ErrNoCodec = errors.New("opener parameters have no binary encoding (implemen
 // the helper binary links no gob (whose code and initialisation every
 // helper process would page in).
 func EncodeData(v any) ([]byte, error) {
-	if b, ok, err := encodeBinary(v); ok {
-		return b, err
+	m, ok := v.(encoding.BinaryMarshaler)
+	if !ok {
+		return nil, fmt.Errorf("encode %T: %w", v, ErrNoCodec)
 	}
-	return nil, fmt.Errorf("encode %T: %w", v, ErrNoCodec)
+	return m.MarshalBinary()
 }
 
 // DecodeData parses OpenSpec.Data made by EncodeData into v, with v's
 // UnmarshalBinary.
 func DecodeData(data []byte, v any) error {
-	if ok, err := decodeBinary(data, v); ok {
-		return err
+	u, ok := v.(encoding.BinaryUnmarshaler)
+	if !ok {
+		return fmt.Errorf("decode %T: %w", v, ErrNoCodec)
 	}
-	return fmt.Errorf("decode %T: %w", v, ErrNoCodec)
+	return u.UnmarshalBinary(data)
 }
