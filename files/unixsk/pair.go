@@ -120,7 +120,7 @@ func (o *pairOpener) Open(c *files.Context) (bool, error) {
 	for i := range 2 {
 		queue := queueSize(o.p.Packets[i])
 		for k, data := range o.p.Packets[i] {
-			if err := sendPlain(fds[1-i], fds[i], data, o.p.Type != TypeStream, &raised[i], queue); err != nil {
+			if err := sendQueued(fds[1-i], fds[i], data, nil, nil, o.p.Type != TypeStream, &raised[i], queue); err != nil {
 				return fail(fmt.Errorf("file id %d: refill packet %d of %d (%d bytes): %w", o.ids[i], k+1, len(o.p.Packets[i]), len(data), err))
 			}
 		}
@@ -174,12 +174,14 @@ func raise(from, to, queue int, raised *int) bool {
 	return true
 }
 
-// sendPlain queues data on to by sending it from from, raising both
-// buffers when the send would block.
-func sendPlain(from, to int, data []byte, msg bool, raised *int, queue int) error {
+// sendQueued queues data (with the fds of oob) on socket to by sending it
+// from from (to address sa when set), raising both buffers for a queue of
+// queue bytes when the send would block. msg is set for datagram and
+// seqpacket sockets, whose packets go whole.
+func sendQueued(from, to int, data, oob []byte, sa unix.Sockaddr, msg bool, raised *int, queue int) error {
 	rest := data
 	for {
-		n, err := unix.SendmsgN(from, rest, nil, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+		n, err := unix.SendmsgN(from, rest, oob, sa, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -197,6 +199,7 @@ func sendPlain(from, to int, data []byte, msg bool, raised *int, queue int) erro
 			}
 			return nil
 		}
+		oob = nil // the fds went with the first bytes
 		if rest = rest[n:]; len(rest) == 0 {
 			return nil
 		}

@@ -164,17 +164,13 @@ func (o *opener) Open(c *files.Context) (bool, error) {
 	if o.queue {
 		return true, o.finishQueued(c)
 	}
-	ce := true
-	same := true
-	for i, id := range o.ids {
-		if i == 0 {
-			ce = c.Cloexec(id)
-		} else if c.Cloexec(id) != ce {
-			same = false
+	// newOpener checked one file id per socket: there is at least one.
+	ce, same := c.Cloexec(o.ids[0]), true
+	for _, id := range o.ids[1:] {
+		if c.Cloexec(id) != ce {
+			ce, same = true, false
+			break
 		}
-	}
-	if !same {
-		ce = true
 	}
 	if err := o.create(ce); err != nil {
 		o.closeAll()
@@ -716,22 +712,34 @@ func (o *opener) refill(c *files.Context, i int) error {
 	if from < 0 {
 		return fmt.Errorf("%s: %d packets queued and no socket to send them from", o.sockName(i), len(s.Packets))
 	}
-	for k := range s.Packets {
-		err := withDir(dir, to, func(to []byte) error { return o.send(c, i, int(s.Sender), from, to, &s.Packets[k]) })
-		if err != nil {
-			return fmt.Errorf("%s: refill packet %d of %d (%d bytes): %w", o.sockName(i), k+1, len(s.Packets), len(s.Packets[k].Data), err)
+	// One chdir for the whole queue, not one per packet.
+	k := 0
+	err := withDir(dir, to, func(to []byte) error {
+		var sa unix.Sockaddr
+		if len(to) > 0 {
+			sa = &unix.SockaddrUnix{Name: string(to)}
 		}
+		queue := 0
+		for _, pk := range s.Packets {
+			queue += len(pk.Data) + 1024 // as queueSize counts
+		}
+		for k = range s.Packets {
+			if err := o.send(c, i, int(s.Sender), from, sa, &s.Packets[k], queue); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("%s: refill packet %d of %d (%d bytes): %w", o.sockName(i), k+1, len(s.Packets), len(s.Packets[k].Data), err)
 	}
 	return nil
 }
 
 // send queues one packet on socket i, sent from fd from (socket sender, or
-// a temporary socket when sender < 0) to address to when set.
-func (o *opener) send(c *files.Context, i, sender, from int, to []byte, pk *Packet) error {
-	var sa unix.Sockaddr
-	if len(to) > 0 {
-		sa = &unix.SockaddrUnix{Name: string(to)}
-	}
+// a temporary socket when sender < 0) to address sa when set. queue is the
+// size of socket i's whole queue, counted as queueSize counts.
+func (o *opener) send(c *files.Context, i, sender, from int, sa unix.Sockaddr, pk *Packet, queue int) error {
 	var oob []byte
 	if len(pk.Fds) > 0 {
 		fds := make([]int, len(pk.Fds))
@@ -742,42 +750,20 @@ func (o *opener) send(c *files.Context, i, sender, from int, to []byte, pk *Pack
 		}
 		oob = unix.UnixRights(fds...)
 	}
-	data := pk.Data
-	stream := o.p.Socks[i].Type == TypeStream
-	for {
-		n, err := unix.SendmsgN(from, data, oob, sa, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err == unix.EAGAIN || err == unix.ENOBUFS || err == unix.EMSGSIZE:
-			// The buffers are too small for this queue.
-			queue := 0
-			for _, q := range o.p.Socks[i].Packets {
-				queue += len(q.Data) + 1024
-			}
-			if !raise(from, o.fd[i], queue, &o.raised[i]) {
-				if err == unix.EAGAIN && !stream && sender != int(o.p.Socks[i].Partner) {
-					return fmt.Errorf("%w (a datagram queue filled by other sockets than the receiver's peer is limited by net.unix.max_dgram_qlen)", err)
-				}
-				return err
-			}
-			o.raise[i] = true
-			if sender >= 0 {
-				o.raise[sender] = true
-			}
-			continue
-		case err != nil:
-			return err
-		}
-		oob = nil
-		data = data[n:]
-		if len(data) == 0 || !stream {
-			if !stream && n != len(pk.Data) {
-				return fmt.Errorf("short datagram: %d of %d bytes", n, len(pk.Data))
-			}
-			return nil
+	s := &o.p.Socks[i]
+	stream := s.Type == TypeStream
+	before := o.raised[i]
+	err := sendQueued(from, o.fd[i], pk.Data, oob, sa, !stream, &o.raised[i], queue)
+	if o.raised[i] != before {
+		o.raise[i] = true
+		if sender >= 0 {
+			o.raise[sender] = true
 		}
 	}
+	if err == unix.EAGAIN && !stream && sender != int(s.Partner) {
+		return fmt.Errorf("%w (a datagram queue filled by other sockets than the receiver's peer is limited by net.unix.max_dgram_qlen)", err)
+	}
+	return err
 }
 
 func setBuf(fd, force, plain, v int) {
@@ -895,11 +881,7 @@ func (o *opener) final(c *files.Context, i int) error {
 		have = unix.O_NONBLOCK
 	}
 	if want != have {
-		cur, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
-		if err == nil {
-			_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, cur&^files.StatusFlagsMask|want)
-		}
-		if err != nil {
+		if err := files.SetStatusFlags(fd, s.Flags); err != nil {
 			return fmt.Errorf("set status flags %#o: %w", want, err)
 		}
 	}
