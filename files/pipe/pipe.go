@@ -199,22 +199,23 @@ func (o *pipeOpener) openGeneral(c *files.Context) (bool, error) {
 		return false, fmt.Errorf("pipe2: %w", err)
 	}
 	r, w := pfd[0], pfd[1]
-	fail := func(err error, fds []int) (bool, error) {
+	fds := make([]int, 0, len(o.p.Ends))
+	fail := func(err error) (bool, error) {
+		// fds may hold r and w themselves: close each number once.
+		for _, fd := range fds {
+			if fd != r && fd != w {
+				unix.Close(fd)
+			}
+		}
 		unix.Close(r)
 		unix.Close(w)
-		for _, fd := range fds {
-			unix.Close(fd)
-		}
 		return false, err
 	}
 	if err := Fill(w, o.p.Size, o.p.Data); err != nil {
-		return fail(err, nil)
+		return fail(err)
 	}
-	ids := make([]uint32, len(o.p.Ends))
-	fds := make([]int, 0, len(o.p.Ends))
 	usedR, usedW := false, false
-	for i, end := range o.p.Ends {
-		ids[i] = end.File
+	for _, end := range o.p.Ends {
 		acc := end.Flags & unix.O_ACCMODE
 		var fd int
 		switch {
@@ -230,17 +231,17 @@ func (o *pipeOpener) openGeneral(c *files.Context) (bool, error) {
 			flags := int(end.Flags)&^(unix.O_CREAT|unix.O_EXCL|unix.O_TRUNC) | unix.O_CLOEXEC
 			nfd, err := unix.Open("/proc/self/fd/"+strconv.Itoa(src), flags, 0)
 			if err != nil {
-				return fail(fmt.Errorf("reopen pipe end for file id %d with flags %#o: %w", end.File, end.Flags, err), fds)
+				return fail(fmt.Errorf("reopen pipe end for file id %d with flags %#o: %w", end.File, end.Flags, err))
 			}
 			fd = nfd
 		}
+		fds = append(fds, fd)
 		if err := files.SetStatusFlags(fd, end.Flags); err != nil {
-			return fail(fmt.Errorf("file id %d: set flags %#o: %w", end.File, end.Flags, err), fds)
+			return fail(fmt.Errorf("file id %d: set flags %#o: %w", end.File, end.Flags, err))
 		}
 		if err := end.Fown.Apply(c, fd); err != nil {
-			return fail(fmt.Errorf("file id %d: %w", end.File, err), fds)
+			return fail(fmt.Errorf("file id %d: %w", end.File, err))
 		}
-		fds = append(fds, fd)
 	}
 	if !usedR {
 		unix.Close(r)
@@ -248,7 +249,8 @@ func (o *pipeOpener) openGeneral(c *files.Context) (bool, error) {
 	if !usedW {
 		unix.Close(w)
 	}
-	return true, c.Adopt(ids, fds)
+	// init checked that the ends' file ids are spec.Files, in order.
+	return true, c.Adopt(o.ids, fds)
 }
 
 // FifoParams describes one FIFO description.
@@ -322,6 +324,9 @@ func init() {
 		return o, nil
 	})
 	files.Register(FifoType, func(spec *files.OpenSpec) (files.Opener, error) {
+		if len(spec.Files) != 1 {
+			return nil, fmt.Errorf("fifo spec publishes %d files, want 1", len(spec.Files))
+		}
 		o := &fifoOpener{id: spec.Files[0]}
 		if err := files.DecodeData(spec.Data, &o.p); err != nil {
 			return nil, fmt.Errorf("fifo parameters: %w", err)

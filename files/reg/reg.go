@@ -126,6 +126,9 @@ func (o *opener) Open(c *files.Context) (bool, error) {
 
 func init() {
 	files.Register(Type, func(spec *files.OpenSpec) (files.Opener, error) {
+		if len(spec.Files) != 1 {
+			return nil, fmt.Errorf("reg spec publishes %d files, want 1", len(spec.Files))
+		}
 		o := &opener{id: spec.Files[0]}
 		if err := files.DecodeData(spec.Data, &o.p); err != nil {
 			return nil, fmt.Errorf("reg parameters: %w", err)
