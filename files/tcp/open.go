@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/fdrestore/fdrestore/files"
+	"github.com/fdrestore/fdrestore/scm"
 	"golang.org/x/sys/unix"
 )
 
@@ -558,13 +559,8 @@ func sendAll(fd int, data []byte, d time.Duration) error {
 		case err == unix.EINTR:
 			continue
 		case err == unix.EAGAIN:
-			left := time.Until(deadline)
-			if left <= 0 {
-				return fmt.Errorf("%d bytes left: no room in the send buffer", len(data))
-			}
-			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
-			if _, err := unix.Poll(pfd, int(left/time.Millisecond)+1); err != nil && err != unix.EINTR {
-				return err
+			if _, err := scm.Wait(deadline, "room in the send buffer", unix.PollFd{Fd: int32(fd), Events: unix.POLLOUT}); err != nil {
+				return fmt.Errorf("%d bytes left: %w", len(data), err)
 			}
 			continue
 		case err != nil:

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/fdrestore/fdrestore/scm"
 	"golang.org/x/sys/unix"
 )
 
@@ -47,27 +48,15 @@ func (o *opener) connectPending(fd int) error {
 
 // waitConnected waits for a non-blocking connect to finish.
 func waitConnected(fd int, d time.Duration) error {
-	deadline := time.Now().Add(d)
-	for {
-		left := time.Until(deadline)
-		if left <= 0 {
-			return fmt.Errorf("not connected after %v", d)
-		}
-		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
-		n, err := unix.Poll(pfd, int(left/time.Millisecond)+1)
-		if err == unix.EINTR || (err == nil && n == 0) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		soErr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
-		if err != nil {
-			return fmt.Errorf("SO_ERROR: %w", err)
-		}
-		if soErr != 0 {
-			return unix.Errno(soErr)
-		}
-		return nil
+	if _, err := scm.Wait(time.Now().Add(d), "the connect", unix.PollFd{Fd: int32(fd), Events: unix.POLLOUT}); err != nil {
+		return err
 	}
+	soErr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+	if err != nil {
+		return fmt.Errorf("SO_ERROR: %w", err)
+	}
+	if soErr != 0 {
+		return unix.Errno(soErr)
+	}
+	return nil
 }
