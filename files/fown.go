@@ -37,8 +37,7 @@ func (f Fown) Apply(c *Context, fd int) error {
 	_, _, errno := unix.Syscall(unix.SYS_FCNTL, uintptr(fd), unix.F_SETOWN_EX, uintptr(unsafe.Pointer(&ex)))
 	runtime.KeepAlive(&ex)
 	if errno != 0 {
-		err := error(errno)
-		return fmt.Errorf("F_SETOWN_EX type %d pid %d (image pid %d): %w", f.PidType, pid, f.Pid, err)
+		return fmt.Errorf("F_SETOWN_EX type %d pid %d (image pid %d): %w", f.PidType, pid, f.Pid, errno)
 	}
 	return nil
 }
