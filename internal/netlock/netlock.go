@@ -470,36 +470,46 @@ func nsPath(pid int) string {
 
 // inNetns runs fn on a locked thread in the network namespace of pid
 // (pid 0: the calling thread's, which fn then runs on): processes fn
-// starts are born there.
+// starts are born there. For another namespace fn runs on a goroutine of
+// its own, so that a thread that cannot come back stays locked and ends
+// with that goroutine instead of going on with the caller in the wrong
+// namespace.
 func inNetns(pid int, fn func() error) error {
-	runtime.LockOSThread()
 	if pid == 0 {
+		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
 		return fn()
 	}
 	target, err := unix.Open(nsPath(pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		runtime.UnlockOSThread()
 		return fmt.Errorf("open the network namespace of pid %d: %w", pid, err)
 	}
 	defer unix.Close(target)
-	self, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		self, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			done <- err
+			return
+		}
+		defer unix.Close(self)
+		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			done <- fmt.Errorf("setns to the network namespace of pid %d: %w", pid, err)
+			return
+		}
+		ferr := fn()
+		if err := unix.Setns(self, unix.CLONE_NEWNET); err != nil {
+			// Left locked: the thread ends with this goroutine.
+			done <- errors.Join(ferr, fmt.Errorf("setns back: %w", err))
+			return
+		}
 		runtime.UnlockOSThread()
-		return err
-	}
-	defer unix.Close(self)
-	if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("setns to the network namespace of pid %d: %w", pid, err)
-	}
-	ferr := fn()
-	if err := unix.Setns(self, unix.CLONE_NEWNET); err != nil {
-		// Leave the thread locked: it dies with this goroutine.
-		return errors.Join(ferr, fmt.Errorf("setns back: %w", err))
-	}
-	runtime.UnlockOSThread()
-	return ferr
+		done <- ferr
+	}()
+	return <-done
 }
 
 // WriteRecord records l in dir (atomically: written aside, then renamed).
