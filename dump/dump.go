@@ -377,11 +377,7 @@ func (d *dumper) prescan() error {
 			}
 			typ := unsupportedByLink(link)
 			if typ == "socket" {
-				// "" for the inet sockets dumped, "socket" for other
-				// families: then unix sockets are dumped too.
-				if typ = prescanInet(t.pid, fd, d.opts.TCPEstablished, d.opts.LeaveRunning); typ == "socket" {
-					typ = socketByFd(t.pid, fd)
-				}
+				typ = prescanSocket(t.pid, fd, d.opts.TCPEstablished, d.opts.LeaveRunning)
 			}
 			if typ == "" && isDeletedLink(link) && !isPtsLink(link) {
 				typ = deletedByStat(t.pid, fd, d.opts.ghostLimit())

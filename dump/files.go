@@ -135,6 +135,22 @@ func unsupportedByLink(link string) string {
 	return ""
 }
 
+// takeFd duplicates fd of task pid into the dumper with pidfd_getfd (the
+// copy is close-on-exec); the caller closes it. Errors do not name pid and
+// fd: the caller does.
+func takeFd(pid, fd int) (int, error) {
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return -1, fmt.Errorf("pidfd_open: %w", err)
+	}
+	defer unix.Close(pidfd)
+	local, err := unix.PidfdGetfd(pidfd, fd, 0)
+	if err != nil {
+		return -1, fmt.Errorf("pidfd_getfd: %w", err)
+	}
+	return local, nil
+}
+
 // fown reads a description's owner (F_SETOWN) settings the way CRIU records
 // them in fown_entry.
 func readFown(fd int) (fown [5]uint32, err error) {

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"runtime"
 	"unsafe"
 
 	"github.com/fdrestore/fdrestore/files/tcp"
@@ -59,20 +58,25 @@ func inetKind(dom, typ, proto int) (isInet bool, unsupported string) {
 	return true, fmt.Sprintf("inet socket of type %d protocol %d", typ, proto)
 }
 
-// prescanInet judges a socket fd of a running task without changing it:
-// "" for an inet socket that can be dumped, else what stops the dump
-// ("socket" for sockets that are not inet).
-func prescanInet(pid, fd int, established, leaveRunning bool) string {
-	pidfd, err := unix.PidfdOpen(pid, 0)
+// prescanSocket judges socket fd of a running task without changing it:
+// "" for a socket that can be dumped (or one that closed meanwhile: the
+// frozen walk decides), else what stops the dump.
+func prescanSocket(pid, fd int, established, leaveRunning bool) string {
+	local, err := takeFd(pid, fd)
 	if err != nil {
-		return "socket"
-	}
-	defer unix.Close(pidfd)
-	local, err := unix.PidfdGetfd(pidfd, fd, 0)
-	if err != nil {
-		return "socket"
+		return ""
 	}
 	defer unix.Close(local)
+	if typ := prescanInet(local, established, leaveRunning); typ != "socket" {
+		return typ
+	}
+	return socketByFd(local)
+}
+
+// prescanInet judges socket local (the dumper's copy): "" for an inet
+// socket that can be dumped, else what stops the dump ("socket" for
+// sockets that are not inet).
+func prescanInet(local int, established, leaveRunning bool) string {
 	dom, typ, proto, err := sockDomain(local)
 	if err != nil {
 		return "socket"
@@ -155,14 +159,15 @@ func (d *inetDiag) lookup(t *task, selfNet uint64, fam, proto int, ino uint32) (
 	if !ok {
 		var err error
 		var ch map[connKey]diagConn
-		if t.ns[1] == selfNet || t.ns[1] == 0 {
-			m, ch, err = diagDump(fam, proto)
-		} else {
-			err = inNetns(t.pid, func() error {
-				var e error
-				m, ch, e = diagDump(fam, proto)
-				return e
-			})
+		nsfd := -1
+		if t.ns[1] != selfNet && t.ns[1] != 0 {
+			if nsfd, err = unix.Open(fmt.Sprintf("/proc/%d/ns/net", t.pid), unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
+				return diagInfo{}, false, fmt.Errorf("open the network namespace of pid %d: %w", t.pid, err)
+			}
+		}
+		m, ch, err = diagDump(nsfd, fam, proto)
+		if nsfd >= 0 {
+			unix.Close(nsfd)
 		}
 		if err != nil {
 			return diagInfo{}, false, err
@@ -177,123 +182,57 @@ func (d *inetDiag) lookup(t *task, selfNet uint64, fam, proto int, ino uint32) (
 	return di, ok, nil
 }
 
-// inNetns runs fn on a thread in the network namespace of pid.
-func inNetns(pid int, fn func() error) error {
-	target, err := unix.Open(fmt.Sprintf("/proc/%d/ns/net", pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("open the network namespace of pid %d: %w", pid, err)
-	}
-	defer unix.Close(target)
-	self, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(self)
-	runtime.LockOSThread()
-	if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("setns to the network namespace of pid %d: %w", pid, err)
-	}
-	ferr := fn()
-	if err := unix.Setns(self, unix.CLONE_NEWNET); err != nil {
-		// Leave the thread locked: it dies with this goroutine.
-		return fmt.Errorf("setns back: %w", err)
-	}
-	runtime.UnlockOSThread()
-	return ferr
-}
-
 // sock_diag constants (linux/sock_diag.h, linux/inet_diag.h).
 const (
-	sockDiagByFamily = 20
 	inetDiagShutdown = 8
 	inetDiagReqLen   = 56
 	inetDiagMsgLen   = 72
 )
 
-// diagDump lists every socket of a family and protocol in the calling
-// thread's network namespace through NETLINK_SOCK_DIAG.
-func diagDump(fam, proto int) (map[uint32]diagInfo, map[connKey]diagConn, error) {
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
-	if err != nil {
-		return nil, nil, fmt.Errorf("sock_diag socket: %w", err)
-	}
-	defer unix.Close(fd)
-	tv := unix.Timeval{Sec: 5}
-	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-	req := make([]byte, unix.NLMSG_HDRLEN+inetDiagReqLen)
-	binary.NativeEndian.PutUint32(req[0:], uint32(len(req)))
-	binary.NativeEndian.PutUint16(req[4:], sockDiagByFamily)
-	binary.NativeEndian.PutUint16(req[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
-	binary.NativeEndian.PutUint32(req[8:], 1)
-	r := req[unix.NLMSG_HDRLEN:]
-	r[0], r[1] = byte(fam), byte(proto)
-	binary.NativeEndian.PutUint32(r[4:], 0xffffffff) // every state
-	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return nil, nil, fmt.Errorf("sock_diag request: %w", err)
-	}
+// diagDump lists every socket of a family and protocol in the network
+// namespace nsfd (-1: the dumper's own) through NETLINK_SOCK_DIAG.
+func diagDump(nsfd, fam, proto int) (map[uint32]diagInfo, map[connKey]diagConn, error) {
+	req := make([]byte, inetDiagReqLen)
+	req[0], req[1] = byte(fam), byte(proto)
+	binary.NativeEndian.PutUint32(req[4:], 0xffffffff) // every state
 	out := map[uint32]diagInfo{}
 	children := map[connKey]diagConn{}
-	buf := make([]byte, 64<<10)
-	for {
-		n, _, err := unix.Recvfrom(fd, buf, 0)
-		if err == unix.EINTR {
-			continue
+	err := sockDiagDump(nsfd, req, func(b []byte) error {
+		if len(b) < inetDiagMsgLen {
+			return fmt.Errorf("sock_diag: short inet_diag_msg (%d bytes)", len(b))
 		}
-		if err != nil {
-			return nil, nil, fmt.Errorf("sock_diag reply: %w", err)
+		di := diagInfo{state: b[1],
+			rqueue: binary.NativeEndian.Uint32(b[56:]), wqueue: binary.NativeEndian.Uint32(b[60:]),
+			lport: binary.BigEndian.Uint16(b[4:])}
+		copy(di.local[:], b[8:24])
+		if b[0] == unix.AF_INET {
+			clear(di.local[4:])
 		}
-		msgs, err := parseNetlink(buf[:n])
-		if err != nil {
-			return nil, nil, fmt.Errorf("sock_diag reply: %w", err)
+		ino := binary.NativeEndian.Uint32(b[68:])
+		for a := b[inetDiagMsgLen:]; len(a) >= 4; {
+			l := int(binary.NativeEndian.Uint16(a))
+			typ := binary.NativeEndian.Uint16(a[2:])
+			if l < 4 || l > len(a) {
+				break
+			}
+			if typ == inetDiagShutdown && l >= 5 {
+				di.shutdown, di.hasShut = a[4], true
+			}
+			a = a[min(len(a), (l+3)&^3):]
 		}
-		for _, m := range msgs {
-			switch m.typ {
-			case unix.NLMSG_DONE:
-				return out, children, nil
-			case unix.NLMSG_ERROR:
-				if len(m.data) >= 4 {
-					if e := int32(binary.NativeEndian.Uint32(m.data)); e != 0 {
-						return nil, nil, fmt.Errorf("sock_diag (family %d protocol %d): %w", fam, proto, unix.Errno(-e))
-					}
-				}
-				continue
-			case sockDiagByFamily:
-			default:
-				continue
+		if ino == 0 {
+			if c := diagChild(b); c.state != 0 {
+				children[c.key] = c
 			}
-			b := m.data
-			if len(b) < inetDiagMsgLen {
-				return nil, nil, fmt.Errorf("sock_diag: short message of %d bytes", len(b))
-			}
-			di := diagInfo{state: b[1],
-				rqueue: binary.NativeEndian.Uint32(b[56:]), wqueue: binary.NativeEndian.Uint32(b[60:]),
-				lport: binary.BigEndian.Uint16(b[4:])}
-			copy(di.local[:], b[8:24])
-			if b[0] == unix.AF_INET {
-				clear(di.local[4:])
-			}
-			ino := binary.NativeEndian.Uint32(b[68:])
-			for a := b[inetDiagMsgLen:]; len(a) >= 4; {
-				l := int(binary.NativeEndian.Uint16(a))
-				typ := binary.NativeEndian.Uint16(a[2:])
-				if l < 4 || l > len(a) {
-					break
-				}
-				if typ == inetDiagShutdown && l >= 5 {
-					di.shutdown, di.hasShut = a[4], true
-				}
-				a = a[min(len(a), (l+3)&^3):]
-			}
-			if ino == 0 {
-				if c := diagChild(b); c.state != 0 {
-					children[c.key] = c
-				}
-				continue
-			}
-			out[ino] = di
+			return nil
 		}
+		out[ino] = di
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("family %d protocol %d: %w", fam, proto, err)
 	}
+	return out, children, nil
 }
 
 // tcpInfoWscale returns tcpi_snd_wscale and tcpi_rcv_wscale, bit fields
@@ -575,88 +514,49 @@ func describeInet(ie *criupb.InetSkEntry) string {
 	return p.Describe()
 }
 
-// readInetSkOpts reads the socket options of sk_opts_entry that restore
-// sets again.
+// readInetSkOpts reads sk_opts_entry of an inet socket: the SOL_SOCKET
+// options of readSkOpts as recorded for inet (none of the unix-only
+// SO_PASSCRED, SO_PASSSEC, SO_NO_CHECK and filter; SO_MARK even when 0;
+// no SO_BUF_LOCK before Linux 5.14), and for TCP the keepalive settings.
 func readInetSkOpts(fd int, isTCP bool) (*criupb.SkOptsEntry, error) {
-	geti := func(level, opt int) (int, error) {
-		v, err := unix.GetsockoptInt(fd, level, opt)
-		if err != nil {
-			return 0, fmt.Errorf("getsockopt(%d, %d): %w", level, opt, err)
-		}
-		return v, nil
-	}
-	o := &criupb.SkOptsEntry{}
-	var err error
-	var v int
-	if v, err = geti(unix.SOL_SOCKET, unix.SO_SNDBUF); err != nil {
+	var so skOpts
+	if err := readSkOpts(fd, false, &so); err != nil {
 		return nil, err
 	}
-	o.SoSndbuf = proto.Uint32(uint32(v))
-	if v, err = geti(unix.SOL_SOCKET, unix.SO_RCVBUF); err != nil {
-		return nil, err
+	o := &criupb.SkOptsEntry{
+		SoSndbuf: proto.Uint32(so.sndbuf), SoRcvbuf: proto.Uint32(so.rcvbuf),
+		SoSndTmoSec: proto.Uint64(uint64(so.sndTmo.Sec)), SoSndTmoUsec: proto.Uint64(uint64(so.sndTmo.Usec)),
+		SoRcvTmoSec: proto.Uint64(uint64(so.rcvTmo.Sec)), SoRcvTmoUsec: proto.Uint64(uint64(so.rcvTmo.Usec)),
+		Reuseaddr: proto.Bool(so.reuseaddr), SoReuseport: proto.Bool(so.reuseport), SoBroadcast: proto.Bool(so.broadcast),
+		SoKeepalive: proto.Bool(so.keepalive), SoDontroute: proto.Bool(so.dontroute),
+		SoPriority: proto.Uint32(so.priority), SoRcvlowat: proto.Uint32(so.rcvlowat), SoMark: proto.Uint32(so.mark),
+		SoOobinline: proto.Uint32(so.oobinline),
 	}
-	o.SoRcvbuf = proto.Uint32(uint32(v))
-	for _, t := range []struct {
-		opt      int
-		sec, use **uint64
-	}{{unix.SO_SNDTIMEO, &o.SoSndTmoSec, &o.SoSndTmoUsec}, {unix.SO_RCVTIMEO, &o.SoRcvTmoSec, &o.SoRcvTmoUsec}} {
-		tv, err := unix.GetsockoptTimeval(fd, unix.SOL_SOCKET, t.opt)
+	if so.bufLock != nil {
+		o.SoBufLock = proto.Uint32(*so.bufLock)
+	}
+	if so.linger != nil {
+		o.SoLinger = proto.Uint32(*so.linger)
+	}
+	if so.boundDev != "" {
+		o.SoBoundDev = proto.String(so.boundDev)
+	}
+	if !isTCP {
+		return o, nil
+	}
+	for _, k := range []struct {
+		opt  int
+		dst  **uint32
+		name string
+	}{
+		{unix.TCP_KEEPCNT, &o.TcpKeepcnt, "TCP_KEEPCNT"}, {unix.TCP_KEEPIDLE, &o.TcpKeepidle, "TCP_KEEPIDLE"},
+		{unix.TCP_KEEPINTVL, &o.TcpKeepintvl, "TCP_KEEPINTVL"},
+	} {
+		v, err := unix.GetsockoptInt(fd, unix.SOL_TCP, k.opt)
 		if err != nil {
-			return nil, fmt.Errorf("getsockopt timeout %d: %w", t.opt, err)
+			return nil, fmt.Errorf("getsockopt %s: %w", k.name, err)
 		}
-		*t.sec, *t.use = proto.Uint64(uint64(tv.Sec)), proto.Uint64(uint64(tv.Usec))
-	}
-	bools := []struct {
-		opt int
-		dst **bool
-	}{
-		{unix.SO_REUSEADDR, &o.Reuseaddr}, {unix.SO_REUSEPORT, &o.SoReuseport}, {unix.SO_BROADCAST, &o.SoBroadcast},
-		{unix.SO_KEEPALIVE, &o.SoKeepalive}, {unix.SO_DONTROUTE, &o.SoDontroute},
-	}
-	for _, b := range bools {
-		if v, err = geti(unix.SOL_SOCKET, b.opt); err != nil {
-			return nil, err
-		}
-		*b.dst = proto.Bool(v != 0)
-	}
-	u32s := []struct {
-		level, opt int
-		dst        **uint32
-	}{
-		{unix.SOL_SOCKET, unix.SO_PRIORITY, &o.SoPriority}, {unix.SOL_SOCKET, unix.SO_RCVLOWAT, &o.SoRcvlowat},
-		{unix.SOL_SOCKET, unix.SO_MARK, &o.SoMark}, {unix.SOL_SOCKET, unix.SO_OOBINLINE, &o.SoOobinline},
-		{unix.SOL_SOCKET, unix.SO_BUF_LOCK, &o.SoBufLock},
-	}
-	if isTCP {
-		u32s = append(u32s, struct {
-			level, opt int
-			dst        **uint32
-		}{unix.SOL_TCP, unix.TCP_KEEPCNT, &o.TcpKeepcnt}, struct {
-			level, opt int
-			dst        **uint32
-		}{unix.SOL_TCP, unix.TCP_KEEPIDLE, &o.TcpKeepidle}, struct {
-			level, opt int
-			dst        **uint32
-		}{unix.SOL_TCP, unix.TCP_KEEPINTVL, &o.TcpKeepintvl})
-	}
-	for _, u := range u32s {
-		if v, err = geti(u.level, u.opt); err != nil {
-			if u.opt == unix.SO_BUF_LOCK && errors.Is(err, unix.ENOPROTOOPT) {
-				continue
-			}
-			return nil, err
-		}
-		*u.dst = proto.Uint32(uint32(v))
-	}
-	l, err := unix.GetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER)
-	if err != nil {
-		return nil, fmt.Errorf("SO_LINGER: %w", err)
-	}
-	if l.Onoff != 0 {
-		o.SoLinger = proto.Uint32(uint32(l.Linger))
-	}
-	if dev, err := unix.GetsockoptString(fd, unix.SOL_SOCKET, unix.SO_BINDTODEVICE); err == nil && dev != "" {
-		o.SoBoundDev = proto.String(dev)
+		*k.dst = proto.Uint32(uint32(v))
 	}
 	return o, nil
 }
@@ -690,16 +590,10 @@ type tcpLock struct{ fds []int }
 func lockConns(conns [][2]int) (*tcpLock, error) {
 	l := &tcpLock{}
 	for _, c := range conns {
-		pidfd, err := unix.PidfdOpen(c[0], 0)
+		fd, err := takeFd(c[0], c[1])
 		if err != nil {
 			l.unlock()
-			return nil, fmt.Errorf("pid %d: pidfd_open: %w", c[0], err)
-		}
-		fd, err := unix.PidfdGetfd(pidfd, c[1], 0)
-		unix.Close(pidfd)
-		if err != nil {
-			l.unlock()
-			return nil, fmt.Errorf("pid %d fd %d: pidfd_getfd: %w", c[0], c[1], err)
+			return nil, fmt.Errorf("pid %d fd %d: %w", c[0], c[1], err)
 		}
 		if err := tcp.SetRepair(fd, true); err != nil {
 			unix.Close(fd)

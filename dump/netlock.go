@@ -156,14 +156,9 @@ func connTuple(pid, fd int) (netlock.Conn, uint64, error) {
 	if err != nil {
 		return netlock.Conn{}, 0, err
 	}
-	pidfd, err := unix.PidfdOpen(pid, 0)
+	local, err := takeFd(pid, fd)
 	if err != nil {
-		return netlock.Conn{}, 0, fmt.Errorf("pidfd_open: %w", err)
-	}
-	defer unix.Close(pidfd)
-	local, err := unix.PidfdGetfd(pidfd, fd, 0)
-	if err != nil {
-		return netlock.Conn{}, 0, fmt.Errorf("pidfd_getfd: %w", err)
+		return netlock.Conn{}, 0, err
 	}
 	defer unix.Close(local)
 	sa, err := unix.Getsockname(local)

@@ -57,34 +57,55 @@ type unixDiagTable map[uint32]*unixDiag
 // unixDiagDump lists every unix socket of the network namespace that the
 // netns fd nsfd refers to (-1: the dumper's own), in one netlink dump.
 func unixDiagDump(nsfd int) (unixDiagTable, error) {
-	nl, err := diagSocket(nsfd)
+	req := make([]byte, unixDiagReqLen)
+	req[0] = unix.AF_UNIX
+	binary.NativeEndian.PutUint32(req[4:], 0xffffffff) // every state
+	binary.NativeEndian.PutUint32(req[12:], udiagShowName|udiagShowVFS|udiagShowPeer|udiagShowIcons|udiagShowRqlen|udiagShowUID)
+	tab := unixDiagTable{}
+	err := sockDiagDump(nsfd, req, func(b []byte) error {
+		d, err := parseUnixDiag(b)
+		if err != nil {
+			return err
+		}
+		if d.ino != 0 { // embryos of pending connections have no inode
+			tab[d.ino] = d
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
+	}
+	return tab, nil
+}
+
+// sockDiagDump sends the SOCK_DIAG_BY_FAMILY dump request req (what follows
+// the netlink header) in the network namespace nsfd (-1: the dumper's own)
+// and passes each record of the reply to each.
+func sockDiagDump(nsfd int, req []byte, each func([]byte) error) error {
+	nl, err := diagSocket(nsfd)
+	if err != nil {
+		return err
 	}
 	defer unix.Close(nl)
 	// A receive timeout, so that a kernel that never answers cannot hang
 	// the dump.
 	tv := unix.Timeval{Sec: 10}
 	if err := unix.SetsockoptTimeval(nl, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		return nil, fmt.Errorf("sock_diag: SO_RCVTIMEO: %w", err)
+		return fmt.Errorf("sock_diag: SO_RCVTIMEO: %w", err)
 	}
 
-	req := make([]byte, unix.NLMSG_HDRLEN+unixDiagReqLen)
+	msg := make([]byte, unix.NLMSG_HDRLEN+len(req))
 	ne := binary.NativeEndian
-	ne.PutUint32(req[0:], uint32(len(req)))
-	ne.PutUint16(req[4:], unix.SOCK_DIAG_BY_FAMILY)
-	ne.PutUint16(req[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
+	ne.PutUint32(msg[0:], uint32(len(msg)))
+	ne.PutUint16(msg[4:], unix.SOCK_DIAG_BY_FAMILY)
+	ne.PutUint16(msg[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
 	const seq = 0x66647273
-	ne.PutUint32(req[8:], seq)
-	r := req[unix.NLMSG_HDRLEN:]
-	r[0] = unix.AF_UNIX
-	ne.PutUint32(r[4:], 0xffffffff) // every state
-	ne.PutUint32(r[12:], udiagShowName|udiagShowVFS|udiagShowPeer|udiagShowIcons|udiagShowRqlen|udiagShowUID)
-	if err := unix.Sendto(nl, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return nil, fmt.Errorf("sock_diag: send: %w", err)
+	ne.PutUint32(msg[8:], seq)
+	copy(msg[unix.NLMSG_HDRLEN:], req)
+	if err := unix.Sendto(nl, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return fmt.Errorf("sock_diag: send: %w", err)
 	}
 
-	tab := unixDiagTable{}
 	buf := make([]byte, 1<<16)
 	for {
 		n, _, err := unix.Recvfrom(nl, buf, 0)
@@ -92,11 +113,14 @@ func unixDiagDump(nsfd int) (unixDiagTable, error) {
 			if errors.Is(err, unix.EINTR) {
 				continue
 			}
-			return nil, fmt.Errorf("sock_diag: receive: %w", err)
+			if errors.Is(err, unix.EAGAIN) {
+				return fmt.Errorf("sock_diag: no reply within %ds", tv.Sec)
+			}
+			return fmt.Errorf("sock_diag: receive: %w", err)
 		}
 		msgs, err := parseNetlink(buf[:n])
 		if err != nil {
-			return nil, fmt.Errorf("sock_diag: %w", err)
+			return fmt.Errorf("sock_diag: %w", err)
 		}
 		for _, m := range msgs {
 			if m.seq != seq {
@@ -104,21 +128,17 @@ func unixDiagDump(nsfd int) (unixDiagTable, error) {
 			}
 			switch m.typ {
 			case unix.NLMSG_DONE:
-				return tab, nil
+				return nil
 			case unix.NLMSG_ERROR:
-				if len(m.data) >= 4 {
-					if e := int32(ne.Uint32(m.data)); e < 0 {
-						return nil, fmt.Errorf("sock_diag: %w", unix.Errno(-e))
-					}
+				if len(m.data) < 4 {
+					return fmt.Errorf("sock_diag: short error message")
 				}
-				return nil, fmt.Errorf("sock_diag: error message")
+				if e := int32(ne.Uint32(m.data)); e < 0 {
+					return fmt.Errorf("sock_diag: %w", unix.Errno(-e))
+				}
 			case unix.SOCK_DIAG_BY_FAMILY:
-				d, err := parseUnixDiag(m.data)
-				if err != nil {
-					return nil, err
-				}
-				if d.ino != 0 { // embryos of pending connections have no inode
-					tab[d.ino] = d
+				if err := each(m.data); err != nil {
+					return err
 				}
 			}
 		}

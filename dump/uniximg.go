@@ -131,8 +131,11 @@ func skOptsEntry(o *skOpts) *criupb.SkOptsEntry {
 		SoPasscred: proto.Bool(o.passcred), SoPasssec: proto.Bool(o.passsec),
 		SoDontroute: proto.Bool(o.dontroute), SoNoCheck: proto.Bool(o.noCheck),
 		SoReuseport: proto.Bool(o.reuseport), SoBroadcast: proto.Bool(o.broadcast), SoKeepalive: proto.Bool(o.keepalive),
-		SoOobinline: proto.Uint32(o.oobinline), SoBufLock: proto.Uint32(o.bufLock),
+		SoOobinline: proto.Uint32(o.oobinline), SoBufLock: proto.Uint32(0), // 0 before Linux 5.14
 		SoFilter: o.filter,
+	}
+	if o.bufLock != nil {
+		e.SoBufLock = proto.Uint32(*o.bufLock)
 	}
 	if o.mark != 0 {
 		e.SoMark = proto.Uint32(o.mark)

@@ -51,7 +51,7 @@ type skOpts struct {
 	reuseport, broadcast bool
 	keepalive            bool
 	oobinline            uint32
-	bufLock              uint32
+	bufLock              *uint32 // nil before Linux 5.14
 	linger               *uint32 // SO_LINGER when enabled
 	boundDev             string
 	filter               []uint64
@@ -89,20 +89,9 @@ func socketFamily(fd int) (int, error) {
 	return f, nil
 }
 
-// socketByFd judges a socket fd of a running task (prescan): "" for a unix
-// socket (or one that closed meanwhile: the frozen walk decides), and
-// otherwise what it is.
-func socketByFd(pid, fd int) string {
-	pidfd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		return ""
-	}
-	defer unix.Close(pidfd)
-	local, err := unix.PidfdGetfd(pidfd, fd, 0)
-	if err != nil {
-		return ""
-	}
-	defer unix.Close(local)
+// socketByFd judges socket local (prescan, the dumper's copy): "" for a
+// unix socket, and otherwise what it is.
+func socketByFd(local int) string {
 	fam, err := socketFamily(local)
 	if err != nil {
 		return "socket"
@@ -199,7 +188,7 @@ func (s *state) readUnix(e *fdEnt, local int, depth int) (*UnsupportedError, err
 	if sk.typ, err = unix.GetsockoptInt(local, unix.SOL_SOCKET, unix.SO_TYPE); err != nil {
 		return nil, fmt.Errorf("SO_TYPE: %w", err)
 	}
-	if err := readSkOpts(local, &sk.opts); err != nil {
+	if err := readSkOpts(local, true, &sk.opts); err != nil {
 		return nil, err
 	}
 	if len(d.name) > 0 && d.name[0] != 0 {
@@ -328,8 +317,12 @@ func (sk *unixSock) readBoundFile(local, pid int) error {
 	return nil
 }
 
-// readSkOpts reads the options CRIU records in sk_opts_entry.
-func readSkOpts(fd int, o *skOpts) error {
+// readSkOpts reads the SOL_SOCKET options CRIU records in sk_opts_entry,
+// of a unix or an inet socket (skOptsEntry and readInetSkOpts pick the
+// fields each family records). SO_PASSCRED, SO_PASSSEC, SO_NO_CHECK and
+// the filter are read for unix sockets only (isUnix): inet's entry does
+// not record them (and a TCP socket refuses SO_PASSCRED).
+func readSkOpts(fd int, isUnix bool, o *skOpts) error {
 	geti := func(opt int, name string) (uint32, error) {
 		v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, opt)
 		if err != nil {
@@ -370,27 +363,33 @@ func readSkOpts(fd int, o *skOpts) error {
 		}
 		*t.tv = *tv
 	}
-	for _, b := range []struct {
+	type boolOpt struct {
 		opt  int
 		v    *bool
 		name string
-	}{
+	}
+	bools := []boolOpt{
 		{unix.SO_REUSEADDR, &o.reuseaddr, "SO_REUSEADDR"},
-		{unix.SO_PASSCRED, &o.passcred, "SO_PASSCRED"},
-		{unix.SO_PASSSEC, &o.passsec, "SO_PASSSEC"},
 		{unix.SO_DONTROUTE, &o.dontroute, "SO_DONTROUTE"},
-		{unix.SO_NO_CHECK, &o.noCheck, "SO_NO_CHECK"},
 		{unix.SO_REUSEPORT, &o.reuseport, "SO_REUSEPORT"},
 		{unix.SO_BROADCAST, &o.broadcast, "SO_BROADCAST"},
 		{unix.SO_KEEPALIVE, &o.keepalive, "SO_KEEPALIVE"},
-	} {
+	}
+	if isUnix {
+		bools = append(bools,
+			boolOpt{unix.SO_PASSCRED, &o.passcred, "SO_PASSCRED"},
+			boolOpt{unix.SO_PASSSEC, &o.passsec, "SO_PASSSEC"},
+			boolOpt{unix.SO_NO_CHECK, &o.noCheck, "SO_NO_CHECK"})
+	}
+	for _, b := range bools {
 		*b.v, err = getb(b.opt, b.name)
 		add(err)
 	}
 	o.oobinline, err = geti(unix.SO_OOBINLINE, "SO_OOBINLINE")
 	add(err)
 	if v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_BUF_LOCK); err == nil {
-		o.bufLock = uint32(v)
+		bl := uint32(v)
+		o.bufLock = &bl
 	} else if !errors.Is(err, unix.ENOPROTOOPT) { // before Linux 5.14
 		add(fmt.Errorf("getsockopt SO_BUF_LOCK: %w", err))
 	}
@@ -405,9 +404,10 @@ func readSkOpts(fd int, o *skOpts) error {
 	} else if !errors.Is(err, unix.ENOPROTOOPT) {
 		add(fmt.Errorf("getsockopt SO_BINDTODEVICE: %w", err))
 	}
-	f, err := socketFilter(fd)
-	add(err)
-	o.filter = f
+	if isUnix {
+		o.filter, err = socketFilter(fd)
+		add(err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -503,13 +503,14 @@ func peekQueue(fd, typ int, shutRcv bool, scratch *[]byte) (pkts []rawPacket, er
 			return pkts, fmt.Errorf("recvmsg MSG_PEEK at offset %d: %w", off, err)
 		}
 		fds, cerr := rightsOf(oob[:oobn])
-		if cerr != nil {
-			return pkts, cerr
-		}
 		closeFds := func() {
 			for _, f := range fds {
 				unix.Close(f)
 			}
+		}
+		if cerr != nil {
+			closeFds() // those of the messages parsed before the bad one
+			return pkts, cerr
 		}
 		if rflags&unix.MSG_CTRUNC != 0 {
 			closeFds()
