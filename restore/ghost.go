@@ -42,7 +42,7 @@ func (p *Plan) planRemaps() {
 		typ, rid := images.RemapOf(set.Remaps[id])
 		what := fmt.Sprintf("%s %q", f.Name(), f.Entry.GetReg().GetName())
 		if len(f.Fds) > 0 {
-			what = fmt.Sprintf("task %s fd %d: %s", pids(f.Fds[0].Table.Tasks), f.Fds[0].Num, what)
+			what = fdName(f.Fds[0]) + ": " + what
 		}
 		switch typ {
 		case criupb.RemapType_GHOST:
@@ -253,7 +253,7 @@ func (lg *liveGhost) unname() error {
 		var st unix.Stat_t
 		if err := unix.Lstat(*p, &st); err != nil {
 			if !errors.Is(err, unix.ENOENT) {
-				errs = append(errs, err)
+				errs = append(errs, fmt.Errorf("stat ghost %s: %w", *p, err))
 			}
 			*p = ""
 			continue

@@ -242,6 +242,12 @@ func pids(ts []*images.Task) string {
 	return strings.Join(s, ",")
 }
 
+// fdName names fd: "task 2 fd 4", or "task 2,3 fd 4" for a table several
+// tasks share.
+func fdName(fd *images.Fd) string {
+	return fmt.Sprintf("task %s fd %d", pids(fd.Table.Tasks), fd.Num)
+}
+
 // fileFds lists a task's fd numbers by file id: for i = idx[id],
 // fds[start[i]:start[i]+n[i]], ascending. It is built with counting passes
 // over the task's fles rather than a slice per file.

@@ -211,8 +211,13 @@ func (pl *planner) unsupported(f *images.File) {
 	if len(f.Fds) == 0 {
 		p.Unsupported = append(p.Unsupported, fmt.Sprintf("%s: type %s is not supported yet (it exists only in flight)", f.Name(), f.Type))
 	}
+	pl.unsupportedFds(f, fmt.Sprintf("type %s is not supported yet", f.Type))
+}
+
+// unsupportedFds lists every fd of f as not restorable, for reason.
+func (pl *planner) unsupportedFds(f *images.File, reason string) {
 	for _, fd := range f.Fds {
-		p.Unsupported = append(p.Unsupported, fmt.Sprintf("task %s fd %d: %s: type %s is not supported yet", pids(fd.Table.Tasks), fd.Num, f.Name(), f.Type))
+		pl.p.Unsupported = append(pl.p.Unsupported, fdName(fd)+": "+f.Name()+": "+reason)
 	}
 }
 

@@ -99,7 +99,7 @@ func (pl *planner) planInet(f *images.File, hs []int) error {
 func fdList(f *images.File) string {
 	var s []string
 	for _, fd := range f.Fds {
-		s = append(s, fmt.Sprintf("task %s fd %d", pids(fd.Table.Tasks), fd.Num))
+		s = append(s, fdName(fd))
 	}
 	return strings.Join(s, ", ")
 }

@@ -158,9 +158,7 @@ func (pl *planner) planTTYs() error {
 		g := ptys[idx]
 		if g.several {
 			for _, f := range append(slices.Clone(g.masters), g.slaves...) {
-				for _, fd := range f.Fds {
-					p.Unsupported = append(p.Unsupported, fmt.Sprintf("task %s fd %d: %s: pty index %d belongs to several ptys (of several devpts instances), which is not supported", pids(fd.Table.Tasks), fd.Num, f.Name(), idx))
-				}
+				pl.unsupportedFds(f, fmt.Sprintf("pty index %d belongs to several ptys (of several devpts instances), which is not supported", idx))
 			}
 			continue
 		}
@@ -208,9 +206,7 @@ func (pl *planner) planTTYs() error {
 			g.creator = pl.creator(all)
 		default:
 			for _, f := range g.slaves {
-				for _, fd := range f.Fds {
-					p.Unsupported = append(p.Unsupported, fmt.Sprintf("task %s fd %d: %s: pty slave /dev/pts/%d whose master is not in the images (a terminal outside the dumped tree; --shell-job takes one such terminal for the caller's, --console-socket gives it a new console)", pids(fd.Table.Tasks), fd.Num, f.Name(), idx))
-				}
+				pl.unsupportedFds(f, fmt.Sprintf("pty slave /dev/pts/%d whose master is not in the images (a terminal outside the dumped tree; --shell-job takes one such terminal for the caller's, --console-socket gives it a new console)", idx))
 			}
 			continue
 		}
@@ -310,9 +306,7 @@ func (pl *planner) planTTYs() error {
 			continue
 		}
 		if sessions[sid] == nil {
-			for _, fd := range f.Fds {
-				p.Unsupported = append(p.Unsupported, fmt.Sprintf("task %s fd %d: %s: /dev/tty of session %d, which has no controlling terminal in the images", pids(fd.Table.Tasks), fd.Num, f.Name(), sid))
-			}
+			pl.unsupportedFds(f, fmt.Sprintf("/dev/tty of session %d, which has no controlling terminal in the images", sid))
 			continue
 		}
 		devBySid[sid] = append(devBySid[sid], f)
