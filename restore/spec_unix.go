@@ -586,10 +586,7 @@ func (pl *planner) planUnix(f *images.File) error {
 		return pl.add(c.creator, files.OpenSpec{Type: unixsk.PairType, Files: ids, SendTo: sendTo, Data: data, Name: name}, err)
 	}
 	data, err := params.MarshalBinary()
-	if err != nil {
-		return err
-	}
-	if err := pl.add(c.creator, files.OpenSpec{Type: unixsk.Type, Files: ids, SendTo: sendTo, Data: data, Name: name}, nil); err != nil {
+	if err := pl.add(c.creator, files.OpenSpec{Type: unixsk.Type, Files: ids, SendTo: sendTo, Data: data, Name: name}, err); err != nil {
 		return err
 	}
 	if params.Split {
