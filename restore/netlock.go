@@ -26,18 +26,23 @@ type netUnlock struct {
 	done  bool
 }
 
+// checkNetworkLock validates Options.NetworkLock, before the run starts.
+func checkNetworkLock(method string) error {
+	switch method {
+	case "", netlock.Skip, netlock.NFTables, netlock.IPTables:
+		return nil
+	}
+	return fmt.Errorf("restore: %w: unknown method %q (want nftables, iptables or skip)", ErrNetworkLock, method)
+}
+
 // unlockNetwork removes the dump's lock, once.
 func (c *coordinator) unlockNetwork() error {
 	if c.nl.done {
 		return nil
 	}
 	c.nl.done = true
-	switch c.opts.NetworkLock {
-	case netlock.Skip:
+	if c.opts.NetworkLock == netlock.Skip {
 		return nil
-	case "", netlock.NFTables, netlock.IPTables:
-	default:
-		return fmt.Errorf("restore: %w: unknown method %q (want nftables, iptables or skip)", ErrNetworkLock, c.opts.NetworkLock)
 	}
 	if c.plan.Set == nil || c.plan.Set.Dir == "" {
 		return nil // images built in memory: no dump, no lock

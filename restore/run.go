@@ -153,6 +153,9 @@ func Run(ctx context.Context, plan *Plan, opts Options) (*Result, error) {
 	if opts.End == EndExec && strings.TrimSpace(opts.Exec) == "" {
 		return nil, fmt.Errorf("restore: exec end state needs a command")
 	}
+	if err := checkNetworkLock(opts.NetworkLock); err != nil {
+		return nil, err
+	}
 	if opts.Timeout <= 0 {
 		opts.Timeout = 60 * time.Second
 	}
