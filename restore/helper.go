@@ -2,6 +2,7 @@ package restore
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -95,9 +96,10 @@ func (c *coordinator) helperExe() (int, error) {
 	if path == "" {
 		c.log.WithField("looked for", HelperName+" next to the executable, $"+HelperEnv).
 			Debug("no helper binary: helpers re-execute this program")
-		return executableCopy("/proc/self/exe")
+		path, source = "/proc/self/exe", "the running executable"
+	} else {
+		c.log.WithField("helper", path).WithField("from", source).Debug("helper binary")
 	}
-	c.log.WithField("helper", path).WithField("from", source).Debug("helper binary")
 	fd, err := executableCopy(path)
 	if err != nil {
 		return -1, fmt.Errorf("helper binary %s (from %s): %w", path, source, err)
@@ -148,7 +150,10 @@ func executableCopy(path string) (int, error) {
 		n, err := unix.Sendfile(mfd, src, nil, int(left))
 		if err != nil || n == 0 {
 			unix.Close(mfd)
-			return -1, fmt.Errorf("copy to a memfd: %v", err)
+			if err == nil {
+				err = io.ErrUnexpectedEOF // the file shrank
+			}
+			return -1, fmt.Errorf("copy to a memfd: %w", err)
 		}
 		left -= int64(n)
 	}
