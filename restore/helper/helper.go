@@ -479,21 +479,29 @@ func readAll(fd int) ([]byte, error) {
 	return buf, nil
 }
 
-// keepCloexec clears FD_CLOEXEC on the task's close-on-exec fds so they
-// survive the exec, and names them in the environment (CloexecEnv) so that
-// the program can set the flag again.
-func (h *helper) keepCloexec(env []string) ([]string, error) {
+// carryCloexec clears FD_CLOEXEC on the task's close-on-exec fds, so
+// that they survive an exec (which would have closed them), and returns
+// them, ascending as the plan lists them.
+func (h *helper) carryCloexec() ([]int, error) {
 	var fds []int
 	for _, fl := range h.plan.Fles {
 		if fl.Cloexec {
 			if _, err := unix.FcntlInt(uintptr(fl.Fd), unix.F_SETFD, 0); err != nil {
-				return nil, fmt.Errorf("keep close-on-exec fd %d across exec: %w", fl.Fd, err)
+				return nil, fmt.Errorf("carry close-on-exec fd %d across exec: %w", fl.Fd, err)
 			}
 			fds = append(fds, int(fl.Fd))
 		}
 	}
-	if len(fds) == 0 {
-		return env, nil
+	return fds, nil
+}
+
+// keepCloexec carries the task's close-on-exec fds across the exec and
+// names them in the environment (CloexecEnv) so that the program can set
+// the flag again.
+func (h *helper) keepCloexec(env []string) ([]string, error) {
+	fds, err := h.carryCloexec()
+	if err != nil || len(fds) == 0 {
+		return env, err
 	}
 	return append(env, CloexecEnv+"="+strings.TrimPrefix(encodeRanges(fds), "r:")), nil
 }

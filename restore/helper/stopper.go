@@ -24,20 +24,15 @@ const StopperArg = "__fdrestore-stop"
 
 // execStopper replaces the helper with the stopper.
 func (h *helper) execStopper() error {
-	var cloexec []int
-	for _, fl := range h.plan.Fles {
-		if fl.Cloexec {
-			cloexec = append(cloexec, int(fl.Fd))
-			if _, err := unix.FcntlInt(uintptr(fl.Fd), unix.F_SETFD, 0); err != nil {
-				return fmt.Errorf("carry fd %d across exec: %w", fl.Fd, err)
-			}
-		}
+	cloexec, err := h.carryCloexec()
+	if err != nil {
+		return err
 	}
 	if _, err := unix.FcntlInt(uintptr(h.ctl), unix.F_SETFD, 0); err != nil {
 		return fmt.Errorf("carry control socket across exec: %w", err)
 	}
 	argv := []string{"fdrestore-stop", StopperArg, strconv.Itoa(h.ctl), encodeRanges(cloexec), strconv.Itoa(len(h.plan.Fles)), fdList012(h.plan)}
-	err := unix.Exec(helperExe, argv, Env())
+	err = unix.Exec(helperExe, argv, Env())
 	return fmt.Errorf("exec stopper: %w", err)
 }
 
