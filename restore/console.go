@@ -55,8 +55,8 @@ func SendConsole(path string, master *os.File) error {
 	return nil
 }
 
-// withConsole prepares cfg for a console handover: when OnConsole is set
-// it creates the pty and names its slave in the plan options; consoleHook
+// consoleState is a console handover: when Config.OnConsole is set,
+// Restore creates the pty and names its slave in the plan options; hook
 // then hands the master over before the tree resumes.
 type consoleState struct {
 	master *os.File

@@ -55,9 +55,6 @@ func checkExecRecords(plan *Plan, recs map[uint32]*criupb.FdrestoreExecEntry) er
 	return nil
 }
 
-// execRecorded fills an end message with the task's recorded command:
-// argv, environment plus FDRESTORE_RESTORED=1, cwd, and the file to exec
-// (the recorded executable, else argv[0], searched in the recorded PATH).
 // CloexecEnv names the environment variable through which a task restarted
 // with --exec-recorded learns which of its fds had FD_CLOEXEC at dump: exec
 // would have closed them, so they are passed open and listed here, as
@@ -65,6 +62,9 @@ func checkExecRecords(plan *Plan, recs map[uint32]*criupb.FdrestoreExecEntry) er
 // fds should set FD_CLOEXEC on them again.
 const CloexecEnv = helper.CloexecEnv
 
+// execRecorded fills an end message with the task's recorded command:
+// argv, environment plus FDRESTORE_RESTORED=1, cwd, and the file to exec
+// (the recorded executable, else argv[0], searched in the recorded PATH).
 func execRecorded(m *ctlMsg, r *criupb.FdrestoreExecEntry) {
 	m.Mode = modeExec
 	m.KeepCloexec = true
