@@ -20,9 +20,7 @@ import (
 
 func (a *app) planCmd() *cobra.Command {
 	var dir string
-	var skipFileCheck, shellJob, extUnixSk bool
-	var ext externalFlags
-	var tcpf tcpFlags
+	var pf planFlags
 	cmd := &cobra.Command{
 		Use:   "plan -D DIR",
 		Short: "Print what a restore of DIR would do, without creating a process",
@@ -36,17 +34,12 @@ be restored.`,
 			if dir == "" {
 				return usagef("plan needs -D DIR")
 			}
-			po := restore.PlanOptions{SkipFileCheck: skipFileCheck, ShellJob: shellJob, Terminal: tty.CurrentTTY(), ExtUnixSk: extUnixSk}
-			tcpf.set(&po)
-			inh, err := ext.inherits(dir)
+			po, err := pf.options(dir)
 			if err != nil {
 				return err
 			}
-			po.Inherit = inh
-			if err := ext.extUnixPolicies(&po); err != nil {
-				return err
-			}
-			if ext.consoleSocket != "" {
+			po.Terminal = tty.CurrentTTY()
+			if pf.ext.consoleSocket != "" {
 				po.Console = "(a new console at restore)"
 			}
 			p, err := loadPlan(dir, po)
@@ -58,12 +51,39 @@ be restored.`,
 		},
 	}
 	cmd.Flags().StringVarP(&dir, "images-dir", "D", "", "image `DIR`ectory")
-	cmd.Flags().BoolVar(&skipFileCheck, "skip-file-check", false, "do not check the size and mode of regular files")
-	cmd.Flags().BoolVar(&shellJob, "shell-job", false, "plan the restore of a shell job into the caller's session and terminal")
-	cmd.Flags().BoolVar(&extUnixSk, "ext-unix-sk", false, extUnixSkHelp)
-	ext.add(cmd.Flags(), false)
-	tcpf.add(cmd)
+	pf.add(cmd, false, "plan the restore of a shell job into the caller's session and terminal")
 	return cmd
+}
+
+// planFlags are the flags plan and restore share: those that make the
+// PlanOptions.
+type planFlags struct {
+	skipFileCheck bool
+	shellJob      bool
+	extUnixSk     bool
+	ext           externalFlags
+	tcp           tcpFlags
+}
+
+func (f *planFlags) add(cmd *cobra.Command, restoring bool, shellJobHelp string) {
+	fl := cmd.Flags()
+	fl.BoolVar(&f.skipFileCheck, "skip-file-check", false, "do not check the size and mode of regular files")
+	fl.BoolVar(&f.shellJob, "shell-job", false, shellJobHelp)
+	fl.BoolVar(&f.extUnixSk, "ext-unix-sk", false, "connect unix sockets whose peer is outside the dumped tree to the peer's recorded name")
+	f.ext.add(fl, restoring)
+	f.tcp.add(cmd)
+}
+
+// options returns the PlanOptions of the flags, but Terminal and Console,
+// which plan and restore set differently.
+func (f *planFlags) options(dir string) (restore.PlanOptions, error) {
+	po := restore.PlanOptions{SkipFileCheck: f.skipFileCheck, ShellJob: f.shellJob, ExtUnixSk: f.extUnixSk}
+	f.tcp.set(&po)
+	var err error
+	if po.Inherit, err = f.ext.inherits(dir); err != nil {
+		return po, err
+	}
+	return po, f.ext.extUnixPolicies(&po)
 }
 
 // tcpFlags are --tcp-established and --tcp-close.
@@ -76,8 +96,6 @@ func (f *tcpFlags) add(cmd *cobra.Command) {
 
 func (f *tcpFlags) set(o *restore.PlanOptions) { o.TCPEstablished, o.TCPClose = f.established, f.close }
 
-const extUnixSkHelp = "connect unix sockets whose peer is outside the dumped tree to the peer's recorded name"
-
 func loadPlan(dir string, opts restore.PlanOptions) (*restore.Plan, error) {
 	set, err := images.Load(dir)
 	if err != nil {
@@ -87,20 +105,16 @@ func loadPlan(dir string, opts restore.PlanOptions) (*restore.Plan, error) {
 }
 
 type restoreFlags struct {
-	dir           string
-	leaveStopped  bool
-	exec          string
-	execRecorded  bool
-	detach        bool
-	pidfile       string
-	pidMap        string
-	timeout       time.Duration
-	skipFileCheck bool
-	shellJob      bool
-	extUnixSk     bool
-	ext           externalFlags
-	tcp           tcpFlags
-	networkLock   string
+	dir          string
+	leaveStopped bool
+	exec         string
+	execRecorded bool
+	detach       bool
+	pidfile      string
+	pidMap       string
+	timeout      time.Duration
+	plan         planFlags
+	networkLock  string
 }
 
 func (a *app) restoreCmd() *cobra.Command {
@@ -128,11 +142,7 @@ and exits with its status. On any failure every process it created is killed.`,
 	fl.StringVar(&f.pidfile, "pidfile", "", "write the root task's new pid to `FILE`")
 	fl.StringVar(&f.pidMap, "pid-map", "", `write {"<image pid>": <new pid>, ...} as JSON to `+"`FILE`")
 	fl.DurationVar(&f.timeout, "timeout", 60*time.Second, "give up (and kill the tree) if the restore takes longer")
-	fl.BoolVar(&f.skipFileCheck, "skip-file-check", false, "do not check the size and mode of regular files")
-	fl.BoolVar(&f.shellJob, "shell-job", false, "restore a tree dumped with --shell-job as a job of the caller's shell: its session and its terminal (stdin, stdout or stderr) become the caller's, and its root joins the caller's process group")
-	fl.BoolVar(&f.extUnixSk, "ext-unix-sk", false, extUnixSkHelp)
-	f.ext.add(fl, true)
-	f.tcp.add(cmd)
+	f.plan.add(cmd, true, "restore a tree dumped with --shell-job as a job of the caller's shell: its session and its terminal (stdin, stdout or stderr) become the caller's, and its root joins the caller's process group")
 	fl.StringVar(&f.networkLock, "network-lock", "", "`MODE` of the network lock the dump set on its TCP connections: nftables or iptables (remove the recorded lock once the tree is restored; the default), or skip (leave it in place)")
 	return cmd
 }
@@ -168,24 +178,20 @@ func (a *app) runRestore(cmd *cobra.Command, f *restoreFlags) error {
 	if f.leaveStopped && !f.detach {
 		return usagef("--leave-stopped needs -d: stopped tasks never exit")
 	}
-	var err error
-	po := restore.PlanOptions{SkipFileCheck: f.skipFileCheck, ShellJob: f.shellJob, ExtUnixSk: f.extUnixSk}
-	f.tcp.set(&po)
-	if f.shellJob {
-		if po.Terminal = tty.CurrentTTY(); po.Terminal == "" {
+	var term string
+	if f.plan.shellJob {
+		if term = tty.CurrentTTY(); term == "" {
 			return usagef("--shell-job needs a terminal on stdin, stdout or stderr")
 		}
 	}
-	if po.Inherit, err = f.ext.inherits(f.dir); err != nil {
+	po, err := f.plan.options(f.dir)
+	if err != nil {
 		return err
 	}
-	if err := f.ext.extUnixPolicies(&po); err != nil {
-		return err
-	}
-	opts.Hooks = f.ext.hooks()
+	po.Terminal = term
+	opts.Hooks = f.plan.ext.hooks()
 	cfg := restore.Config{ImagesDir: f.dir, Plan: po, Run: opts}
-	if f.ext.consoleSocket != "" {
-		sock := f.ext.consoleSocket
+	if sock := f.plan.ext.consoleSocket; sock != "" {
 		cfg.OnConsole = func(master *os.File) error {
 			defer master.Close()
 			return restore.SendConsole(sock, master)
