@@ -725,8 +725,6 @@ func (d *driver) verify(root int, keys PidKeys) error {
 	return nil
 }
 
-// crfail: the dump must fail with the expected error, and the tree must
-// go on running unharmed.
 // pidPattern replaces "{pid:ROLE}" in an error pattern by the pid of the
 // task running ROLE.
 func (d *driver) pidPattern(want string, keys PidKeys) string {
@@ -742,6 +740,8 @@ func (d *driver) pidPattern(want string, keys PidKeys) string {
 	return want
 }
 
+// crfail: the dump must fail with the expected error, and the tree must
+// go on running unharmed.
 func (d *driver) crfail(root int, keys PidKeys) error {
 	img := filepath.Join(d.cfg.WorkDir, "img-0")
 	os.MkdirAll(img, 0o755)

@@ -20,19 +20,10 @@ func init() {
 			Fds: std(3, 4),
 			Setup: func(t *T) error {
 				name := t.Abstract("l")
-				if err := t.SocketAt(unix.SOCK_STREAM, 3); err != nil {
+				if err := t.ListenAt(name, 4, 3); err != nil {
 					return err
 				}
-				if err := unix.Bind(3, SockAddr(name)); err != nil {
-					return err
-				}
-				if err := unix.Listen(3, 4); err != nil {
-					return err
-				}
-				if err := t.SocketAt(unix.SOCK_STREAM, 4); err != nil {
-					return err
-				}
-				if err := unix.Connect(4, SockAddr(name)); err != nil {
+				if err := t.ConnectAt(name, 4); err != nil {
 					return err
 				}
 				return Send(4, skMsg)

@@ -85,13 +85,7 @@ func epollAdd(ep, fd int, events uint32, data uint64) error {
 // close-on-exec epoll for the Go runtime's).
 func (t *T) epollAt(n int) error {
 	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-	if err != nil {
-		return err
-	}
-	if ep, err = t.hi(ep); err != nil {
-		return err
-	}
-	return t.Place(ep, n)
+	return t.placeNew(ep, err, n)
 }
 
 const epET = 1 << 31
@@ -129,13 +123,7 @@ func init() {
 					return err
 				}
 				ev, err := unix.Eventfd(2, unix.EFD_CLOEXEC)
-				if err != nil {
-					return err
-				}
-				if ev, err = t.hi(ev); err != nil {
-					return err
-				}
-				if err := t.Place(ev, 6); err != nil {
+				if err := t.placeNew(ev, err, 6); err != nil {
 					return err
 				}
 				if err := t.PipeAt(10, 11, 0); err != nil {
@@ -288,14 +276,7 @@ func init() {
 				if err := t.PipeAt(4, 5, 0); err != nil {
 					return err
 				}
-				ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-				if err != nil {
-					return err
-				}
-				if ep, err = t.hi(ep); err != nil {
-					return err
-				}
-				if err := t.Place(ep, 3); err != nil {
+				if err := t.epollAt(3); err != nil {
 					return err
 				}
 				ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: 4}

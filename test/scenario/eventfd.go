@@ -29,17 +29,6 @@ func (t *T) checkFdinfo(fd int, key, want string) {
 	}
 }
 
-// placeNew puts a fresh fd (from eventfd, signalfd, ...) at number n.
-func (t *T) placeNew(fd int, err error, n int) error {
-	if err != nil {
-		return err
-	}
-	if fd, err = t.hi(fd); err != nil {
-		return err
-	}
-	return t.Place(fd, n)
-}
-
 // readCounter reads one 8-byte counter (eventfd, timerfd).
 func readCounter(fd int) (uint64, error) {
 	var b [8]byte

@@ -554,6 +554,17 @@ func (t *T) Place(fd, target int) error {
 	return unix.Close(fd)
 }
 
+// placeNew puts a fresh fd (from eventfd, signalfd, ...) at number n.
+func (t *T) placeNew(fd int, err error, n int) error {
+	if err != nil {
+		return err
+	}
+	if fd, err = t.hi(fd); err != nil {
+		return err
+	}
+	return t.Place(fd, n)
+}
+
 // PipeAt creates a pipe (pipe2 flags) with its ends at r and w.
 func (t *T) PipeAt(r, w, flags int) error {
 	var p [2]int
@@ -615,6 +626,7 @@ type SpawnOpts struct {
 	Stdio   [3]int // fds that become the child's 0-2 (default: 0, 1, 2)
 	Setpgid bool
 	Pgid    int
+	NewNet  bool // born in a network namespace of its own
 }
 
 // Start starts a child running role; it inherits every fd without
@@ -649,6 +661,9 @@ func (t *T) Start(role string, o *SpawnOpts) (*Proc, error) {
 			}
 		}
 		sys.Setpgid, sys.Pgid = o.Setpgid, o.Pgid
+		if o.NewNet {
+			sys.Cloneflags = unix.CLONE_NEWNET
+		}
 	}
 	// Only this child may inherit its report fd.
 	if _, err := unix.FcntlInt(uintptr(w), unix.F_SETFD, 0); err != nil {

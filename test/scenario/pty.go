@@ -42,6 +42,43 @@ func (t *T) openPeer(m, flags int) (int, error) {
 	return t.hi(int(s))
 }
 
+// openPty opens a pty master and its slave (read-write), both above the
+// state's fds.
+func (t *T) openPty() (m, s int, err error) {
+	if m, err = t.openPtmx(); err != nil {
+		return -1, -1, err
+	}
+	if s, err = t.openPeer(m, unix.O_RDWR); err != nil {
+		return -1, -1, err
+	}
+	return m, s, nil
+}
+
+// ptyAt opens a pty and places its master at mfd and its slave at sfd.
+func (t *T) ptyAt(mfd, sfd int) error {
+	m, s, err := t.openPty()
+	if err != nil {
+		return err
+	}
+	if err := t.Place(m, mfd); err != nil {
+		return err
+	}
+	return t.Place(s, sfd)
+}
+
+// spawnOnSlave starts role with fd 5 (a pty slave) as its fds 0-2, then
+// closes fd 5 here. The slave goes to the child from a low number:
+// ForkExec puts its own error pipe just above the highest Stdio fd, where
+// the child's report fd may sit.
+func (t *T) spawnOnSlave(role string) error {
+	unix.CloseOnExec(5)
+	if _, err := t.Spawn(role, &SpawnOpts{Stdio: [3]int{5, 5, 5}}); err != nil {
+		return err
+	}
+	unix.Close(5)
+	return nil
+}
+
 func ptyIndex(m int) (int, error) {
 	var n int32
 	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(m), unix.TIOCGPTN, uintptr(unsafe.Pointer(&n))); e != 0 {
@@ -131,11 +168,7 @@ func init() {
 		"root": {
 			Fds: std(3, 4, 5, 6),
 			Setup: func(t *T) error {
-				m, err := t.openPtmx()
-				if err != nil {
-					return err
-				}
-				s, err := t.openPeer(m, unix.O_RDWR)
+				m, s, err := t.openPty()
 				if err != nil {
 					return err
 				}
@@ -239,28 +272,12 @@ func init() {
 			Fds:      std(3),
 			Children: children("sh"),
 			Setup: func(t *T) error {
-				m, err := t.openPtmx()
-				if err != nil {
+				if err := t.ptyAt(3, 5); err != nil {
 					return err
 				}
-				s, err := t.openPeer(m, unix.O_RDWR)
-				if err != nil {
+				if err := t.spawnOnSlave("sh"); err != nil {
 					return err
 				}
-				if err := t.Place(m, 3); err != nil {
-					return err
-				}
-				// The slave goes to the child from a low number: ForkExec
-				// puts its own error pipe just above the highest Stdio fd,
-				// where the child's report fd may sit.
-				if err := t.Place(s, 5); err != nil {
-					return err
-				}
-				unix.CloseOnExec(5)
-				if _, err := t.Spawn("sh", &SpawnOpts{Stdio: [3]int{5, 5, 5}}); err != nil {
-					return err
-				}
-				unix.Close(5)
 				if err := WriteAll(3, []byte(typed)); err != nil {
 					return err
 				}
@@ -334,18 +351,7 @@ func init() {
 		"root": {
 			Fds: std(3, 4),
 			Setup: func(t *T) error {
-				m, err := t.openPtmx()
-				if err != nil {
-					return err
-				}
-				s, err := t.openPeer(m, unix.O_RDWR)
-				if err != nil {
-					return err
-				}
-				if err := t.Place(m, 3); err != nil {
-					return err
-				}
-				if err := t.Place(s, 4); err != nil {
+				if err := t.ptyAt(3, 4); err != nil {
 					return err
 				}
 				if err := unix.IoctlSetPointerInt(3, unix.TIOCPKT, 1); err != nil {
@@ -389,11 +395,7 @@ func init() {
 		"root": {
 			Fds: std(4),
 			Setup: func(t *T) error {
-				m, err := t.openPtmx()
-				if err != nil {
-					return err
-				}
-				s, err := t.openPeer(m, unix.O_RDWR)
+				m, s, err := t.openPty()
 				if err != nil {
 					return err
 				}
@@ -432,21 +434,10 @@ func init() {
 			Fds:      std(3, 4),
 			Children: children("lead"),
 			Setup: func(t *T) error {
-				m, err := t.openPtmx()
-				if err != nil {
+				if err := t.ptyAt(3, 4); err != nil {
 					return err
 				}
-				s, err := t.openPeer(m, unix.O_RDWR)
-				if err != nil {
-					return err
-				}
-				if err := t.Place(m, 3); err != nil {
-					return err
-				}
-				if err := t.Place(s, 4); err != nil {
-					return err
-				}
-				_, err = t.Spawn("lead", nil)
+				_, err := t.Spawn("lead", nil)
 				return err
 			},
 			Verify: func(t *T) {
@@ -543,29 +534,16 @@ func init() {
 			Fds:      std(3),
 			Children: children("sh"),
 			Setup: func(t *T) error {
-				m, err := t.openPtmx()
-				if err != nil {
+				if err := t.ptyAt(3, 5); err != nil {
 					return err
 				}
-				s, err := t.openPeer(m, unix.O_RDWR)
-				if err != nil {
+				if err := t.spawnOnSlave("sh"); err != nil {
 					return err
 				}
-				if err := t.Place(m, 3); err != nil {
-					return err
-				}
-				if err := t.Place(s, 5); err != nil {
-					return err
-				}
-				unix.CloseOnExec(5)
-				if _, err := t.Spawn("sh", &SpawnOpts{Stdio: [3]int{5, 5, 5}}); err != nil {
-					return err
-				}
-				unix.Close(5)
 				if err := WriteAll(3, []byte("typed\n")); err != nil {
 					return err
 				}
-				_, err = readUntil(3, "typed\r\n") // the echo
+				_, err := readUntil(3, "typed\r\n") // the echo
 				return err
 			},
 			Verify: func(t *T) {

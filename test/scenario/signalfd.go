@@ -16,6 +16,31 @@ const (
 
 func sigBit(s unix.Signal) uint64 { return 1 << (uint(s) - 1) }
 
+// checkSigfdA blocks sigfdA on this thread, sends it to this thread (it
+// stays pending for the signalfd) and checks that signalfd fd reads it;
+// what names the signalfd in messages. False: the signal could not be
+// sent.
+func (t *T) checkSigfdA(fd int, what string) bool {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var set, old unix.Sigset_t
+	set.Val[0] = sigBit(sigfdA)
+	if !t.Check(unix.PthreadSigmask(unix.SIG_BLOCK, &set, &old), "block SIGWINCH") {
+		return false
+	}
+	defer unix.PthreadSigmask(unix.SIG_SETMASK, &old, nil)
+	if !t.Check(unix.Tgkill(unix.Getpid(), unix.Gettid(), sigfdA), "tgkill SIGWINCH") {
+		return false
+	}
+	var si unix.SignalfdSiginfo
+	buf := unsafe.Slice((*byte)(unsafe.Pointer(&si)), unsafe.Sizeof(si))
+	n, err := unix.Read(fd, buf)
+	if t.Check(err, "read the "+what) && (n != len(buf) || si.Signo != uint32(sigfdA)) {
+		t.Fail("%s read %d bytes, signal %d, want %d", what, n, si.Signo, sigfdA)
+	}
+	return true
+}
+
 // signalfd00: fd 3 is a signalfd for SIGWINCH and signal 40 with
 // O_NONBLOCK, fd 4 one for SIGTTIN. After restore: fdinfo shows the
 // masks; with SIGWINCH blocked and raised on the task's thread, fd 3
@@ -42,26 +67,10 @@ func init() {
 				t.CheckFlags(4, unix.O_ACCMODE|unix.O_NONBLOCK, unix.O_RDWR)
 				t.checkFdinfo(3, "sigmask", fmt.Sprintf("%016x", sigBit(sigfdA)|sigBit(sigfdB)))
 				t.checkFdinfo(4, "sigmask", fmt.Sprintf("%016x", sigBit(unix.SIGTTIN)))
-				// Block the signal on this thread and send it to this
-				// thread: it stays pending for the signalfd.
-				runtime.LockOSThread()
-				defer runtime.UnlockOSThread()
-				var set, old unix.Sigset_t
-				set.Val[0] = sigBit(sigfdA)
-				if !t.Check(unix.PthreadSigmask(unix.SIG_BLOCK, &set, &old), "block SIGWINCH") {
+				if !t.checkSigfdA(3, "signalfd") {
 					return
 				}
-				defer unix.PthreadSigmask(unix.SIG_SETMASK, &old, nil)
-				if !t.Check(unix.Tgkill(unix.Getpid(), unix.Gettid(), sigfdA), "tgkill SIGWINCH") {
-					return
-				}
-				var si unix.SignalfdSiginfo
-				buf := unsafe.Slice((*byte)(unsafe.Pointer(&si)), unsafe.Sizeof(si))
-				n, err := unix.Read(3, buf)
-				if t.Check(err, "read the signalfd") && (n != len(buf) || si.Signo != uint32(sigfdA)) {
-					t.Fail("signalfd read %d bytes, signal %d, want %d", n, si.Signo, sigfdA)
-				}
-				if _, err := unix.Read(3, buf); err != unix.EAGAIN {
+				if _, err := unix.Read(3, make([]byte, unsafe.Sizeof(unix.SignalfdSiginfo{}))); err != unix.EAGAIN {
 					t.Fail("second read of the signalfd: %v, want EAGAIN", err)
 				}
 			},

@@ -77,6 +77,103 @@ func (t *T) acceptHi(l int) (int, error) {
 	return t.hi(fd)
 }
 
+// tcpListen listens on 127.0.0.1:port (SO_REUSEADDR) with backlog.
+func (t *T) tcpListen(port, backlog int) (int, error) {
+	l, err := t.sockAt(unix.AF_INET, unix.SOCK_STREAM, sa4(port), true)
+	if err != nil {
+		return -1, err
+	}
+	return l, unix.Listen(l, backlog)
+}
+
+// tcpDial connects a socket bound to bind (nil: any) to 127.0.0.1:port.
+func (t *T) tcpDial(bind unix.Sockaddr, port int) (int, error) {
+	c, err := t.sockAt(unix.AF_INET, unix.SOCK_STREAM, bind, false)
+	if err != nil {
+		return -1, err
+	}
+	if err := unix.Connect(c, sa4(port)); err != nil {
+		return -1, fmt.Errorf("connect: %w", err)
+	}
+	return c, nil
+}
+
+// tcpSmallMSS: segments much smaller than the windows, so that a sender
+// fills every window to zero instead of waiting for a full one.
+const tcpSmallMSS = 1400
+
+// tcpListenSmall listens on 127.0.0.1:port with backlog 1 and the small
+// MSS.
+func (t *T) tcpListenSmall(port int) (int, error) {
+	l, err := t.sockAt(unix.AF_INET, unix.SOCK_STREAM, sa4(port), true)
+	if err != nil {
+		return -1, err
+	}
+	if err := unix.SetsockoptInt(l, unix.SOL_TCP, unix.TCP_MAXSEG, tcpSmallMSS); err != nil {
+		return -1, err
+	}
+	return l, unix.Listen(l, 1)
+}
+
+// tcpDialSmall connects to 127.0.0.1:port with a 64 KiB receive buffer
+// and the small MSS.
+func (t *T) tcpDialSmall(port int) (int, error) {
+	c, err := t.sockAt(unix.AF_INET, unix.SOCK_STREAM, nil, false)
+	if err != nil {
+		return -1, err
+	}
+	unix.SetsockoptInt(c, unix.SOL_SOCKET, unix.SO_RCVBUF, 64<<10)
+	if err := unix.SetsockoptInt(c, unix.SOL_TCP, unix.TCP_MAXSEG, tcpSmallMSS); err != nil {
+		return -1, err
+	}
+	if err := unix.Connect(c, sa4(port)); err != nil {
+		return -1, fmt.Errorf("connect: %w", err)
+	}
+	return c, nil
+}
+
+// spawnExt starts role "launcher" and reaps it: the client it started
+// (extRoles' ext, or tcp-veth's) is nobody's child in the tree.
+func (t *T) spawnExt() error {
+	p, err := t.Spawn("launcher", nil)
+	if err != nil {
+		return err
+	}
+	return waitExit(p.Pid)
+}
+
+// extRoles are a launcher that exits after starting ext, and ext: a
+// client outside the tree that connects to 127.0.0.1:port, sends hello
+// and answers "ping" with "pong" (extEcho).
+func extRoles(port int, hello string) (launcher, ext *Role) {
+	launcher = &Role{
+		Fds:            std(),
+		ExitAfterSetup: true,
+		Setup: func(t *T) error {
+			_, err := t.Spawn("ext", nil)
+			return err
+		},
+	}
+	ext = &Role{
+		Fds: std(3),
+		Setup: func(t *T) error {
+			c, err := t.tcpDial(nil, port)
+			if err != nil {
+				return err
+			}
+			if err := WriteAll(c, []byte(hello)); err != nil {
+				return err
+			}
+			if err := t.Place(c, 3); err != nil {
+				return err
+			}
+			go extEcho(3)
+			return nil
+		},
+	}
+	return launcher, ext
+}
+
 func saString(sa unix.Sockaddr) string {
 	switch a := sa.(type) {
 	case *unix.SockaddrInet4:
@@ -87,6 +184,8 @@ func saString(sa unix.Sockaddr) string {
 			parts = append(parts, strconv.FormatUint(uint64(a.Addr[i])<<8|uint64(a.Addr[i+1]), 16))
 		}
 		return "[" + strings.Join(parts, ":") + "]:" + itoa(a.Port)
+	case *unix.SockaddrUnix:
+		return ShowName(a.Name)
 	case nil:
 		return "none"
 	}
@@ -182,11 +281,8 @@ func init() {
 				if err := tcpLoUp(); err != nil {
 					return err
 				}
-				l, err := t.sockAt(unix.AF_INET, unix.SOCK_STREAM, sa4(7100), true)
+				l, err := t.tcpListen(7100, 8)
 				if err != nil {
-					return err
-				}
-				if err := unix.Listen(l, 8); err != nil {
 					return err
 				}
 				if _, err := t.Spawn("client", nil); err != nil {
@@ -227,12 +323,9 @@ func init() {
 		"client": {
 			Fds: std(5),
 			Setup: func(t *T) error {
-				c, err := t.sockAt(unix.AF_INET, unix.SOCK_STREAM, sa4(40100), false)
+				c, err := t.tcpDial(sa4(40100), 7100)
 				if err != nil {
 					return err
-				}
-				if err := unix.Connect(c, sa4(7100)); err != nil {
-					return fmt.Errorf("connect: %w", err)
 				}
 				if err := WriteAll(c, []byte(tcpPairToSrv)); err != nil {
 					return err
@@ -260,6 +353,7 @@ func init() {
 const tcpExtHello = "hi-from-ext"
 
 func init() {
+	launcher, ext := extRoles(7500, tcpExtHello)
 	register("tcp-ext", map[string]*Role{
 		"root": {
 			Fds: std(3, 4),
@@ -267,20 +361,13 @@ func init() {
 				if err := tcpLoUp(); err != nil {
 					return err
 				}
-				l, err := t.sockAt(unix.AF_INET, unix.SOCK_STREAM, sa4(7500), true)
-				if err != nil {
-					return err
-				}
-				if err := unix.Listen(l, 4); err != nil {
-					return err
-				}
-				p, err := t.Spawn("launcher", nil)
+				l, err := t.tcpListen(7500, 4)
 				if err != nil {
 					return err
 				}
 				// The launcher exits: its child, the client, leaves the
 				// tree.
-				if err := waitExit(p.Pid); err != nil {
+				if err := t.spawnExt(); err != nil {
 					return err
 				}
 				a, err := t.acceptHi(l)
@@ -306,34 +393,8 @@ func init() {
 				}
 			},
 		},
-		"launcher": {
-			Fds:            std(),
-			ExitAfterSetup: true,
-			Setup: func(t *T) error {
-				_, err := t.Spawn("ext", nil)
-				return err
-			},
-		},
-		"ext": {
-			Fds: std(3),
-			Setup: func(t *T) error {
-				c, err := t.sockAt(unix.AF_INET, unix.SOCK_STREAM, nil, false)
-				if err != nil {
-					return err
-				}
-				if err := unix.Connect(c, sa4(7500)); err != nil {
-					return fmt.Errorf("connect: %w", err)
-				}
-				if err := WriteAll(c, []byte(tcpExtHello)); err != nil {
-					return err
-				}
-				if err := t.Place(c, 3); err != nil {
-					return err
-				}
-				go extEcho(3)
-				return nil
-			},
-		},
+		"launcher": launcher,
+		"ext":      ext,
 	})
 }
 
@@ -464,19 +525,11 @@ func init() {
 				if err := tcpLoUp(); err != nil {
 					return err
 				}
-				l, err := t.sockAt(unix.AF_INET, unix.SOCK_STREAM, sa4(7300), true)
+				l, err := t.tcpListenSmall(7300)
 				if err != nil {
 					return err
 				}
 				defer unix.Close(l)
-				// Segments much smaller than the windows: a sender fills
-				// every window to zero instead of waiting for a full one.
-				if err := unix.SetsockoptInt(l, unix.SOL_TCP, unix.TCP_MAXSEG, 1400); err != nil {
-					return err
-				}
-				if err := unix.Listen(l, 1); err != nil {
-					return err
-				}
 				p, err := t.Start("client", nil)
 				if err != nil {
 					return err
@@ -504,16 +557,9 @@ func init() {
 		"client": {
 			Fds: std(5),
 			Setup: func(t *T) error {
-				c, err := t.sockAt(unix.AF_INET, unix.SOCK_STREAM, nil, false)
+				c, err := t.tcpDialSmall(7300)
 				if err != nil {
 					return err
-				}
-				unix.SetsockoptInt(c, unix.SOL_SOCKET, unix.SO_RCVBUF, 64<<10)
-				if err := unix.SetsockoptInt(c, unix.SOL_TCP, unix.TCP_MAXSEG, 1400); err != nil {
-					return err
-				}
-				if err := unix.Connect(c, sa4(7300)); err != nil {
-					return fmt.Errorf("connect: %w", err)
 				}
 				// Give the server time to fill this side first.
 				sleep(200 * time.Millisecond)
@@ -544,19 +590,11 @@ func init() {
 				if err := tcpLoUp(); err != nil {
 					return err
 				}
-				l, err := t.sockAt(unix.AF_INET, unix.SOCK_STREAM, sa4(7400), true)
+				l, err := t.tcpListenSmall(7400)
 				if err != nil {
 					return err
 				}
 				defer unix.Close(l)
-				// Segments much smaller than the windows: a sender fills
-				// every window to zero instead of waiting for a full one.
-				if err := unix.SetsockoptInt(l, unix.SOL_TCP, unix.TCP_MAXSEG, 1400); err != nil {
-					return err
-				}
-				if err := unix.Listen(l, 1); err != nil {
-					return err
-				}
 				p, err := t.Start("client", nil)
 				if err != nil {
 					return err
@@ -597,12 +635,9 @@ func init() {
 		"client": {
 			Fds: std(5),
 			Setup: func(t *T) error {
-				c, err := t.sockAt(unix.AF_INET, unix.SOCK_STREAM, nil, false)
+				c, err := t.tcpDial(nil, 7400)
 				if err != nil {
 					return err
-				}
-				if err := unix.Connect(c, sa4(7400)); err != nil {
-					return fmt.Errorf("connect: %w", err)
 				}
 				if err := WriteAll(c, []byte("bye")); err != nil {
 					return err
@@ -765,17 +800,6 @@ func init() {
 					t.Fail("fd 5: SO_RCVTIMEO %+v (%v), want 2.5s", tv, err)
 				}
 				t.CheckSockopt(5, unix.SOL_SOCKET, unix.SO_PRIORITY, 3, "SO_PRIORITY")
-				t.CheckFlags(3, unix.O_ACCMODE|unix.O_NONBLOCK, unix.O_RDWR|unix.O_NONBLOCK)
-				if own, err := unix.FcntlInt(10, unix.F_GETOWN, 0); err != nil || own != os.Getpid() {
-					t.Fail("fd 10: owner %d (%v), want %d", own, err, os.Getpid())
-				}
-				if l, err := unix.GetsockoptLinger(5, unix.SOL_SOCKET, unix.SO_LINGER); err != nil || l.Onoff == 0 || l.Linger != 5 {
-					t.Fail("fd 5: SO_LINGER %+v (%v), want on, 5s", l, err)
-				}
-				if tv, err := unix.GetsockoptTimeval(5, unix.SOL_SOCKET, unix.SO_RCVTIMEO); err != nil || tv.Sec != 2 || tv.Usec != 500000 {
-					t.Fail("fd 5: SO_RCVTIMEO %+v (%v), want 2.5s", tv, err)
-				}
-				t.CheckSockopt(5, unix.SOL_SOCKET, unix.SO_PRIORITY, 3, "SO_PRIORITY")
 				t.CheckAddrs(4, sa6(7600), sa6(7601))
 				t.CheckAddrs(5, sa6(7601), sa6(7600))
 				t.CheckAddrs(6, sa4(7602), nil)
@@ -834,6 +858,7 @@ func writeFileRaw(path string, data []byte) error {
 // client. After the refusal the listener still has it queued: accepted,
 // it carries "early", then "ping" and "pong".
 func init() {
+	launcher, ext := extRoles(7700, "early")
 	register("tcp-crfail-pending", map[string]*Role{
 		"root": {
 			Fds: std(3),
@@ -841,18 +866,11 @@ func init() {
 				if err := tcpLoUp(); err != nil {
 					return err
 				}
-				l, err := t.sockAt(unix.AF_INET, unix.SOCK_STREAM, sa4(7700), true)
+				l, err := t.tcpListen(7700, 4)
 				if err != nil {
 					return err
 				}
-				if err := unix.Listen(l, 4); err != nil {
-					return err
-				}
-				p, err := t.Spawn("launcher", nil)
-				if err != nil {
-					return err
-				}
-				if err := waitExit(p.Pid); err != nil {
+				if err := t.spawnExt(); err != nil {
 					return err
 				}
 				return t.Place(l, 3)
@@ -869,34 +887,8 @@ func init() {
 				t.exchange(a, "early", "ping", "pong")
 			},
 		},
-		"launcher": {
-			Fds:            std(),
-			ExitAfterSetup: true,
-			Setup: func(t *T) error {
-				_, err := t.Spawn("ext", nil)
-				return err
-			},
-		},
-		"ext": {
-			Fds: std(3),
-			Setup: func(t *T) error {
-				c, err := t.sockAt(unix.AF_INET, unix.SOCK_STREAM, nil, false)
-				if err != nil {
-					return err
-				}
-				if err := unix.Connect(c, sa4(7700)); err != nil {
-					return fmt.Errorf("connect: %w", err)
-				}
-				if err := WriteAll(c, []byte("early")); err != nil {
-					return err
-				}
-				if err := t.Place(c, 3); err != nil {
-					return err
-				}
-				go extEcho(3)
-				return nil
-			},
-		},
+		"launcher": launcher,
+		"ext":      ext,
 	})
 }
 
@@ -909,31 +901,6 @@ func init() {
 // window and shut down: LAST_ACK with never-sent data. After restore each
 // side reads every byte and then EOF.
 func init() {
-	const halfMSS = 1400
-	listen := func(t *T, port int) (int, error) {
-		l, err := t.sockAt(unix.AF_INET, unix.SOCK_STREAM, sa4(port), true)
-		if err != nil {
-			return -1, err
-		}
-		if err := unix.SetsockoptInt(l, unix.SOL_TCP, unix.TCP_MAXSEG, halfMSS); err != nil {
-			return -1, err
-		}
-		return l, unix.Listen(l, 1)
-	}
-	dial := func(t *T, port int) (int, error) {
-		c, err := t.sockAt(unix.AF_INET, unix.SOCK_STREAM, nil, false)
-		if err != nil {
-			return -1, err
-		}
-		unix.SetsockoptInt(c, unix.SOL_SOCKET, unix.SO_RCVBUF, 64<<10)
-		if err := unix.SetsockoptInt(c, unix.SOL_TCP, unix.TCP_MAXSEG, halfMSS); err != nil {
-			return -1, err
-		}
-		if err := unix.Connect(c, sa4(port)); err != nil {
-			return -1, fmt.Errorf("connect: %w", err)
-		}
-		return c, nil
-	}
 	register("tcp-halfclosed-full", map[string]*Role{
 		"root": {
 			Fds:      std(4, 6),
@@ -942,12 +909,12 @@ func init() {
 				if err := tcpLoUp(); err != nil {
 					return err
 				}
-				la, err := listen(t, 7800)
+				la, err := t.tcpListenSmall(7800)
 				if err != nil {
 					return err
 				}
 				defer unix.Close(la)
-				lb, err := listen(t, 7801)
+				lb, err := t.tcpListenSmall(7801)
 				if err != nil {
 					return err
 				}
@@ -1010,11 +977,11 @@ func init() {
 		"client": {
 			Fds: std(5, 7),
 			Setup: func(t *T) error {
-				c1, err := dial(t, 7800)
+				c1, err := t.tcpDialSmall(7800)
 				if err != nil {
 					return err
 				}
-				c2, err := dial(t, 7801)
+				c2, err := t.tcpDialSmall(7801)
 				if err != nil {
 					return err
 				}

@@ -25,11 +25,8 @@ func init() {
 				if err := tcpLoUp(); err != nil {
 					return err
 				}
-				l, err := t.sockAt(unix.AF_INET, unix.SOCK_STREAM, sa4(7900), true)
+				l, err := t.tcpListen(7900, 8)
 				if err != nil {
-					return err
-				}
-				if err := unix.Listen(l, 8); err != nil {
 					return err
 				}
 				if _, err := t.Spawn("client", nil); err != nil {
@@ -48,12 +45,9 @@ func init() {
 				if _, err := ReadFull(a1, 1); err != nil {
 					return fmt.Errorf("the child's go: %w", err)
 				}
-				p2, err := t.sockAt(unix.AF_INET, unix.SOCK_STREAM, sa4(40904), false)
+				p2, err := t.tcpDial(sa4(40904), 7900)
 				if err != nil {
 					return err
-				}
-				if err := unix.Connect(p2, sa4(7900)); err != nil {
-					return fmt.Errorf("connect: %w", err)
 				}
 				for i, fd := range []int{l, a1, a2, p2} {
 					if err := t.Place(fd, 3+i); err != nil {

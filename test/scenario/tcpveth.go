@@ -86,49 +86,6 @@ func ipTool(args ...string) error {
 	return nil
 }
 
-// startInNewNetns is T.Start for a child born in a network namespace of
-// its own.
-func (t *T) startInNewNetns(role string) (*Proc, error) {
-	var p [2]int
-	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
-		return nil, err
-	}
-	r, err := t.hi(p[0])
-	if err != nil {
-		return nil, err
-	}
-	w, err := t.hi(p[1])
-	if err != nil {
-		return nil, err
-	}
-	exe, err := os.Executable()
-	if err != nil {
-		unix.Close(w)
-		return nil, err
-	}
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, envSync+"=") {
-			env = append(env, kv)
-		}
-	}
-	env = append(env, envSync+"="+strconv.Itoa(w))
-	if _, err := unix.FcntlInt(uintptr(w), unix.F_SETFD, 0); err != nil {
-		unix.Close(w)
-		return nil, err
-	}
-	pid, err := syscall.ForkExec(exe, []string{os.Args[0], t.Sc.Name, role}, &syscall.ProcAttr{Env: env,
-		Files: []uintptr{0, 1, 2}, Sys: &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWNET}})
-	unix.Close(w) // the child's report ends with EOF
-	if err != nil {
-		unix.Close(r)
-		return nil, fmt.Errorf("start %s: %w", role, err)
-	}
-	pr := &Proc{Pid: pid, sync: r, role: role}
-	t.spawned = append(t.spawned, pr)
-	return pr, pr.Ready()
-}
-
 func init() {
 	register("tcp-veth", map[string]*Role{
 		"root": {
@@ -148,11 +105,7 @@ func init() {
 				if err := unix.Listen(l, 4); err != nil {
 					return err
 				}
-				p, err := t.Spawn("launcher", nil)
-				if err != nil {
-					return err
-				}
-				if err := waitExit(p.Pid); err != nil {
+				if err := t.spawnExt(); err != nil {
 					return err
 				}
 				a, err := t.acceptHi(l)
@@ -183,7 +136,7 @@ func init() {
 			ExitAfterSetup: true,
 			Setup: func(t *T) error {
 				// The client makes the veth pair and moves our end here.
-				if _, err := t.startInNewNetns("ext"); err != nil {
+				if _, err := t.Spawn("ext", &SpawnOpts{NewNet: true}); err != nil {
 					return err
 				}
 				if err := ipTool("addr", "add", vethTreeAddr+"/24", "dev", vethTreeIf); err != nil {

@@ -2,9 +2,7 @@ package main
 
 import (
 	"fmt"
-	"runtime"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -131,25 +129,7 @@ func init() {
 				t.checkFdinfo(tfd, "clockid", fmt.Sprint(unix.CLOCK_MONOTONIC))
 				// signalfd
 				t.checkFdinfo(sfd, "sigmask", fmt.Sprintf("%016x", sigBit(sigfdA)))
-				func() {
-					runtime.LockOSThread()
-					defer runtime.UnlockOSThread()
-					var set, old unix.Sigset_t
-					set.Val[0] = sigBit(sigfdA)
-					if !t.Check(unix.PthreadSigmask(unix.SIG_BLOCK, &set, &old), "block SIGWINCH") {
-						return
-					}
-					defer unix.PthreadSigmask(unix.SIG_SETMASK, &old, nil)
-					if !t.Check(unix.Tgkill(unix.Getpid(), unix.Gettid(), sigfdA), "tgkill SIGWINCH") {
-						return
-					}
-					var si unix.SignalfdSiginfo
-					buf := unsafe.Slice((*byte)(unsafe.Pointer(&si)), unsafe.Sizeof(si))
-					n, err := unix.Read(sfd, buf)
-					if t.Check(err, "read the signalfd in flight") && (n != len(buf) || si.Signo != uint32(sigfdA)) {
-						t.Fail("signalfd in flight read %d bytes, signal %d, want %d", n, si.Signo, sigfdA)
-					}
-				}()
+				t.checkSigfdA(sfd, "signalfd in flight")
 				// epoll
 				// Registered through 12 (closed): without C/R fdinfo
 				// shows 12, restored the task's fd of the pipe, 5.

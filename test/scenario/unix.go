@@ -78,13 +78,7 @@ func init() {
 				path, dpath := t.Path("listen.sock"), t.Path("dgram.sock")
 				unix.Unlink(path)
 				unix.Unlink(dpath)
-				if err := t.SocketAt(unix.SOCK_STREAM, 3); err != nil {
-					return err
-				}
-				if err := unix.Bind(3, SockAddr(path)); err != nil {
-					return fmt.Errorf("bind %s: %w", path, err)
-				}
-				if err := unix.Listen(3, 7); err != nil {
+				if err := t.ListenAt(path, 7, 3); err != nil {
 					return err
 				}
 				if err := unix.Chmod(path, 0o751); err != nil {
@@ -174,35 +168,16 @@ func init() {
 			Fds: std(3, 4, 5, 6),
 			Setup: func(t *T) error {
 				name := t.Abstract("l")
-				if err := t.SocketAt(unix.SOCK_STREAM, 3); err != nil {
+				if err := t.ListenAt(name, 8, 3); err != nil {
 					return err
 				}
-				if err := unix.Bind(3, SockAddr(name)); err != nil {
+				if err := t.ConnectAt(name, 5); err != nil {
 					return err
 				}
-				if err := unix.Listen(3, 8); err != nil {
+				if err := t.AcceptAt(3, 4); err != nil {
 					return err
 				}
-				if err := t.SocketAt(unix.SOCK_STREAM, 5); err != nil {
-					return err
-				}
-				if err := unix.Connect(5, SockAddr(name)); err != nil {
-					return err
-				}
-				a, _, err := unix.Accept4(3, unix.SOCK_CLOEXEC)
-				if err != nil {
-					return err
-				}
-				if a, err = t.hi(a); err != nil {
-					return err
-				}
-				if err := t.Place(a, 4); err != nil {
-					return err
-				}
-				if err := t.SocketAt(unix.SOCK_STREAM, 6); err != nil {
-					return err
-				}
-				if err := unix.Connect(6, SockAddr(name)); err != nil {
+				if err := t.ConnectAt(name, 6); err != nil {
 					return err
 				}
 				if err := Send(5, "acpt"); err != nil {
@@ -663,14 +638,7 @@ func init() {
 				if err := unix.Connect(7, SockAddr(ls)); err != nil {
 					return err
 				}
-				a, _, err := unix.Accept4(5, unix.SOCK_CLOEXEC)
-				if err != nil {
-					return err
-				}
-				if a, err = t.hi(a); err != nil {
-					return err
-				}
-				if err := t.Place(a, 6); err != nil {
+				if err := t.AcceptAt(5, 6); err != nil {
 					return err
 				}
 				if err := Send(4, "hi"); err != nil {
@@ -727,34 +695,22 @@ func init() {
 				}
 				// The listener stays close-on-exec until the children
 				// are started, so that they do not inherit it.
-				l, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+				l, err := t.sockAt(unix.AF_UNIX, unix.SOCK_STREAM, SockAddr(name), false)
 				if err != nil {
-					return err
-				}
-				if l, err = t.hi(l); err != nil {
-					return err
-				}
-				if err := unix.Bind(l, SockAddr(name)); err != nil {
 					return err
 				}
 				if err := unix.Listen(l, 4); err != nil {
 					return err
 				}
-				cl, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+				cl, err := t.sockAt(unix.AF_UNIX, unix.SOCK_STREAM, nil, false)
 				if err != nil {
-					return err
-				}
-				if cl, err = t.hi(cl); err != nil {
 					return err
 				}
 				if err := unix.Connect(cl, SockAddr(name)); err != nil {
 					return err
 				}
-				acc, _, err := unix.Accept4(l, unix.SOCK_CLOEXEC)
+				acc, err := t.acceptHi(l)
 				if err != nil {
-					return err
-				}
-				if acc, err = t.hi(acc); err != nil {
 					return err
 				}
 				if err := Send(b, "to-A:123"); err != nil {
@@ -887,26 +843,13 @@ func init() {
 		"root": {
 			Fds: std(3, 4, 5, 6),
 			Setup: func(t *T) error {
-				ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-				if err != nil {
-					return err
-				}
-				if ep, err = t.hi(ep); err != nil {
-					return err
-				}
-				if err := t.Place(ep, 3); err != nil {
+				if err := t.epollAt(3); err != nil {
 					return err
 				}
 				if err := t.PairAt(unix.SOCK_STREAM, 4, 5); err != nil {
 					return err
 				}
-				if err := t.SocketAt(unix.SOCK_STREAM, 6); err != nil {
-					return err
-				}
-				if err := unix.Bind(6, SockAddr(t.Abstract("l"))); err != nil {
-					return err
-				}
-				if err := unix.Listen(6, 2); err != nil {
+				if err := t.ListenAt(t.Abstract("l"), 2, 6); err != nil {
 					return err
 				}
 				for _, r := range []struct {

@@ -38,17 +38,40 @@ func (t *T) SocketAt(typ, target int) error {
 	return t.Place(s, target)
 }
 
-// PairAt creates a socketpair of type typ with its ends at a and b.
-func (t *T) PairAt(typ, a, b int) error {
-	sp, err := unix.Socketpair(unix.AF_UNIX, typ|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("socketpair: %w", err)
+// ListenAt makes fd target a unix stream socket listening at name.
+func (t *T) ListenAt(name string, backlog, target int) error {
+	if err := t.SocketAt(unix.SOCK_STREAM, target); err != nil {
+		return err
 	}
-	ha, err := t.hi(sp[0])
+	if err := unix.Bind(target, SockAddr(name)); err != nil {
+		return fmt.Errorf("bind %s: %w", ShowName(name), err)
+	}
+	return unix.Listen(target, backlog)
+}
+
+// ConnectAt makes fd target a unix stream socket connected to name.
+func (t *T) ConnectAt(name string, target int) error {
+	if err := t.SocketAt(unix.SOCK_STREAM, target); err != nil {
+		return err
+	}
+	return unix.Connect(target, SockAddr(name))
+}
+
+// AcceptAt accepts a connection on listener l at fd target.
+func (t *T) AcceptAt(l, target int) error {
+	a, _, err := unix.Accept4(l, unix.SOCK_CLOEXEC)
 	if err != nil {
 		return err
 	}
-	hb, err := t.hi(sp[1])
+	if a, err = t.hi(a); err != nil {
+		return err
+	}
+	return t.Place(a, target)
+}
+
+// PairAt creates a socketpair of type typ with its ends at a and b.
+func (t *T) PairAt(typ, a, b int) error {
+	ha, hb, err := t.Pair(typ)
 	if err != nil {
 		return err
 	}
