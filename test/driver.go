@@ -69,6 +69,10 @@ type Config struct {
 	// the final restores ("skip": the peers of the connections may get
 	// resets while the tree is away).
 	NetworkLock string
+	// Gap is how long the driver waits after each dump before restoring:
+	// with TCP peers outside the tree, their segments then certainly meet
+	// no socket (or the network lock) for that long.
+	Gap time.Duration
 }
 
 // Result is a driver's report, printed as one JSON line on stdout.
@@ -237,6 +241,10 @@ func (d *driver) cycle() error {
 		img := filepath.Join(d.cfg.WorkDir, "img-"+strconv.Itoa(it))
 		if err := d.dump(it, img, root, keys); err != nil {
 			return err
+		}
+		if d.cfg.Gap > 0 {
+			time.Sleep(d.cfg.Gap)
+			d.step("waited %v after the dump", d.cfg.Gap)
 		}
 		if it == 0 && d.cfg.Mutate != "" {
 			if err := Mutate(d.cfg.Mutate, img); err != nil {

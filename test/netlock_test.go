@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestNetworkLockVeth runs tcp-veth (a client in another network
@@ -30,7 +31,9 @@ func TestNetworkLockVeth(t *testing.T) {
 					t.Skipf("%s is not installed", tool)
 				}
 			}
-			res := runDriver(t, Config{Scenario: "tcp-veth", Flavor: FlavorNS, TCP: true, NetworkLock: m.method, Iters: 1})
+			// The gap makes the client's segments certainly meet the lock,
+			// or without it no socket (a reset), before any restore.
+			res := runDriver(t, Config{Scenario: "tcp-veth", Flavor: FlavorNS, TCP: true, NetworkLock: m.method, Iters: 1, Gap: 300 * time.Millisecond})
 			if m.method != "skip" {
 				if res.Status != "pass" {
 					t.Fatalf("tcp-veth with --network-lock=%s: %s", m.method, res.Reason)
